@@ -1,0 +1,3 @@
+"""Network builder, checkpoints, losses, metrics, datasets, training loop and the Predictor."""
+
+__all__: list[str] = []

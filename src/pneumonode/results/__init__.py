@@ -1,0 +1,3 @@
+"""What we send back: DICOM SEG, Structured Report, Secondary Capture and PNG overlays."""
+
+__all__: list[str] = []

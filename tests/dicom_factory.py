@@ -1,0 +1,80 @@
+"""Build small synthetic DICOM radiographs for tests (uncompressed, any bit depth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import (
+    UID,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+
+
+def synthetic_chest(rows: int, cols: int, bits_stored: int, seed: int = 0) -> np.ndarray:
+    """A smooth chest-like image (dark lungs, bright mediastinum and borders) with noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    y /= rows
+    x /= cols
+    body = 0.35 + 0.5 * (np.abs(x - 0.5) > 0.4) + 0.4 * np.exp(-(((x - 0.5) / 0.07) ** 2))
+    lungs = np.exp(-(((x - 0.3) / 0.12) ** 2 + ((y - 0.45) / 0.25) ** 2))
+    lungs += np.exp(-(((x - 0.7) / 0.12) ** 2 + ((y - 0.45) / 0.25) ** 2))
+    image = np.clip(body - 0.3 * lungs + 0.02 * rng.standard_normal((rows, cols)), 0, 1)
+    top = 2**bits_stored - 1
+    dtype = np.uint8 if bits_stored <= 8 else np.uint16
+    return np.rint(image * top * 0.9 + top * 0.05).astype(dtype)
+
+
+def make_dx(
+    pixels: np.ndarray,
+    bits_stored: int,
+    *,
+    photometric: str = "MONOCHROME2",
+    window: tuple[list[float], list[float]] | None = None,
+    voi_function: str | None = None,
+    rescale: tuple[float, float] | None = None,
+    signed: bool = False,
+    transfer_syntax: UID = ExplicitVRLittleEndian,
+) -> Dataset:
+    """A DX For Presentation dataset around ``pixels`` (rows, cols)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "DX"
+    ds.PatientID = "TEST-0001"
+    ds.PatientName = "Test^Synthetic"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 8 if pixels.dtype.itemsize == 1 else 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    if window is not None:
+        ds.WindowCenter = window[0] if len(window[0]) > 1 else window[0][0]
+        ds.WindowWidth = window[1] if len(window[1]) > 1 else window[1][0]
+    if voi_function is not None:
+        ds.VOILUTFunction = voi_function
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+        ds.RescaleType = "US"
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def save(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
