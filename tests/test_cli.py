@@ -1,0 +1,69 @@
+"""The command line: help, info, single-file convert, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pneumonode.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "pneumonode"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("info", "convert", "convert-siim"):
+        assert command in result.stdout
+
+
+def test_info_json_lists_decoders_for_every_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--format", "json"]) == EXIT_OK
+    info = json.loads(capsys.readouterr().out)
+    plugins = {d["uid"]: d["plugins"] for d in info["decoders"]}
+    assert plugins["1.2.840.10008.1.2.4.50"].startswith("pillow")  # JPEG Baseline
+    assert "gdcm" in plugins["1.2.840.10008.1.2.4.57"]  # JPEG Lossless process 14
+    assert plugins["1.2.840.10008.1.2.4.80"].startswith("pyjpegls")  # JPEG-LS
+    assert plugins["1.2.840.10008.1.2.4.90"].startswith("pylibjpeg")  # JPEG 2000
+    assert "none installed" not in json.dumps(info["decoders"])
+    assert info["settings"]["image_size"] == 1024
+
+
+def test_convert_single_files(
+    siim_sample_dicoms: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "png"
+    assert main(["convert", str(siim_sample_dicoms[0]), "--out", str(out), "--size", "512"]) == 0
+    image = cv2.imread(str(out / f"{siim_sample_dicoms[0].stem}.png"), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (512, 512) and image.dtype == np.uint8
+
+    bad = tmp_path / "bad.dcm"
+    bad.write_text("nope")
+    capsys.readouterr()
+    code = main(["convert", str(siim_sample_dicoms[1]), str(bad), "--out", str(out)])
+    assert code == EXIT_PARTIAL
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: bad.dcm: not a DICOM file (no 'DICM' marker after the preamble)"]
+    assert main(["convert", str(bad), "--out", str(out)]) == EXIT_ERROR
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["convert-siim", "--workers", "0"])
+    assert info.value.code == EXIT_USAGE
+
+
+def test_bad_configuration_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PNEUMONODE_IMAGE_SIZE", "huge")
+    assert main(["info"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: invalid configuration")
