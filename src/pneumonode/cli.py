@@ -117,7 +117,7 @@ def _cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        (args.out / f"{path.stem}.png").write_bytes(prepared.png(settings.png_compression))
+        (args.out / f"{path.stem}.png").write_bytes(prepared.png(settings.png_level))
         print(f"{path} -> {args.out / (path.stem + '.png')} ({prepared.lut.method})")
     if failed == len(args.files):
         return EXIT_ERROR
@@ -141,7 +141,7 @@ def _cmd_convert_siim(settings: Settings, args: argparse.Namespace) -> int:
         size=args.size or settings.image_size,
         workers=args.workers,
         percentiles=settings.window_percentiles,
-        compression=settings.png_compression,
+        png_level=settings.png_level,
         show_progress=not args.no_progress,
     )
     for line in summary.lines():

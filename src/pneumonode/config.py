@@ -49,8 +49,8 @@ class Settings(BaseSettings):
         description="Low/high percentiles of the pixel values used as window when a >8-bit "
         "image carries neither a VOI LUT nor a window.",
     )
-    png_compression: int = Field(
-        default=1, ge=0, le=9, description="zlib level for PNGs we write (1 = fast)."
+    png_level: int = Field(
+        default=1, ge=0, le=3, description="Deflate level of the PNGs we write, 0 (fastest) to 3."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

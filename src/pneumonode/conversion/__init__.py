@@ -16,7 +16,8 @@ from pneumonode.conversion.errors import (
     UnsupportedTransferSyntaxError,
 )
 from pneumonode.conversion.geometry import Letterbox
-from pneumonode.conversion.prepare import PreparedImage, encode_png, prepare_radiograph
+from pneumonode.conversion.png import encode_png
+from pneumonode.conversion.prepare import PreparedImage, prepare_radiograph
 from pneumonode.conversion.rle import (
     RleError,
     decode_siim_rle,

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from pneumonode.conversion.decode import DatasetSource, decode_stored_pixels
 from pneumonode.conversion.geometry import Letterbox
+from pneumonode.conversion.png import encode_png
 from pneumonode.conversion.window import DisplayLUT, build_display_lut
 
-__all__ = ["PreparedImage", "encode_png", "prepare_radiograph"]
+__all__ = ["PreparedImage", "prepare_radiograph"]
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,9 @@ class PreparedImage:
         """float32 array of shape (1, size, size) with values in [0, 1]."""
         return (self.pixels.astype(np.float32) * np.float32(1.0 / 255.0))[np.newaxis]
 
-    def png(self, compression: int = 1) -> bytes:
-        """The 8-bit image as PNG bytes (zlib level ``compression``)."""
-        return encode_png(self.pixels, compression)
-
-
-def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
-    """PNG bytes of a 2-D uint8 image."""
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an array of shape {image.shape}")
-    return buf.tobytes()
+    def png(self, level: int = 1) -> bytes:
+        """The 8-bit image as PNG bytes (deflate ``level`` 0..3)."""
+        return encode_png(self.pixels, level)
 
 
 def prepare_radiograph(

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from pneumonode.conversion.decode import read_dataset
 from pneumonode.conversion.errors import ConversionError
 from pneumonode.conversion.geometry import Letterbox
-from pneumonode.conversion.prepare import encode_png, prepare_radiograph
+from pneumonode.conversion.png import encode_png
+from pneumonode.conversion.prepare import prepare_radiograph
 from pneumonode.conversion.rle import RleError, union_mask
 
 __all__ = [
@@ -114,7 +115,7 @@ class _Job:
     out: Path
     size: int
     percentiles: tuple[float, float]
-    compression: int
+    png_level: int
 
 
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
@@ -192,10 +193,10 @@ def _convert_one(job: _Job) -> tuple[dict[str, Any], bool]:
 
         prepared = prepare_radiograph(ds, job.size, job.percentiles, label=job.path.name)
         if mask is not None:
-            _write_atomic(mask_path, encode_png(mask, job.compression))
+            _write_atomic(mask_path, encode_png(mask, job.png_level))
         elif mask_path.exists():
             mask_path.unlink()  # labels no longer list this image
-        _write_atomic(image_path, prepared.png(job.compression))
+        _write_atomic(image_path, prepared.png(job.png_level))
         return row, False
     except (ConversionError, RleError) as exc:
         row.update(status=STATUS_FAILED, error=str(exc.args[0]) if exc.args else type(exc).__name__)
@@ -225,7 +226,7 @@ def convert_siim_dataset(
     size: int = 1024,
     workers: int = 1,
     percentiles: tuple[float, float] = (0.5, 99.5),
-    compression: int = 1,
+    png_level: int = 1,
     show_progress: bool = False,
 ) -> SiimConversionSummary:
     """Convert every DICOM under ``dicom_dir``; see the module docstring for the outputs.
@@ -253,7 +254,7 @@ def convert_siim_dataset(
             index_rows.append(row)
             continue
         seen[image_id] = path
-        jobs.append(_Job(path, image_id, labels.get(image_id), out, size, percentiles, compression))
+        jobs.append(_Job(path, image_id, labels.get(image_id), out, size, percentiles, png_level))
     summary.labels_without_image = sorted(set(labels) - set(seen))
 
     bar = tqdm(total=len(jobs), desc="convert-siim", unit="img", disable=not show_progress)

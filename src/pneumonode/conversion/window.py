@@ -32,6 +32,8 @@ WindowMethod = Literal["voi-lut", "window", "percentile", "full-range"]
 #: (the SIIM JPEGs, screenshots): their full range is shown, as a DICOM viewer would.
 PRESENTATION_READY_BITS = 8
 
+_IDENTITY_8BIT = np.arange(256, dtype=np.uint8)
+
 
 @dataclass(frozen=True)
 class DisplayLUT:
@@ -51,8 +53,15 @@ class DisplayLUT:
     inverted: bool
     window: tuple[float, float] | None
 
+    @property
+    def is_identity(self) -> bool:
+        """True when the table maps every 8-bit value to itself (presentation-ready 8-bit)."""
+        return self.offset == 0 and bool(np.array_equal(self.table[:256], _IDENTITY_8BIT))
+
     def apply(self, stored: np.ndarray) -> np.ndarray:
         """Map stored values (any shape, the dtype the table was built for) to uint8."""
+        if stored.dtype == np.uint8 and self.is_identity:
+            return stored
         if self.offset == 0:
             return np.take(self.table, stored)
         return np.take(self.table, stored.astype(np.int32) - self.offset)
