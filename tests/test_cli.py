@@ -13,8 +13,6 @@ import pytest
 
 from pneumonode.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "pneumonode"
@@ -67,3 +65,14 @@ def test_bad_configuration_is_one_line(
     assert main(["info"]) == EXIT_USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: invalid configuration")
+
+
+def test_unwritable_output_is_one_line(
+    siim_sample_dicoms: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code = main(["convert", str(siim_sample_dicoms[0]), "--out", str(blocker / "out")])
+    assert code == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(blocker) in err[0]
