@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from pneumonode.config import Settings
+    from pneumonode.db.session import Database
+    from pneumonode.dicom_node.scp import Listener
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,3 +73,131 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("PNEUMONODE_") and key != "PNEUMONODE_TEST_DATA_DIR":
             monkeypatch.delenv(key)
     monkeypatch.setenv("PNEUMONODE_DATA_DIR", str(tmp_path / "pneumonode-data"))
+
+
+# ------------------------------------------------------------------ databases and the node
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+class TestServices(BaseSettings):
+    """Where the PostgreSQL server for tests is (env PNEUMONODE_TEST_POSTGRES_URL)."""
+
+    __test__ = False
+    model_config = SettingsConfigDict(env_prefix="PNEUMONODE_")
+
+    test_postgres_url: str = POSTGRES_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session; yields its URL."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    admin_url = TestServices().test_postgres_url
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"pneumonode_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        pytest.skip(
+            f"PostgreSQL at {make_url(admin_url).render_as_string()} unavailable: {exc.orig}"
+        )
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same tests on the embedded SQLite and on the PostgreSQL server (empty each time)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'pneumonode.sqlite3'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    url = request.getfixturevalue("postgres_server")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    from pneumonode.db.session import Database
+
+    db = Database.open(database_url)
+    yield db
+    db.dispose()
+
+
+@dataclass
+class RunningNode:
+    settings: Settings
+    database: Database
+    listener: Listener
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    @property
+    def spool(self) -> Path:
+        return self.settings.spool_dir
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
+    """Start in-process listeners: ``node_factory(database_url=..., **settings)``."""
+    from peers_harness import free_port
+    from pneumonode.config import Settings
+    from pneumonode.db.session import Database
+    from pneumonode.dicom_node.service import build_listener
+
+    started: list[RunningNode] = []
+
+    def start(database_url: str | None = None, **overrides: object) -> RunningNode:
+        values: dict[str, object] = {
+            "data_dir": tmp_path / f"node{len(started)}",
+            "dicom_port": free_port(),
+            "allowed_peers": ["STORESCU", "PNEUMONODE", "ECHOSCU"],
+            "min_free_disk_mb": 0,
+            "shutdown_grace": 10.0,
+        }
+        values.update(overrides)
+        settings = Settings(**values)  # type: ignore[arg-type]
+        database = Database.open(database_url or settings.database)
+        listener = build_listener(settings, database)
+        listener.start()
+        node = RunningNode(settings, database, listener)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.listener.stop(grace=5)
+        node.database.dispose()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., RunningNode], database_url: str) -> RunningNode:
+    """A running listener on a free port, on SQLite and on PostgreSQL."""
+    return node_factory(database_url=database_url)

@@ -7,16 +7,23 @@ while the rest succeeded (details in the command's summary).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from pneumonode import __version__
 from pneumonode.config import ConfigFileError, Settings
+
+if TYPE_CHECKING:
+    from pneumonode.db.session import Database
+    from pneumonode.dicom_node.peers import Destination
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
 
@@ -80,7 +87,66 @@ def _build_parser() -> argparse.ArgumentParser:
     siim.add_argument("--size", type=_positive_int, default=None, help="side in pixels")
     siim.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
     siim.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser(
+        "serve",
+        help="run the node: DICOM listener and result delivery",
+        description="Run the DICOM listener and the delivery of results until SIGTERM/SIGINT "
+        "(transfers in flight finish first).",
+    )
+    sub.add_parser(
+        "dicom-listen",
+        help="run only the DICOM listener (for scale-out)",
+        description="Run only the Storage SCP until SIGTERM/SIGINT.",
+    )
+
+    echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    echo.add_argument("destination", metavar="AE@host:port")
+    echo.add_argument("--timeout", type=float, default=30.0)
+
+    send = sub.add_parser(
+        "send",
+        help="C-STORE files to a DICOM peer (recorded as deliveries)",
+        description="Send files (folders: every file inside) with their own SOP class and "
+        "transfer syntax. Failures that may pass stay queued: the running node retries them "
+        "with back-off; `pneumonode resend` retries dead-lettered ones.",
+    )
+    send.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    send.add_argument("--to", required=True, metavar="AE@host:port", dest="destination")
+
+    resend = sub.add_parser(
+        "resend",
+        help="retry dead-lettered deliveries now",
+        description="Put dead-lettered deliveries back in the queue and attempt them at once.",
+    )
+    resend.add_argument("ids", nargs="*", type=_positive_int, metavar="DELIVERY_ID")
+    resend.add_argument("--all", action="store_true", help="every dead-lettered delivery")
+    resend.add_argument("--destination", metavar="AE@host:port", help="only to this peer")
+
+    deliveries = sub.add_parser("deliveries", help="list deliveries and their state")
+    deliveries.add_argument("--state", choices=("pending", "sent", "dead"))
+    deliveries.add_argument("--limit", type=_positive_int, default=100)
+    deliveries.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    audit = sub.add_parser("audit", help="print the audit trail")
+    audit.add_argument("--study", metavar="STUDY_UID")
+    audit.add_argument("--sop", metavar="SOP_INSTANCE_UID")
+    audit.add_argument("--kind", action="append", default=[], help="event kind (repeatable)")
+    audit.add_argument("--since", type=_since, help="ISO date/time, or an age: 30m, 2h, 7d")
+    audit.add_argument("--limit", type=_positive_int, default=1000)
+    audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
     return parser
+
+
+def _since(text: str) -> datetime:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date/time or age: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _cmd_info(settings: Settings, args: argparse.Namespace) -> int:
@@ -152,10 +218,206 @@ def _cmd_convert_siim(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if summary.ok else EXIT_PARTIAL
 
 
+def _open_database(settings: Settings) -> Database:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pneumonode.db.session import Database
+
+    try:
+        return Database.open(settings.database)
+    except SQLAlchemyError as exc:
+        raise CliError(
+            f"cannot open the database: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
+        ) from None
+
+
+def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.dicom_node.service import run_until_signalled
+
+    run_until_signalled(settings, _open_database(settings), deliveries=args.command == "serve")
+    return EXIT_OK
+
+
+def _destination(text: str) -> Destination:
+    from pneumonode.dicom_node.peers import PeerConfigError, parse_destination
+
+    try:
+        return parse_destination(text)
+    except PeerConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.dicom_node.scu import echo
+
+    result = echo(_destination(args.destination), settings.ae_title, args.timeout)
+    if not result.ok:
+        raise CliError(result.reason)
+    print(result.reason)
+    return EXIT_OK
+
+
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CliError(f"{path}: no such file or folder")
+    return files
+
+
+def _print_deliveries(database: Database, ids: Sequence[int], header: str) -> int:
+    from pneumonode.db.models import Delivery, DeliveryState
+
+    with database.session() as session:
+        rows = [session.get(Delivery, i) for i in ids]
+    failed = 0
+    print(header)
+    for row in rows:
+        if row is None:
+            continue
+        note = "" if row.state == DeliveryState.SENT else f": {row.last_error}"
+        print(f"  {row.id:6d} {row.state:8} {Path(row.path).name}{note}")
+        failed += row.state != DeliveryState.SENT
+    return failed
+
+
+def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.dicom_node.delivery import RetryPolicy, attempt_deliveries, queue_delivery
+
+    destination = str(_destination(args.destination))
+    database = _open_database(settings)
+    ids: list[int] = []
+    unreadable = 0
+    for path in _expand(args.files):
+        try:
+            ids.append(queue_delivery(database, path, destination))
+        except Exception as exc:  # not a DICOM file: say so and go on with the others
+            print(
+                f"error: {path}: not a DICOM file with file meta ({type(exc).__name__})",
+                file=sys.stderr,
+            )
+            unreadable += 1
+    attempt_deliveries(database, ids, RetryPolicy.from_settings(settings))
+    failed = _print_deliveries(database, ids, f"sent to {destination}:") + unreadable
+    if failed == 0:
+        return EXIT_OK
+    print(f"error: {failed} of {len(ids) + unreadable} not delivered (see above)", file=sys.stderr)
+    return EXIT_ERROR if failed == len(ids) + unreadable else EXIT_PARTIAL
+
+
+def _cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.dicom_node.delivery import RetryPolicy, attempt_deliveries, resend
+
+    if not args.ids and not args.all:
+        raise CliError("name delivery ids, or --all for every dead-lettered delivery")
+    destination = str(_destination(args.destination)) if args.destination else None
+    database = _open_database(settings)
+    ids = resend(database, args.ids, all_dead=args.all, destination=destination)
+    if not ids:
+        print("no dead-lettered deliveries match")
+        return EXIT_OK
+    attempt_deliveries(database, ids, RetryPolicy.from_settings(settings))
+    failed = _print_deliveries(database, ids, "resent:")
+    return EXIT_OK if failed == 0 else EXIT_PARTIAL
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            print("  ".join(str(row.get(c) if row.get(c) is not None else "-") for c in columns))
+
+
+def _cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from pneumonode.db.models import Delivery
+
+    database = _open_database(settings)
+    with database.session() as session:
+        query = select(Delivery).order_by(Delivery.id.desc()).limit(args.limit)
+        if args.state:
+            query = query.where(Delivery.state == args.state)
+        rows = [
+            {
+                "id": d.id,
+                "state": d.state,
+                "destination": d.destination,
+                "attempts": d.attempts,
+                "next_attempt_at": d.next_attempt_at.isoformat(timespec="seconds"),
+                "sop_uid": d.sop_uid,
+                "last_error": d.last_error,
+            }
+            for d in session.scalars(query)
+        ]
+    _emit(
+        rows,
+        args.format,
+        ["id", "state", "destination", "attempts", "next_attempt_at", "sop_uid", "last_error"],
+    )
+    return EXIT_OK
+
+
+AUDIT_COLUMNS = ("at", "kind", "calling_ae", "peer_address", "study_uid", "sop_uid", "message")
+
+
+def _cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.db.repository import list_audit
+
+    database = _open_database(settings)
+    with database.session() as session:
+        events = list_audit(
+            session,
+            study_uid=args.study,
+            sop_uid=args.sop,
+            kinds=args.kind,
+            since=args.since,
+            limit=args.limit,
+        )
+        rows = [
+            {
+                "at": e.at.isoformat(timespec="milliseconds"),
+                "kind": e.kind,
+                "calling_ae": e.calling_ae,
+                "peer_address": e.peer_address,
+                "study_uid": e.study_uid,
+                "sop_uid": e.sop_uid,
+                "patient_id": e.patient_id,
+                "accession_number": e.accession_number,
+                "message": e.message,
+                "detail": e.detail,
+            }
+            for e in events
+        ]
+    columns = (
+        AUDIT_COLUMNS
+        if args.format == "table"
+        else (*AUDIT_COLUMNS, "patient_id", "accession_number", "detail")
+    )
+    _emit(rows, args.format, columns)
+    return EXIT_OK
+
+
 COMMANDS = {
     "info": _cmd_info,
     "convert": _cmd_convert,
     "convert-siim": _cmd_convert_siim,
+    "serve": _cmd_serve,
+    "dicom-listen": _cmd_serve,
+    "echo": _cmd_echo,
+    "send": _cmd_send,
+    "resend": _cmd_resend,
+    "deliveries": _cmd_deliveries,
+    "audit": _cmd_audit,
 }
 
 
@@ -171,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet = max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
+    for noisy in ("alembic", "pynetdicom"):
+        logging.getLogger(noisy).setLevel(quiet)
     try:
         return COMMANDS[args.command](settings, args)
     except CliError as exc:

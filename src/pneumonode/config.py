@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -54,6 +55,56 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- DICOM listener -------------------------------------------------------------------
+    ae_title: str = Field(default="PNEUMONODE", description="Our AE title (called AE).")
+    dicom_host: str = Field(
+        default="127.0.0.1",
+        description="Listener bind address; 0.0.0.0 listens on every interface.",
+    )
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    allowed_peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to connect, each 'AE' or 'AE@host' "
+        "(comma separated in the environment). Empty: reject everybody unless accept_any_peer.",
+    )
+    accept_any_peer: bool = Field(
+        default=False, description="Accept any calling AE from anywhere (labs only)."
+    )
+    max_pdu: int = Field(
+        default=262_144, ge=16_384, description="Maximum PDU size we receive, in bytes."
+    )
+    min_free_disk_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Below this much free space on the spool's disk, C-STOREs are refused "
+        "with 0xA700 (out of resources) and new associations are rejected.",
+    )
+    max_associations: int = Field(default=16, ge=1, description="Concurrent associations.")
+    network_timeout: float = Field(default=60.0, gt=0, description="Seconds of silence allowed.")
+    shutdown_grace: float = Field(
+        default=30.0, ge=0, description="Seconds SIGTERM waits for in-flight transfers."
+    )
+
+    # --- Sending results --------------------------------------------------------------------
+    destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Where results are sent, each 'AE@host:port' (comma separated).",
+    )
+    send_max_attempts: int = Field(
+        default=6, ge=1, description="Attempts before a delivery is dead-lettered."
+    )
+    send_backoff_seconds: float = Field(
+        default=10.0, gt=0, description="First retry delay; doubles with each attempt."
+    )
+    send_backoff_max_seconds: float = Field(default=600.0, gt=0)
+
+    # --- Database -------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default SQLite at <data_dir>/pneumonode.sqlite3. "
+        "PostgreSQL: postgresql://user@host:5432/db",
+    )
+
     @field_validator("window_percentiles")
     @classmethod
     def _ordered_percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
@@ -62,10 +113,40 @@ class Settings(BaseSettings):
             raise ValueError(f"need 0 <= low < high <= 100, got {low}, {high}")
         return value
 
+    @field_validator("allowed_peers", "destinations", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return value  # JSON list
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not 1 <= len(value) <= 16 or "\\" in value or not value.isprintable():
+            raise ValueError(f"AE title must be 1-16 printable characters, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
         object.__setattr__(self, "data_dir", self.data_dir.expanduser().absolute())
         return self
+
+    @property
+    def spool_dir(self) -> Path:
+        """Received DICOM files: ``spool/<StudyUID>/<SOPInstanceUID>.dcm``."""
+        return self.data_dir / "spool"
+
+    @property
+    def database(self) -> str:
+        """The database URL in use (the SQLite default lives in the data dir)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'pneumonode.sqlite3'}"
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,269 @@
+"""Deliveries: sending files to destinations with retries, back-off and a dead-letter state.
+
+Each (file, destination) pair is a row in ``deliveries``. An attempt sends every due row of a
+destination over one association. A transient failure (peer down, out of resources, transient
+rejection) is retried after ``base * 2**(attempts-1)`` seconds (capped); after ``max_attempts``
+the row is dead-lettered. A permanent failure (our AE title rejected, SOP class refused) is
+dead-lettered at once, so a misconfigured peer never causes a retry storm. Dead rows are
+retried only on request (``pneumonode resend``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from pneumonode.config import Settings
+from pneumonode.db.models import Delivery, DeliveryState, utcnow
+from pneumonode.db.repository import audit
+from pneumonode.db.session import Database
+from pneumonode.dicom_node.peers import parse_destination
+from pneumonode.dicom_node.scu import Failure, SendOutcome, send_files
+
+__all__ = [
+    "DeliveryLoop",
+    "RetryPolicy",
+    "attempt_deliveries",
+    "queue_delivery",
+    "resend",
+    "run_due",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_seconds: float = 10.0
+    max_seconds: float = 600.0
+    calling_ae: str = "PNEUMONODE"
+    timeout: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.send_max_attempts,
+            base_seconds=settings.send_backoff_seconds,
+            max_seconds=settings.send_backoff_max_seconds,
+            calling_ae=settings.ae_title,
+            timeout=settings.network_timeout,
+        )
+
+    def delay(self, attempts: int) -> float:
+        return float(min(self.base_seconds * 2 ** max(attempts - 1, 0), self.max_seconds))
+
+
+def queue_delivery(
+    database: Database,
+    path: Path,
+    destination: str,
+    *,
+    study_uid: str | None = None,
+    result_id: int | None = None,
+) -> int:
+    """Record that ``path`` must reach ``destination`` (``AE@host:port``); returns the row id."""
+    parse_destination(destination)  # refuse a malformed destination now, not at send time
+    meta = read_file_meta_info(path)
+    with database.session() as session:
+        delivery = Delivery(
+            destination=destination,
+            path=str(path.absolute()),
+            sop_uid=str(meta.MediaStorageSOPInstanceUID),
+            sop_class_uid=str(meta.MediaStorageSOPClassUID),
+            study_uid=study_uid,
+            result_id=result_id,
+            state=DeliveryState.PENDING,
+            attempts=0,
+            next_attempt_at=utcnow(),
+        )
+        session.add(delivery)
+        session.flush()
+        audit(
+            session,
+            "delivery.queued",
+            f"delivery {delivery.id} to {destination} queued",
+            study_uid=study_uid,
+            sop_uid=delivery.sop_uid,
+            detail={"delivery_id": delivery.id, "destination": destination},
+        )
+        return delivery.id
+
+
+def _claim(database: Database, ids: Iterable[int], lease: float) -> list[Delivery]:
+    """Take pending rows for one attempt (so that two senders never send the same row)."""
+    now = utcnow()
+    with database.session() as session:
+        rows = list(
+            session.scalars(
+                select(Delivery)
+                .where(Delivery.id.in_(list(ids)))
+                .where(Delivery.state == DeliveryState.PENDING)
+                .where(Delivery.next_attempt_at <= now)
+            )
+        )
+        for row in rows:
+            row.next_attempt_at = now + timedelta(seconds=lease)
+        return rows
+
+
+def attempt_deliveries(database: Database, ids: Iterable[int], policy: RetryPolicy) -> list[int]:
+    """Attempt the given pending, due deliveries now; returns the ids that were sent."""
+    claimed = _claim(database, ids, lease=4 * policy.timeout)
+    by_destination: dict[str, list[Delivery]] = defaultdict(list)
+    for row in claimed:
+        by_destination[row.destination].append(row)
+    sent: list[int] = []
+    for destination_text, rows in by_destination.items():
+        destination = parse_destination(destination_text)
+        paths = [Path(row.path) for row in rows]
+        missing = [p for p in paths if not p.is_file()]
+        outcomes = {
+            o.path: o
+            for o in send_files(
+                [p for p in paths if p.is_file()], destination, policy.calling_ae, policy.timeout
+            )
+        }
+        for path in missing:
+            outcomes[path] = SendOutcome(
+                path, False, failure=Failure.PERMANENT, reason="file no longer exists"
+            )
+        with database.session() as session:
+            for row in rows:
+                fresh = session.get(Delivery, row.id)
+                if fresh is not None and _record(session, fresh, outcomes[Path(row.path)], policy):
+                    sent.append(row.id)
+    return sent
+
+
+def _record(session: Session, row: Delivery, outcome: SendOutcome, policy: RetryPolicy) -> bool:
+    now = utcnow()
+    row.attempts += 1
+    row.last_status = outcome.status
+    ids = {"study_uid": row.study_uid, "sop_uid": row.sop_uid}
+    detail = {
+        "delivery_id": row.id,
+        "destination": row.destination,
+        "attempt": row.attempts,
+        "status": outcome.status,
+    }
+    if outcome.ok:
+        row.state = DeliveryState.SENT
+        row.sent_at = now
+        row.last_error = None
+        audit(session, "delivery.sent", f"sent to {row.destination}", detail=detail, **ids)
+        return True
+    row.last_error = outcome.reason
+    if outcome.failure is Failure.PERMANENT or row.attempts >= policy.max_attempts:
+        row.state = DeliveryState.DEAD
+        why = (
+            "permanent failure"
+            if outcome.failure is Failure.PERMANENT
+            else f"{row.attempts} attempts"
+        )
+        audit(
+            session,
+            "delivery.dead",
+            f"dead-lettered after {why}: {outcome.reason}",
+            detail=detail,
+            **ids,
+        )
+        log.warning("delivery %d dead-lettered: %s", row.id, outcome.reason)
+    else:
+        delay = policy.delay(row.attempts)
+        row.next_attempt_at = now + timedelta(seconds=delay)
+        audit(
+            session,
+            "delivery.failed",
+            f"attempt failed, retry in {delay:.0f} s: {outcome.reason}",
+            detail=detail,
+            **ids,
+        )
+        log.info("delivery %d failed (%s); retry in %.0f s", row.id, outcome.reason, delay)
+    return False
+
+
+def run_due(database: Database, policy: RetryPolicy, limit: int = 500) -> int:
+    """Attempt every pending delivery whose time has come; returns how many were sent."""
+    with database.session() as session:
+        ids = list(
+            session.scalars(
+                select(Delivery.id)
+                .where(Delivery.state == DeliveryState.PENDING)
+                .where(Delivery.next_attempt_at <= utcnow())
+                .order_by(Delivery.next_attempt_at)
+                .limit(limit)
+            )
+        )
+    return len(attempt_deliveries(database, ids, policy)) if ids else 0
+
+
+def resend(
+    database: Database,
+    ids: Iterable[int] = (),
+    *,
+    all_dead: bool = False,
+    destination: str | None = None,
+) -> list[int]:
+    """Put dead-lettered deliveries back to pending (attempts reset); returns their ids."""
+    ids = list(ids)
+    with database.session() as session:
+        query = select(Delivery.id).where(Delivery.state == DeliveryState.DEAD)
+        if ids:
+            query = query.where(Delivery.id.in_(ids))
+        elif not all_dead:
+            return []
+        if destination:
+            query = query.where(Delivery.destination == destination)
+        chosen = list(session.scalars(query))
+        if chosen:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(chosen))
+                .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=utcnow())
+            )
+            for delivery_id in chosen:
+                audit(
+                    session,
+                    "delivery.resend",
+                    f"delivery {delivery_id} re-queued by request",
+                    detail={"delivery_id": delivery_id},
+                )
+    return chosen
+
+
+class DeliveryLoop:
+    """A background thread that attempts due deliveries every ``interval`` seconds."""
+
+    def __init__(self, database: Database, policy: RetryPolicy, interval: float = 2.0) -> None:
+        self.database = database
+        self.policy = policy
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="delivery-loop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.policy.timeout + 5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                run_due(self.database, self.policy)
+            except SQLAlchemyError as exc:
+                log.error("delivery loop: database unavailable (%s)", type(exc).__name__)
+            except Exception:
+                log.exception("delivery loop failed; retrying")

@@ -1,0 +1,223 @@
+"""Receiving one instance: parse the header, spool the bytes durably, record it, answer a status.
+
+``InstanceReceiver.receive`` never raises: every failure becomes a DICOM status with a comment
+(0xA700 out of resources, 0xC210 cannot understand, 0x0110 processing failure).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from pneumonode.db.repository import (
+    ReceivedInstance,
+    ReceiveOutcome,
+    audit,
+    find_instance,
+    record_received_instance,
+)
+from pneumonode.db.session import Database
+from pneumonode.dicom_node.selection import skip_reason
+from pneumonode.dicom_node.spool import Spool
+
+__all__ = ["InstanceReceiver", "Status", "dataset_offset"]
+
+log = logging.getLogger(__name__)
+
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # little / big endian
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Status:
+    """A C-STORE response status with an optional Error Comment (at most 64 characters)."""
+
+    code: int
+    comment: str = ""
+
+    def as_dataset(self) -> Dataset | int:
+        if not self.comment:
+            return self.code
+        ds = Dataset()
+        ds.Status = self.code
+        ds.ErrorComment = self.comment[:64]
+        return ds
+
+
+SUCCESS = Status(0x0000)
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC210
+PROCESSING_FAILURE = 0x0110
+
+
+def dataset_offset(path: Path) -> int:
+    """Byte offset of the dataset in a DICOM file: after preamble, 'DICM' and the file meta."""
+    with path.open("rb") as handle:
+        head = handle.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("no File Meta Information Group Length at the start of the file")
+    group_length: int = struct.unpack("<I", head[140:144])[0]
+    return 144 + group_length
+
+
+def _hash_dataset(path: Path, offset: int) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _read_header(path: Path) -> tuple[Dataset, bool]:
+    """The dataset without its pixel data, and whether pixel data follows."""
+    with path.open("rb") as handle:
+        ds = dcmread(handle, stop_before_pixels=True)
+        has_pixels = handle.read(4) in _PIXEL_DATA_TAGS
+    return ds, has_pixels
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip()[:limit] or None
+
+
+class InstanceReceiver:
+    """Stores received instances in the spool and the database."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        database: Database,
+        min_free_bytes: int,
+        on_job: Callable[[int], None] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.database = database
+        self.min_free_bytes = min_free_bytes
+        self.on_job = on_job
+
+    def disk_is_low(self) -> bool:
+        return self.spool.free_bytes() < self.min_free_bytes
+
+    def receive(
+        self,
+        temp: Path,
+        sop_class_uid: str,
+        sop_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae: str | None,
+        peer_address: str | None,
+    ) -> Status:
+        """Handle a dataset received into ``temp`` (a DICOM file in the spool's filesystem)."""
+        who = {"calling_ae": calling_ae, "peer_address": peer_address, "sop_uid": sop_uid}
+        try:
+            if self.disk_is_low():
+                self._audit_refusal("free disk space below the watermark", **who)
+                return Status(OUT_OF_RESOURCES, "out of resources: disk space low")
+            try:
+                offset = dataset_offset(temp)
+                ds, has_pixels = _read_header(temp)
+                study_uid = _text(ds, "StudyInstanceUID", 128)
+                dataset_sop = _text(ds, "SOPInstanceUID", 128)
+            except Exception as exc:  # pydicom raises many types on corrupt input
+                self._audit_refusal(f"unreadable dataset ({type(exc).__name__})", **who)
+                return Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset")
+            if not study_uid:
+                self._audit_refusal("no Study Instance UID", **who)
+                return Status(CANNOT_UNDERSTAND, "cannot understand: no Study Instance UID")
+            if dataset_sop != sop_uid:
+                self._audit_refusal("SOP Instance UID differs from the C-STORE request", **who)
+                return Status(CANNOT_UNDERSTAND, "cannot understand: SOP Instance UID mismatch")
+            sha256, size = _hash_dataset(temp, offset)
+            reason = skip_reason(ds, sop_class_uid, has_pixel_data=has_pixels)
+            item = ReceivedInstance(
+                study_uid=study_uid,
+                series_uid=_text(ds, "SeriesInstanceUID", 128),
+                sop_uid=sop_uid,
+                sop_class_uid=sop_class_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                modality=_text(ds, "Modality", 16),
+                patient_id=_text(ds, "PatientID", 64),
+                accession_number=_text(ds, "AccessionNumber", 64),
+                study_date=_text(ds, "StudyDate", 8),
+                path=str(self.spool.relative_path(study_uid, sop_uid)),
+                size_bytes=size,
+                sha256=sha256,
+                calling_ae=calling_ae,
+                peer_address=peer_address,
+                skip_reason=reason,
+            )
+            return self._store(temp, item)
+        except Exception:
+            log.exception("unexpected failure while receiving an instance")
+            return Status(PROCESSING_FAILURE, "processing failure")
+
+    def _store(self, temp: Path, item: ReceivedInstance) -> Status:
+        try:
+            with self.database.session() as session:
+                previous = find_instance(session, item.sop_uid)
+                unchanged = previous is not None and previous.sha256 == item.sha256
+        except SQLAlchemyError as exc:
+            log.error("database unavailable: %s", type(exc).__name__)
+            return Status(OUT_OF_RESOURCES, "out of resources: database unavailable")
+
+        final = self.spool.root / item.path
+        placed = False
+        if not (unchanged and final.is_file()):
+            try:
+                self.spool.commit(temp, item.study_uid, item.sop_uid)
+                placed = previous is None
+            except OSError as exc:
+                reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or "I/O error")
+                log.error("cannot write to the spool: %s", reason)
+                return Status(OUT_OF_RESOURCES, f"out of resources: {reason}")
+
+        for attempt in range(2):
+            try:
+                with self.database.session() as session:
+                    outcome, _instance, job = record_received_instance(session, item)
+                    job_id = job.id if job is not None and not item.skip_reason else None
+                break
+            except IntegrityError:
+                if attempt == 0:
+                    continue  # another association stored the same instance at the same time
+                return self._database_failed(final, placed)
+            except SQLAlchemyError as exc:
+                log.error("database unavailable: %s", type(exc).__name__)
+                return self._database_failed(final, placed)
+
+        if job_id is not None and outcome is not ReceiveOutcome.RESENT_IDENTICAL and self.on_job:
+            self.on_job(job_id)
+        log.info(
+            "stored instance (%s, %d bytes): %s",
+            outcome,
+            item.size_bytes,
+            item.skip_reason or "job",
+        )
+        return SUCCESS
+
+    def _database_failed(self, final: Path, placed: bool) -> Status:
+        if placed:  # never leave a file the database does not know about
+            final.unlink(missing_ok=True)
+        return Status(OUT_OF_RESOURCES, "out of resources: database unavailable")
+
+    def _audit_refusal(self, reason: str, **who: str | None) -> None:
+        log.warning("refused an instance: %s", reason)
+        try:
+            with self.database.session() as session:
+                audit(session, "instance.refused", f"refused: {reason}", **who)
+        except SQLAlchemyError:
+            log.error("could not audit a refused instance: database unavailable")

@@ -1,0 +1,232 @@
+"""The DICOM listener: Verification and Storage SCP for every storage SOP class.
+
+Handlers are small functions bound to pynetdicom events with their dependencies passed in; the
+work is done by ``InstanceReceiver`` (storage) and the audit repository (associations).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
+from pneumonode.config import Settings
+from pneumonode.db.repository import audit
+from pneumonode.db.session import Database
+from pneumonode.dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
+from pneumonode.dicom_node.peers import PeerPolicy
+from pneumonode.dicom_node.receive import InstanceReceiver, Status
+from pneumonode.dicom_node.spool import Spool
+from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
+
+__all__ = ["Listener"]
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (result, source, diagnostic)
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
+REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, provider, local limit exceeded
+
+
+def _requestor(event: evt.Event) -> tuple[str, str]:
+    """Calling AE title and address (the AE title is read from the request: during
+    EVT_REQUESTED pynetdicom has not copied it to the requestor yet)."""
+    requestor = event.assoc.requestor
+    primitive = requestor.primitive
+    calling = primitive.calling_ae_title if primitive is not None else requestor.ae_title
+    return str(calling).strip(), str(requestor.address)
+
+
+def _audit(database: Database, kind: str, message: str, **fields: Any) -> None:
+    try:
+        with database.session() as session:
+            audit(session, kind, message, **fields)
+    except SQLAlchemyError:
+        log.error("could not write audit event %s: database unavailable", kind)
+
+
+def handle_requested(
+    event: evt.Event, policy: PeerPolicy, ae_title: str, receiver: InstanceReceiver
+) -> None:
+    """Accept or reject an association request (calling AE, address, called AE, disk)."""
+    calling_ae, address = _requestor(event)
+    primitive = event.assoc.requestor.primitive
+    called_ae = str(primitive.called_ae_title).strip() if primitive is not None else ""
+    reason, rejection = None, REJECT_CALLING_AE
+    if called_ae != ae_title:
+        reason, rejection = f"called AE title {called_ae!r} is not ours", REJECT_CALLED_AE
+    elif not policy.allows(calling_ae, address):
+        reason = f"calling AE title {calling_ae!r} from {address} is not allowed"
+    elif receiver.disk_is_low():
+        reason, rejection = "free disk space below the watermark", REJECT_BUSY
+    if reason is None:
+        return
+    log.warning("rejecting association: %s", reason)
+    event.assoc.acse.send_reject(*rejection)
+    _audit(
+        receiver.database,
+        "association.rejected",
+        f"rejected: {reason}",
+        calling_ae=calling_ae[:16],
+        peer_address=address,
+        detail={"called_ae": called_ae[:16]},
+    )
+
+
+def handle_accepted(event: evt.Event, database: Database) -> None:
+    calling_ae, address = _requestor(event)
+    log.info("association accepted from %s at %s", calling_ae, address)
+    _audit(
+        database,
+        "association.accepted",
+        "association accepted",
+        calling_ae=calling_ae,
+        peer_address=address,
+    )
+
+
+def handle_aborted(event: evt.Event, database: Database) -> None:
+    calling_ae, address = _requestor(event)
+    _discard_partial(event)
+    _audit(
+        database,
+        "association.aborted",
+        "association aborted",
+        calling_ae=calling_ae,
+        peer_address=address,
+    )
+
+
+def handle_closed(event: evt.Event) -> None:
+    _discard_partial(event)
+
+
+def _discard_partial(event: evt.Event) -> None:
+    """Delete the temporary file of a C-STORE cut off mid-dataset (aborted or dropped link)."""
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    handle = getattr(message, "_data_set_file", None)
+    if handle is None:
+        return
+    try:
+        handle.close()
+        Path(handle.name).unlink(missing_ok=True)
+        log.info("discarded the partial dataset of an interrupted transfer")
+    except OSError:
+        pass
+
+
+def handle_echo(event: evt.Event) -> int:
+    return 0x0000
+
+
+def handle_store(event: evt.Event, receiver: InstanceReceiver) -> Any:
+    """C-STORE: hand the chunked-received file to the receiver; never raises."""
+    try:
+        request = cast(C_STORE, event.request)
+        calling_ae, address = _requestor(event)
+        status = receiver.receive(
+            Path(event.dataset_path),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            calling_ae=calling_ae,
+            peer_address=address,
+        )
+    except Exception:
+        log.exception("unexpected failure in the C-STORE handler")
+        status = Status(0x0110, "processing failure")
+    return status.as_dataset()
+
+
+class Listener:
+    """Our Storage SCP on ``settings.dicom_host:dicom_port``."""
+
+    def __init__(self, settings: Settings, database: Database, receiver: InstanceReceiver) -> None:
+        self.settings = settings
+        self.database = database
+        self.receiver = receiver
+        self.spool: Spool = receiver.spool
+        self.policy = PeerPolicy.from_settings(settings.allowed_peers, settings.accept_any_peer)
+        self.server: ThreadedAssociationServer | None = None
+        self._sweeper_stop = threading.Event()
+        self._previous_tempdir: str | None = None
+
+    def _application_entity(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        ae.maximum_pdu_size = self.settings.max_pdu
+        ae.maximum_associations = self.settings.max_associations
+        ae.network_timeout = self.settings.network_timeout
+        ae.acse_timeout = self.settings.network_timeout
+        ae.dimse_timeout = self.settings.network_timeout
+        ae.require_called_aet = True
+        for sop_class in storage_sop_classes():
+            ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES[:4])
+        return ae
+
+    def start(self) -> None:
+        """Start listening (returns at once; associations run in their own threads)."""
+        # Received datasets stream to a temporary file in the spool's filesystem, so that
+        # keeping them is a rename, and memory does not grow with the object size.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        self._previous_tempdir = tempfile.tempdir
+        tempfile.tempdir = str(self.spool.incoming)
+        self.spool.sweep_incoming(older_than=0)
+        ae = self._application_entity()
+        handlers: list[EventHandlerType] = [
+            (
+                evt.EVT_REQUESTED,
+                handle_requested,
+                [self.policy, self.settings.ae_title, self.receiver],
+            ),
+            (evt.EVT_ACCEPTED, handle_accepted, [self.database]),
+            (evt.EVT_ABORTED, handle_aborted, [self.database]),
+            (evt.EVT_CONN_CLOSE, handle_closed),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [self.receiver]),
+        ]
+        address = (self.settings.dicom_host, self.settings.dicom_port)
+        self.server = ae.start_server(address, block=False, evt_handlers=handlers)
+        threading.Thread(target=self._sweep_loop, name="spool-sweeper", daemon=True).start()
+        log.info("listening as %s on %s:%d", self.settings.ae_title, *address[:1], self.port)
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("the listener is not started")
+        return int(self.server.server_address[1])
+
+    def _sweep_loop(self) -> None:
+        interval = max(5.0, self.settings.network_timeout)
+        while not self._sweeper_stop.wait(interval):
+            self.spool.sweep_incoming(older_than=2 * self.settings.network_timeout)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let transfers in flight finish for ``grace`` seconds, then abort."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        grace = self.settings.shutdown_grace if grace is None else grace
+        server.shutdown()  # no new associations; running ones carry on
+        deadline = time.monotonic() + grace
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for association in server.active_associations:
+            log.warning("aborting an association still running after %.0f s", grace)
+            association.abort()
+        self._sweeper_stop.set()
+        self.spool.sweep_incoming(older_than=0)
+        tempfile.tempdir = self._previous_tempdir
+        log.info("listener stopped")

@@ -1,0 +1,181 @@
+"""Sending: C-ECHO and C-STORE to a peer, streaming files with their exact SOP class and syntax."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from pneumonode.dicom_node.peers import Destination
+from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
+
+__all__ = ["EchoResult", "Failure", "SendOutcome", "echo", "send_files"]
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128  # presentation contexts one association can propose
+
+
+class Failure(enum.StrEnum):
+    """How a send failed, which decides whether retrying can help."""
+
+    TRANSIENT = "transient"  # connection refused/lost, transient rejection, out of resources
+    PERMANENT = "permanent"  # rejected permanently, SOP class refused, bad file
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened to one file."""
+
+    path: Path
+    ok: bool
+    status: int | None = None  # the peer's C-STORE status, when it answered
+    failure: Failure | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    reason: str
+
+
+def _new_ae(calling_ae: str, timeout: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    return ae
+
+
+def _association_failure(assoc: Association, destination: Destination) -> tuple[Failure, str]:
+    if assoc.is_rejected:
+        rejection = getattr(assoc.acceptor, "primitive", None)
+        result = getattr(rejection, "result", None)
+        diagnostic = getattr(rejection, "diagnostic", None)
+        what = getattr(rejection, "result_str", "rejected")
+        why = getattr(rejection, "reason_str", "")
+        permanent = result == 0x01
+        reason = f"{destination} rejected the association ({what}: {why or diagnostic})"
+        return (Failure.PERMANENT if permanent else Failure.TRANSIENT), reason
+    if assoc.is_aborted:
+        return Failure.TRANSIENT, f"{destination} aborted the association"
+    return Failure.TRANSIENT, f"cannot connect to {destination}"
+
+
+def echo(destination: Destination, calling_ae: str, timeout: float = 30.0) -> EchoResult:
+    """C-ECHO ``destination``."""
+    ae = _new_ae(calling_ae, timeout)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        return EchoResult(False, _association_failure(assoc, destination)[1])
+    try:
+        status = assoc.send_c_echo()
+        code = int(status.Status) if "Status" in status else None
+    finally:
+        assoc.release()
+    if code == 0x0000:
+        return EchoResult(True, f"{destination} answered C-ECHO")
+    return EchoResult(False, f"{destination} answered C-ECHO with status {code}")
+
+
+def _status_failure(code: int) -> Failure:
+    return Failure.TRANSIENT if 0xA700 <= code <= 0xA7FF else Failure.PERMANENT
+
+
+def send_files(
+    paths: Sequence[Path], destination: Destination, calling_ae: str, timeout: float = 60.0
+) -> list[SendOutcome]:
+    """C-STORE each file over as few associations as possible (one per 128 contexts).
+
+    The files are streamed as stored (no decoding), each proposed with its own SOP class and
+    transfer syntax. Never raises for network or peer problems: each file gets an outcome.
+    """
+    outcomes: dict[Path, SendOutcome] = {}
+    contexts: dict[tuple[str, str], list[Path]] = {}
+    for path in paths:
+        try:
+            meta = read_file_meta_info(path)
+            key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+        except Exception as exc:
+            outcomes[path] = SendOutcome(
+                path,
+                False,
+                failure=Failure.PERMANENT,
+                reason=f"unreadable file ({type(exc).__name__})",
+            )
+            continue
+        contexts.setdefault(key, []).append(path)
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # stream from disk, memory independent of size
+    keys = list(contexts)
+    for start in range(0, len(keys), MAX_CONTEXTS):
+        batch = keys[start : start + MAX_CONTEXTS]
+        ae = _new_ae(calling_ae, timeout)
+        for sop_class, syntax in batch:
+            ae.add_requested_context(sop_class, syntax)
+        batch_paths = [p for key in batch for p in contexts[key]]
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not assoc.is_established:
+            failure, reason = _association_failure(assoc, destination)
+            for path in batch_paths:
+                outcomes[path] = SendOutcome(path, False, failure=failure, reason=reason)
+            continue
+        try:
+            accepted = {
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in assoc.accepted_contexts
+            }
+            for key in batch:
+                for path in contexts[key]:
+                    outcomes[path] = _store_one(assoc, path, key, accepted, destination)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    return [outcomes[path] for path in paths]
+
+
+def _store_one(
+    assoc: Association,
+    path: Path,
+    key: tuple[str, str],
+    accepted: set[tuple[str, str]],
+    destination: Destination,
+) -> SendOutcome:
+    if key not in accepted:
+        return SendOutcome(
+            path,
+            False,
+            failure=Failure.PERMANENT,
+            reason=f"{destination} does not accept SOP class {key[0]} in transfer syntax {key[1]}",
+        )
+    if not assoc.is_established:
+        return SendOutcome(path, False, failure=Failure.TRANSIENT, reason="association lost")
+    try:
+        status = assoc.send_c_store(path)
+    except Exception as exc:
+        return SendOutcome(
+            path, False, failure=Failure.TRANSIENT, reason=f"send failed ({type(exc).__name__})"
+        )
+    if "Status" not in status:
+        return SendOutcome(
+            path, False, failure=Failure.TRANSIENT, reason="no response (timeout or abort)"
+        )
+    code = int(status.Status)
+    if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
+        return SendOutcome(path, True, status=code)
+    comment = str(status.get("ErrorComment", "") or "")
+    return SendOutcome(
+        path,
+        False,
+        status=code,
+        failure=_status_failure(code),
+        reason=f"{destination} answered 0x{code:04X}{': ' + comment if comment else ''}",
+    )

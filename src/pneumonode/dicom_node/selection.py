@@ -1,0 +1,71 @@
+"""Which received objects become jobs: frontal chest radiographs, and never our own output."""
+
+from __future__ import annotations
+
+from pydicom import Dataset
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+)
+
+from pneumonode.identity import MANUFACTURER
+
+__all__ = ["is_own_output", "skip_reason"]
+
+RADIOGRAPH_CLASSES = {
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+}
+FRONTAL_VIEWS = {"PA", "AP", ""}
+CHEST_BODY_PARTS = {"CHEST", ""}
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return str(value).strip().upper() if value is not None else ""
+
+
+def is_own_output(ds: Dataset) -> bool:
+    """True for objects this node created (SEG, SR, SC overlay) coming back to us."""
+    return _text(ds, "Manufacturer") == MANUFACTURER.upper()
+
+
+def skip_reason(ds: Dataset, sop_class_uid: str, *, has_pixel_data: bool) -> str | None:
+    """Why ``ds`` is not processed, or None when it is a frontal chest radiograph.
+
+    ``ds`` may be read without its pixel data; ``has_pixel_data`` says whether it had some.
+    """
+    sop_class = UID(sop_class_uid)
+    if is_own_output(ds):
+        return "our own output (loop guard)"
+    modality = _text(ds, "Modality")
+    if sop_class == SecondaryCaptureImageStorage:
+        if modality not in ("CR", "DX"):
+            return f"secondary capture with modality {modality or 'missing'}, not CR/DX"
+    elif sop_class not in RADIOGRAPH_CLASSES:
+        return f"not a radiograph ({sop_class.name or sop_class})"
+    if not has_pixel_data:
+        return "no pixel data"
+    body_part = _text(ds, "BodyPartExamined")
+    if body_part not in CHEST_BODY_PARTS:
+        return f"body part {body_part}, not CHEST"
+    view = _text(ds, "ViewPosition")
+    if view not in FRONTAL_VIEWS:
+        return f"view position {view}, not frontal (PA/AP)"
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return "unreadable NumberOfFrames"
+    if frames != 1:
+        return f"multi-frame ({frames} frames)"
+    photometric = _text(ds, "PhotometricInterpretation")
+    if (
+        photometric not in ("MONOCHROME1", "MONOCHROME2")
+        or int(ds.get("SamplesPerPixel") or 1) != 1
+    ):
+        return f"not monochrome ({photometric or 'no photometric interpretation'})"
+    return None

@@ -1,0 +1,101 @@
+"""The durable spool: received files at ``spool/<StudyUID>/<SOPInstanceUID>.dcm``.
+
+A file is first written elsewhere in the same filesystem (``spool/.incoming``), then fsynced,
+renamed into place and its directory fsynced: after ``commit`` returns, the file survives a power
+cut and no half-written file is ever visible under its final name. UIDs are sanitised before they
+become path components, so no UID can leave the spool directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+__all__ = ["Spool", "safe_component"]
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
+_MAX_COMPONENT = 128
+
+
+def safe_component(uid: str) -> str:
+    """A file-name-safe form of a UID, distinct for distinct inputs.
+
+    Valid UIDs (digits and dots) are kept as they are. Anything else (SIIM's 'ID_4d6269d79',
+    slashes, '..', control characters, over-long values) gets its unsafe characters replaced and a
+    short hash of the original appended, so two different UIDs never share a file.
+    """
+    text = uid.strip().rstrip("\x00")
+    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:_MAX_COMPONENT]
+    if cleaned == text and text and re.fullmatch(r"[0-9.]+", text):
+        return text
+    digest = hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{cleaned or 'uid'}-{digest}" if cleaned != text else cleaned
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Where received instances are kept."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / ".incoming"
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def relative_path(self, study_uid: str, sop_uid: str) -> Path:
+        return Path(safe_component(study_uid)) / f"{safe_component(sop_uid)}.dcm"
+
+    def path_of(self, relative: str | Path) -> Path:
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"{relative} is outside the spool")
+        return path
+
+    def commit(self, temp: Path, study_uid: str, sop_uid: str) -> Path:
+        """Make ``temp`` (in the same filesystem) durable at its final place; returns the
+        path relative to the spool root. An existing file of the same instance is replaced."""
+        relative = self.relative_path(study_uid, sop_uid)
+        final = self.root / relative
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        study_dir = final.parent
+        if not study_dir.is_dir():
+            study_dir.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.root)
+        temp.replace(final)
+        _fsync_dir(study_dir)
+        return relative
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def sweep_incoming(self, older_than: float) -> int:
+        """Delete leftovers of interrupted transfers untouched for ``older_than`` seconds."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for path in self.incoming.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("removed %d partial file(s) of interrupted transfers", removed)
+        return removed
