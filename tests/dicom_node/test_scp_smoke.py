@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from peers_harness import echoscu, storescu
 
 pytestmark = pytest.mark.integration
