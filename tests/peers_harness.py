@@ -121,11 +121,16 @@ class StoreSCP:
 
 @contextmanager
 def run_storescp(
-    folder: Path, ae_title: str = "STORESCP", port: int | None = None
+    folder: Path,
+    ae_title: str = "STORESCP",
+    port: int | None = None,
+    options: Sequence[str] = ("+xa",),
 ) -> Iterator[StoreSCP]:
+    """dcmtk's storescp; ``options`` e.g. ``("+xa", "+B")`` to keep the bytes as received."""
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    args = [tool("storescp"), "-aet", ae_title, "--output-directory", str(folder), "+xa", str(port)]
+    args = [tool("storescp"), "-aet", ae_title, "--output-directory", str(folder), *options]
+    args.append(str(port))
     process = subprocess.Popen(
         args, env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

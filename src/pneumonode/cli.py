@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pydicom.config
 from pydantic import ValidationError
 
 from pneumonode import __version__
@@ -433,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # pydicom's value validation warnings quote values, which may be patient data
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     quiet = max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
     for noisy in ("alembic", "pynetdicom"):
         logging.getLogger(noisy).setLevel(quiet)

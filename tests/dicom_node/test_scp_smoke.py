@@ -11,7 +11,7 @@ from peers_harness import echoscu, storescu
 pytestmark = pytest.mark.integration
 
 
-def test_echo_and_store(node, siim_sample_dicoms: list[Path]) -> None:  # type: ignore[no-untyped-def]
+def test_echo_and_store(node, siim_sample_dicoms: list[Path]) -> None:
     assert echoscu(node.port).returncode == 0
     result = storescu(siim_sample_dicoms, node.port)
     assert result.returncode == 0, result.stderr

@@ -6,6 +6,7 @@ packages first; see ``DECODER_PREFERENCE``); when the first choice fails the nex
 
 from __future__ import annotations
 
+import logging
 import struct
 import warnings
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 DatasetSource = str | PathLike[str] | bytes | BinaryIO | Dataset
+
+log = logging.getLogger(__name__)
 
 #: Plugins tried, in order, for each compressed transfer syntax. Uncompressed and deflated
 #: syntaxes are decoded by pydicom itself. Pillow is the fastest JPEG Baseline decoder here.
@@ -144,11 +147,8 @@ def read_dataset(source: DatasetSource, label: str | None = None) -> Dataset:
             else "no dataset after the file meta (empty or truncated file)"
         )
         raise NotDicomError(what, name)
-    for warning in caught:
-        if not truncated:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
+    if caught:  # pydicom's warnings quote element values, which may be patient data
+        log.debug("%d warning(s) while reading the DICOM header were suppressed", len(caught))
     return ds
 
 

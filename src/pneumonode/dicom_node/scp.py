@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import pydicom.config
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
@@ -73,7 +74,6 @@ def handle_requested(
     if reason is None:
         return
     log.warning("rejecting association: %s", reason)
-    event.assoc.acse.send_reject(*rejection)
     _audit(
         receiver.database,
         "association.rejected",
@@ -82,6 +82,8 @@ def handle_requested(
         peer_address=address,
         detail={"called_ae": called_ae[:16]},
     )
+    event.assoc.acse.send_reject(*rejection)
+    event.assoc.kill()  # as pynetdicom does: wait until the rejection has gone out
 
 
 def handle_accepted(event: evt.Event, database: Database) -> None:
@@ -181,6 +183,9 @@ class Listener:
         # Received datasets stream to a temporary file in the spool's filesystem, so that
         # keeping them is a rename, and memory does not grow with the object size.
         _config.STORE_RECV_CHUNKED_DATASET = True
+        # Never validate (and so never log) element values of what we receive: they may be
+        # patient data, and we keep the bytes as they came anyway.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self._previous_tempdir = tempfile.tempdir
         tempfile.tempdir = str(self.spool.incoming)
         self.spool.sweep_incoming(older_than=0)
@@ -221,7 +226,13 @@ class Listener:
         grace = self.settings.shutdown_grace if grace is None else grace
         server.shutdown()  # no new associations; running ones carry on
         deadline = time.monotonic() + grace
-        while server.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            running = server.active_associations
+            for association in running:
+                if not association.is_established:  # connected, but never asked for anything
+                    association.abort()
+            if not any(a.is_established for a in running):
+                break
             time.sleep(0.05)
         for association in server.active_associations:
             log.warning("aborting an association still running after %.0f s", grace)

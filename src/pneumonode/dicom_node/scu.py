@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, _config
+from pydicom import Dataset, dcmread
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pneumonode.dicom_node.peers import Destination
@@ -54,7 +55,26 @@ def _new_ae(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
-def _association_failure(assoc: Association, destination: Destination) -> tuple[Failure, str]:
+def _associate(ae: AE, destination: Destination) -> tuple[Association, bool]:
+    """Request an association; also says whether the TCP connection was made at all."""
+    connected: list[bool] = []
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+    )
+    return assoc, bool(connected)
+
+
+def _contexts_refused(assoc: Association) -> bool:
+    """The peer answered but accepted none of the proposed contexts (pynetdicom then aborts)."""
+    return bool(assoc.rejected_contexts) and not assoc.accepted_contexts
+
+
+def _association_failure(
+    assoc: Association, destination: Destination, connected: bool
+) -> tuple[Failure, str]:
     if assoc.is_rejected:
         rejection = getattr(assoc.acceptor, "primitive", None)
         result = getattr(rejection, "result", None)
@@ -64,18 +84,25 @@ def _association_failure(assoc: Association, destination: Destination) -> tuple[
         permanent = result == 0x01
         reason = f"{destination} rejected the association ({what}: {why or diagnostic})"
         return (Failure.PERMANENT if permanent else Failure.TRANSIENT), reason
+    if not connected:
+        return Failure.TRANSIENT, f"cannot connect to {destination} (refused or unreachable)"
+    if _contexts_refused(assoc):
+        return (
+            Failure.PERMANENT,
+            f"{destination} accepted none of the proposed SOP classes and transfer syntaxes",
+        )
     if assoc.is_aborted:
         return Failure.TRANSIENT, f"{destination} aborted the association"
-    return Failure.TRANSIENT, f"cannot connect to {destination}"
+    return Failure.TRANSIENT, f"{destination} did not answer the association request"
 
 
 def echo(destination: Destination, calling_ae: str, timeout: float = 30.0) -> EchoResult:
     """C-ECHO ``destination``."""
     ae = _new_ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc, connected = _associate(ae, destination)
     if not assoc.is_established:
-        return EchoResult(False, _association_failure(assoc, destination)[1])
+        return EchoResult(False, _association_failure(assoc, destination, connected)[1])
     try:
         status = assoc.send_c_echo()
         code = int(status.Status) if "Status" in status else None
@@ -96,14 +123,20 @@ def send_files(
     """C-STORE each file over as few associations as possible (one per 128 contexts).
 
     The files are streamed as stored (no decoding), each proposed with its own SOP class and
-    transfer syntax. Never raises for network or peer problems: each file gets an outcome.
+    transfer syntax. A dataset of odd length (an element value of odd length, which DICOM
+    forbids) cannot travel as stored: a peer aborts on its odd last fragment, taking the rest
+    of the association with it. Such a file is read and re-encoded, which pads the value.
+    Never raises for network or peer problems: each file gets an outcome.
     """
     outcomes: dict[Path, SendOutcome] = {}
     contexts: dict[tuple[str, str], list[Path]] = {}
+    odd_length: set[Path] = set()
     for path in paths:
         try:
-            meta = read_file_meta_info(path)
+            meta, offset = split_dataset(path)
             key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+            if (path.stat().st_size - offset) % 2:
+                odd_length.add(path)
         except Exception as exc:
             outcomes[path] = SendOutcome(
                 path,
@@ -122,9 +155,14 @@ def send_files(
         for sop_class, syntax in batch:
             ae.add_requested_context(sop_class, syntax)
         batch_paths = [p for key in batch for p in contexts[key]]
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        assoc, connected = _associate(ae, destination)
         if not assoc.is_established:
-            failure, reason = _association_failure(assoc, destination)
+            if connected and _contexts_refused(assoc):  # each file: its context was refused
+                for key in batch:
+                    for path in contexts[key]:
+                        outcomes[path] = _store_one(assoc, path, key, set(), destination, False)
+                continue
+            failure, reason = _association_failure(assoc, destination, connected)
             for path in batch_paths:
                 outcomes[path] = SendOutcome(path, False, failure=failure, reason=reason)
             continue
@@ -135,11 +173,24 @@ def send_files(
             }
             for key in batch:
                 for path in contexts[key]:
-                    outcomes[path] = _store_one(assoc, path, key, accepted, destination)
+                    outcomes[path] = _store_one(
+                        assoc, path, key, accepted, destination, path in odd_length
+                    )
         finally:
             if assoc.is_established:
                 assoc.release()
     return [outcomes[path] for path in paths]
+
+
+def _padded_dataset(path: Path) -> Dataset:
+    """The file's dataset with every element converted, so that odd values are written padded.
+
+    (pydicom writes elements it has not converted byte for byte, odd lengths included.)
+    """
+    dataset = dcmread(path)
+    for _element in dataset.iterall():
+        pass
+    return dataset
 
 
 def _store_one(
@@ -148,6 +199,7 @@ def _store_one(
     key: tuple[str, str],
     accepted: set[tuple[str, str]],
     destination: Destination,
+    re_encode: bool,
 ) -> SendOutcome:
     if key not in accepted:
         return SendOutcome(
@@ -159,7 +211,7 @@ def _store_one(
     if not assoc.is_established:
         return SendOutcome(path, False, failure=Failure.TRANSIENT, reason="association lost")
     try:
-        status = assoc.send_c_store(path)
+        status = assoc.send_c_store(_padded_dataset(path) if re_encode else path)
     except Exception as exc:
         return SendOutcome(
             path, False, failure=Failure.TRANSIENT, reason=f"send failed ({type(exc).__name__})"

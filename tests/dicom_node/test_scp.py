@@ -1,0 +1,436 @@
+"""The listener against real dcmtk peers: what arrives, what is kept, what is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config
+from sqlalchemy import select
+
+from dicom_factory import make_dx, save, synthetic_chest
+from peers_harness import (
+    dcmtk_env,
+    echoscu,
+    free_port,
+    run_storescp,
+    storescu,
+    tool,
+    wait_for_port,
+)
+from pneumonode.db.models import AuditEvent, Instance, Job
+from pneumonode.db.session import Database
+from pneumonode.dicom_node.receive import dataset_offset
+
+pytestmark = pytest.mark.integration
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """Everything after the File Meta Information (which each receiver writes itself)."""
+    return path.read_bytes()[dataset_offset(path) :]
+
+
+def instances(database: Database) -> dict[str, Instance]:
+    with database.session() as session:
+        return {i.sop_uid: i for i in session.scalars(select(Instance))}
+
+
+def jobs(database: Database) -> list[Job]:
+    with database.session() as session:
+        return list(session.scalars(select(Job)))
+
+
+def events(database: Database, kind: str | None = None) -> list[AuditEvent]:
+    with database.session() as session:
+        query = select(AuditEvent).order_by(AuditEvent.id)
+        if kind:
+            query = query.where(AuditEvent.kind == kind)
+        return list(session.scalars(query))
+
+
+def spooled(node) -> list[Path]:
+    return sorted(node.spool.glob("*/*.dcm"))
+
+
+def incoming(node) -> list[Path]:
+    return list((node.spool / ".incoming").iterdir())
+
+
+def sop_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def store_one(port: int, path: Path) -> Dataset:
+    """C-STORE one file with pynetdicom; returns the status dataset."""
+    ae = AE(ae_title="STORESCU")
+    meta = pydicom.filereader.read_file_meta_info(path)
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMONODE")
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(pydicom.dcmread(path))
+    finally:
+        assoc.release()
+
+
+# ------------------------------------------------------------------------ acceptance
+
+
+def test_real_files_arrive_byte_identical_with_rows_and_audit(
+    node, siim_sample_dicoms: list[Path], format_refs: Path, tmp_path: Path
+) -> None:
+    """What storescu sends is kept bit for bit: dcmtk's storescp in bit-preserving mode, sent
+    the same files, is the witness of what went over the wire."""
+    refs = sorted(format_refs.glob("*.dcm"))
+    with run_storescp(tmp_path / "witness", options=("+xa", "+B")) as witness:
+        for files in (siim_sample_dicoms, *[[ref] for ref in refs]):
+            for port, called in ((node.port, "PNEUMONODE"), (witness.port, "STORESCP")):
+                result = storescu(files, port, called=called)
+                assert result.returncode == 0 and "Failed" not in result.stderr, result.stderr
+    sent = {sop_uid(p): dataset_bytes(p) for p in (tmp_path / "witness").iterdir()}
+    rows = instances(node.database)
+    assert len(rows) == len(siim_sample_dicoms) + len(refs) == len(sent)
+    for source in (*siim_sample_dicoms, *refs):
+        row = rows[sop_uid(source)]
+        stored = node.spool / row.path
+        assert dataset_bytes(stored) == sent[row.sop_uid], source.name
+        assert row.size_bytes == len(sent[row.sop_uid])
+        assert row.calling_ae == "STORESCU" and row.peer_address == "127.0.0.1"
+        ts = pydicom.dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert ts == pydicom.dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    skipped = {r.sop_uid: r.skip_reason for r in rows.values() if r.status == "skipped"}
+    assert skipped == {
+        sop_uid(
+            format_refs / "seg_cr_binary_reference.dcm"
+        ): "not a radiograph (Segmentation Storage)",
+        sop_uid(format_refs / "dx_monochrome1.dcm"): "body part THORAX, not CHEST",
+    }
+    assert len(jobs(node.database)) == len(rows) - 2
+    received = events(node.database, "instance.received")
+    assert len(received) == len(rows)
+    assert {e.detail["transfer_syntax"] for e in received} >= {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.1",
+    }
+    assert len(events(node.database, "instance.skipped")) == 2
+    accepted = events(node.database, "association.accepted")
+    assert accepted and all(e.calling_ae == "STORESCU" for e in accepted)
+    assert not incoming(node)
+
+
+def test_echo_from_an_allowed_peer(node) -> None:
+    result = echoscu(node.port)
+    assert result.returncode == 0, result.stderr
+
+
+def test_unknown_calling_ae_is_rejected_and_audited(node, siim_sample_dicoms) -> None:
+    result = storescu(siim_sample_dicoms[:1], node.port, calling="INTRUDER")
+    assert result.returncode != 0 and "Calling AE Title Not Recognized" in result.stderr
+    rejected = events(node.database, "association.rejected")
+    assert rejected[-1].calling_ae == "INTRUDER" and rejected[-1].peer_address == "127.0.0.1"
+    assert "INTRUDER" in rejected[-1].message
+    assert not spooled(node)
+    assert storescu(siim_sample_dicoms[:1], node.port).returncode == 0  # next one works
+
+
+def test_called_ae_mismatch_is_rejected(node) -> None:
+    result = echoscu(node.port, called="SOMEBODYELSE")
+    assert result.returncode != 0 and "Called AE Title Not Recognized" in result.stderr
+    assert "SOMEBODYELSE" in events(node.database, "association.rejected")[-1].message
+
+
+def test_peer_bound_to_a_host(node_factory, siim_sample_dicoms) -> None:
+    elsewhere = node_factory(allowed_peers=["STORESCU@10.1.2.3"])
+    assert storescu(siim_sample_dicoms[:1], elsewhere.port).returncode != 0
+    here = node_factory(allowed_peers=["STORESCU@localhost"])
+    assert storescu(siim_sample_dicoms[:1], here.port).returncode == 0
+
+
+def test_promiscuous_mode_accepts_anybody(node_factory) -> None:
+    lab = node_factory(allowed_peers=[], accept_any_peer=True)
+    assert echoscu(lab.port, calling="ANYONE").returncode == 0
+    closed = node_factory(allowed_peers=[])
+    assert echoscu(closed.port, calling="ANYONE").returncode != 0
+
+
+# ------------------------------------------------------------------- idempotence, UIDs
+
+
+def test_resend_is_idempotent_and_changed_bytes_rerun_the_job(
+    node, siim_sample_dicoms, tmp_path
+) -> None:
+    source = siim_sample_dicoms[0]
+    assert storescu([source], node.port).returncode == 0
+    assert storescu([source], node.port).returncode == 0
+    assert len(jobs(node.database)) == 1
+    resent = events(node.database, "instance.resent")
+    assert len(resent) == 1 and resent[0].detail["changed"] is False
+
+    with node.database.session() as session:  # the job ran meanwhile
+        job = session.scalars(select(Job)).one()
+        job.state = "done"
+    changed = tmp_path / "changed.dcm"
+    ds = pydicom.dcmread(source)
+    ds.InstitutionName = "Changed Hospital"
+    ds.save_as(changed)
+    assert storescu([changed], node.port).returncode == 0
+    [job] = jobs(node.database)
+    assert job.state == "pending"
+    row = instances(node.database)[str(ds.SOPInstanceUID)]
+    assert row.times_received == 3
+    assert dataset_bytes(node.spool / row.path) == dataset_bytes(changed)
+    assert events(node.database, "instance.resent")[-1].detail["changed"] is True
+    assert len(spooled(node)) == 1
+
+
+@pytest.mark.parametrize(
+    "uid", ["ID_4d6269d79", "../../../../tmp/escape", "1.2.3/../../4", ".hidden"]
+)
+def test_invalid_uids_are_stored_safely_inside_the_spool(
+    node, siim_sample_dicoms, tmp_path, uid: str
+) -> None:
+    ds = pydicom.dcmread(siim_sample_dicoms[1])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.StudyInstanceUID = uid
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path)
+    assert storescu([path], node.port).returncode == 0
+    row = instances(node.database)[uid]
+    stored = (node.spool / row.path).resolve()
+    assert stored.is_relative_to(node.spool.resolve()) and stored.is_file()
+    assert stored.parent.parent == node.spool.resolve()
+    assert dataset_bytes(stored) == dataset_bytes(path)
+    assert not list(tmp_path.parent.rglob("escape*"))
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+def test_non_images_are_stored_and_skipped(node, tmp_path) -> None:
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sr.StudyInstanceUID, sr.SeriesInstanceUID = generate_uid(), generate_uid()
+    sr.Modality = "SR"
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(
+        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+        b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+        b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\n"
+        b"trailer<</Root 1 0 R>>\n%%EOF\n"
+    )
+    subprocess.run(
+        [tool("pdf2dcm"), str(pdf), str(tmp_path / "pdf.dcm")],
+        check=True,
+        capture_output=True,
+    )
+    for path in (tmp_path / "sr.dcm", tmp_path / "pdf.dcm"):
+        assert storescu([path], node.port).returncode == 0
+    reasons = sorted(r.skip_reason for r in instances(node.database).values())
+    assert reasons == [
+        "not a radiograph (Basic Text SR Storage)",
+        "not a radiograph (Encapsulated PDF Storage)",
+    ]
+    assert jobs(node.database) == []
+
+
+def test_corrupt_dataset_gets_cannot_understand(node, siim_sample_dicoms, tmp_path) -> None:
+    """A peer streams garbage after a valid file meta: 0xC210, nothing kept, next store works."""
+    good = siim_sample_dicoms[2]
+    corrupt = tmp_path / "corrupt.dcm"
+    data = good.read_bytes()
+    offset = dataset_offset(good)
+    corrupt.write_bytes(data[:offset] + b"\x08\x00\x18\x00UI\xff\xff" + os.urandom(3000))
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes as they are
+    try:
+        ae = AE(ae_title="STORESCU")
+        meta = pydicom.filereader.read_file_meta_info(good)
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")
+        assert assoc.is_established
+        status = assoc.send_c_store(corrupt)
+        assert 0xC000 <= status.Status <= 0xCFFF, hex(status.Status)
+        assert "cannot understand" in status.ErrorComment
+        assert assoc.send_c_store(good).Status == 0x0000
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    assert len(instances(node.database)) == 1
+    assert events(node.database, "instance.refused")[-1].message.startswith("refused: ")
+    assert not incoming(node)
+
+
+def test_disk_watermark_refuses_then_recovers(node, siim_sample_dicoms) -> None:
+    receiver = node.listener.receiver
+    receiver.min_free_bytes = 1 << 62  # more than any disk has
+    result = storescu(siim_sample_dicoms[:1], node.port)
+    assert result.returncode != 0 and "Rejected Transient" in result.stderr
+    assert "disk space" in events(node.database, "association.rejected")[-1].message
+
+    # an association opened before the disk filled up gets 0xA700 for its C-STORE
+    receiver.min_free_bytes = 0
+    ae = AE(ae_title="STORESCU")
+    meta = pydicom.filereader.read_file_meta_info(siim_sample_dicoms[0])
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")
+    assert assoc.is_established
+    receiver.min_free_bytes = 1 << 62
+    status = assoc.send_c_store(pydicom.dcmread(siim_sample_dicoms[0]))
+    assert status.Status == 0xA700 and "disk" in status.ErrorComment
+    receiver.min_free_bytes = 0
+    assert assoc.send_c_store(pydicom.dcmread(siim_sample_dicoms[0])).Status == 0x0000
+    assoc.release()
+    assert len(spooled(node)) == 1 and not incoming(node)
+    assert storescu(siim_sample_dicoms[1:3], node.port).returncode == 0
+
+
+def test_database_down_answers_out_of_resources_and_keeps_no_file(node, siim_sample_dicoms) -> None:
+    receiver = node.listener.receiver
+    working = receiver.database
+    receiver.database = Database(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    try:
+        status = store_one(node.port, siim_sample_dicoms[0])
+        assert status.Status == 0xA700 and "database" in status.ErrorComment
+    finally:
+        receiver.database.dispose()
+        receiver.database = working
+    assert not spooled(node) and not incoming(node)
+    assert storescu(siim_sample_dicoms[:1], node.port).returncode == 0
+    assert len(spooled(node)) == 1
+
+
+def test_association_aborted_mid_dataset_leaves_nothing(node_factory, tmp_path) -> None:
+    """storescu killed half-way through a large object: no partial file, no row, no job."""
+    node = node_factory()
+    big = save(make_dx(synthetic_chest(6000, 5000, 16, seed=5), 16), tmp_path / "big.dcm")
+    args = [
+        tool("storescu"),
+        "-aet",
+        "STORESCU",
+        "-aec",
+        "PNEUMONODE",
+        "-R",
+        "127.0.0.1",
+        str(node.port),
+        str(big),
+    ]
+    process = subprocess.Popen(
+        args,
+        env={**dcmtk_env(), "TCP_NODELAY": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        partial = [p.stat().st_size for p in incoming(node) if p.exists()]
+        if partial and max(partial) > 5_000_000:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while incoming(node) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not incoming(node), "the partial dataset was not discarded"
+    assert not spooled(node) and not instances(node.database) and not jobs(node.database)
+    assert echoscu(node.port).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_200_mb_object_is_received_intact(node_factory, tmp_path) -> None:
+    node = node_factory()
+    pixels = np.random.default_rng(1).integers(0, 4096, size=(10000, 10000), dtype=np.uint16)
+    big = save(make_dx(pixels, 12), tmp_path / "huge.dcm")
+    del pixels
+    assert big.stat().st_size > 200_000_000
+    result = storescu([big], node.port, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [row] = instances(node.database).values()
+    stored = node.spool / row.path
+    assert stored.stat().st_size - dataset_offset(stored) == big.stat().st_size - dataset_offset(
+        big
+    )
+    assert dataset_bytes(stored) == dataset_bytes(big)
+
+
+# ------------------------------------------------------------------ graceful shutdown
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_transfers_in_flight(tmp_path, siim_sample_dicoms) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PNEUMONODE_DATA_DIR": str(tmp_path / "data"),
+        "PNEUMONODE_DICOM_PORT": str(port),
+        "PNEUMONODE_ALLOWED_PEERS": "STORESCU",
+    }
+    listener = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pneumonode"), "dicom-listen"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_port(port)
+        big = save(make_dx(synthetic_chest(5000, 4000, 16, seed=9), 16), tmp_path / "big.dcm")
+        files = [big, *siim_sample_dicoms]
+        args = [
+            tool("storescu"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PNEUMONODE",
+            "-R",
+            "-xy",
+            "127.0.0.1",
+            str(port),
+        ]
+        sender = subprocess.Popen(
+            [*args, *map(str, files)],
+            env={**dcmtk_env(), "TCP_NODELAY": "0"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        spool_in = tmp_path / "data" / "spool" / ".incoming"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+            p.stat().st_size > 1_000_000 for p in spool_in.glob("*") if p.exists()
+        ):
+            time.sleep(0.005)
+        listener.send_signal(signal.SIGTERM)
+        # a new association is refused while the running one finishes
+        refused_at = time.monotonic() + 3
+        while time.monotonic() < refused_at:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) != 0:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the listener still accepts connections after SIGTERM")
+        assert sender.poll() is None, "the transfer in flight should still be running"
+        sender_output, _ = sender.communicate(timeout=120)
+        assert sender.returncode == 0 and "Failed" not in sender_output, sender_output
+        output, _ = listener.communicate(timeout=60)
+        assert listener.returncode == 0, output
+    finally:
+        listener.kill()
+    stored = sorted((tmp_path / "data" / "spool").glob("*/*.dcm"))
+    assert len(stored) == len(files)
+    assert not list(spool_in.iterdir())
