@@ -1,0 +1,144 @@
+"""The audit database on SQLite and on PostgreSQL: schema, idempotent receiving, the trail."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from pneumonode.cli import main
+from pneumonode.db.models import AuditEvent, Job, JobState, Study
+from pneumonode.db.repository import (
+    ReceivedInstance,
+    ReceiveOutcome,
+    audit,
+    list_audit,
+    record_received_instance,
+)
+from pneumonode.db.session import Database
+
+ITEM = ReceivedInstance(
+    study_uid="1.2.3",
+    series_uid="1.2.3.4",
+    sop_uid="1.2.3.4.5",
+    sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+    transfer_syntax_uid="1.2.840.10008.1.2.1",
+    modality="CR",
+    patient_id="PAT-1",
+    accession_number="ACC-1",
+    study_date="20260101",
+    path="1.2.3/1.2.3.4.5.dcm",
+    size_bytes=1000,
+    sha256="a" * 64,
+    calling_ae="MODALITY",
+    peer_address="10.0.0.5",
+    skip_reason=None,
+)
+
+
+def receive(
+    database: Database, item: ReceivedInstance
+) -> tuple[ReceiveOutcome, int | None, str | None]:
+    with database.session() as session:
+        outcome, _instance, job = record_received_instance(session, item)
+        return outcome, (job.id if job else None), (job.state if job else None)
+
+
+def kinds(database: Database) -> list[str]:
+    with database.session() as session:
+        return [e.kind for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+
+
+def test_schema_is_migrated_and_reopening_is_harmless(database: Database) -> None:
+    tables = set(inspect(database.engine).get_table_names())
+    assert {"studies", "instances", "jobs", "results", "deliveries", "audit_events"} <= tables
+    with database.engine.connect() as connection:
+        assert (
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        )
+    Database.open(database.url).dispose()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    database = Database.open(f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    with database.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    database.dispose()
+
+
+def test_new_instance_creates_study_job_and_audit(database: Database) -> None:
+    outcome, job_id, state = receive(database, ITEM)
+    assert outcome is ReceiveOutcome.NEW and job_id is not None and state == JobState.PENDING
+    with database.session() as session:
+        study = session.scalars(select(Study)).one()
+        assert (study.patient_id, study.accession_number) == ("PAT-1", "ACC-1")
+        assert study.created_at.tzinfo is not None and study.created_at.utcoffset() == timedelta(0)
+    assert kinds(database) == ["instance.received", "job.created"]
+
+
+def test_identical_resend_is_idempotent(database: Database) -> None:
+    _, first_job, _ = receive(database, ITEM)
+    outcome, job_id, _ = receive(database, ITEM)
+    assert outcome is ReceiveOutcome.RESENT_IDENTICAL and job_id == first_job
+    with database.session() as session:
+        assert len(session.scalars(select(Job)).all()) == 1
+    assert kinds(database)[-1] == "instance.resent"
+
+
+def test_changed_resend_resets_the_job(database: Database) -> None:
+    _, job_id, _ = receive(database, ITEM)
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.state = JobState.DONE
+    outcome, again, state = receive(database, replace(ITEM, sha256="b" * 64, size_bytes=2000))
+    assert (
+        outcome is ReceiveOutcome.RESENT_CHANGED and again == job_id and state == JobState.PENDING
+    )
+    assert kinds(database)[-2:] == ["instance.resent", "job.reset"]
+
+
+def test_skipped_instance_has_no_job_and_says_why(database: Database) -> None:
+    outcome, job_id, _ = receive(
+        database, replace(ITEM, skip_reason="view position LL, not frontal")
+    )
+    assert outcome is ReceiveOutcome.NEW and job_id is None
+    with database.session() as session:
+        [event] = list_audit(session, kinds=["instance.skipped"])
+        assert event.message == "skipped: view position LL, not frontal"
+        assert event.patient_id == "PAT-1"  # kept for traceability, never in the message
+
+
+def test_audit_filters_and_order(database: Database) -> None:
+    with database.session() as session:
+        for i in range(5):
+            audit(session, "test.event", f"event {i}", study_uid="9.9" if i % 2 else "8.8")
+    with database.session() as session:
+        events = list_audit(session, kinds=["test.event"])
+        assert [e.message for e in events] == [f"event {i}" for i in range(5)]
+        assert [e.message for e in list_audit(session, study_uid="9.9")] == ["event 1", "event 3"]
+        assert [e.message for e in list_audit(session, limit=2)] == ["event 3", "event 4"]
+        future = datetime.now(UTC) + timedelta(hours=1)
+        assert list_audit(session, since=future) == []
+
+
+def test_audit_cli_formats(
+    database: Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    receive(database, ITEM)
+    monkeypatch.setenv("PNEUMONODE_DATABASE_URL", database.url)
+    assert main(["audit", "--format", "json", "--study", "1.2.3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["kind"] for r in rows] == ["instance.received", "job.created"]
+    assert rows[0]["patient_id"] == "PAT-1" and rows[0]["detail"]["size_bytes"] == 1000
+    assert main(["audit", "--format", "csv", "--since", "1h"]) == 0
+    csv_out = capsys.readouterr().out.splitlines()
+    assert csv_out[0].startswith("at,kind,") and len(csv_out) == 3
+    assert main(["audit", "--kind", "job.created"]) == 0
+    table = capsys.readouterr().out
+    assert "job.created" in table and "instance.received" not in table
+    assert "PAT-1" not in table  # the table view never shows patient identifiers
