@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/pneumonode info
+	$(BIN)/pneumonode serve
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -323,7 +323,10 @@ def _cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     attempt_deliveries(database, ids, RetryPolicy.from_settings(settings))
     failed = _print_deliveries(database, ids, "resent:")
-    return EXIT_OK if failed == 0 else EXIT_PARTIAL
+    if failed == 0:
+        return EXIT_OK
+    print(f"error: {failed} of {len(ids)} not delivered (see above)", file=sys.stderr)
+    return EXIT_ERROR if failed == len(ids) else EXIT_PARTIAL
 
 
 def _emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:

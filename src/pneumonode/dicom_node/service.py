@@ -46,6 +46,18 @@ def run_until_signalled(settings: Settings, database: Database, *, deliveries: b
             f"{settings.dicom_host}:{listener.port} (data in {settings.data_dir})",
             flush=True,
         )
+        if settings.accept_any_peer:
+            print(
+                "warning: PNEUMONODE_ACCEPT_ANY_PEER is on: any calling AE is accepted", flush=True
+            )
+        elif not settings.allowed_peers:
+            print(
+                "note: no peer is allowed yet; set PNEUMONODE_ALLOWED_PEERS=AE or AE@host "
+                "(comma separated) for your PACS and modalities",
+                flush=True,
+            )
+        else:
+            print(f"allowed peers: {', '.join(settings.allowed_peers)}", flush=True)
         stop.wait()
     finally:
         listener.stop()
