@@ -27,16 +27,22 @@ _MAX_COMPONENT = 128
 def safe_component(uid: str) -> str:
     """A file-name-safe form of a UID, distinct for distinct inputs.
 
-    Valid UIDs (digits and dots) are kept as they are. Anything else (SIIM's 'ID_4d6269d79',
-    slashes, '..', control characters, over-long values) gets its unsafe characters replaced and a
-    short hash of the original appended, so two different UIDs never share a file.
+    UIDs made of letters, digits, '.', '_' and '-' (every valid UID, and SIIM's 'ID_4d6269d79')
+    are kept as they are. Anything else (slashes, '..', a leading dot, control characters,
+    over-long or empty values) gets its unsafe characters replaced and a short hash of the
+    original appended, so no name leaves the folder and two different UIDs never share a file.
     """
     text = uid.strip().rstrip("\x00")
-    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:_MAX_COMPONENT]
-    if cleaned == text and text and re.fullmatch(r"[0-9.]+", text):
+    if (
+        text
+        and len(text) <= _MAX_COMPONENT
+        and not text.startswith(".")
+        and not _UNSAFE.search(text)
+    ):
         return text
+    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:_MAX_COMPONENT] or "uid"
     digest = hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return f"{cleaned or 'uid'}-{digest}" if cleaned != text else cleaned
+    return f"{cleaned}-{digest}"
 
 
 def _fsync_dir(path: Path) -> None:
