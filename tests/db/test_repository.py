@@ -15,6 +15,7 @@ from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveOutcome,
     audit,
+    find_known_instance,
     list_audit,
     record_received_instance,
 )
@@ -40,11 +41,12 @@ ITEM = ReceivedInstance(
 
 
 def receive(
-    database: Database, item: ReceivedInstance
+    database: Database, item: ReceivedInstance, *, unchanged: bool = False
 ) -> tuple[ReceiveOutcome, int | None, str | None]:
     with database.session() as session:
-        outcome, _instance, job = record_received_instance(session, item)
-        return outcome, (job.id if job else None), (job.state if job else None)
+        known = find_known_instance(session, item.sop_uid)
+        record = record_received_instance(session, item, known, unchanged=unchanged)
+        return record.outcome, record.job_id, record.job_state
 
 
 def kinds(database: Database) -> list[str]:
@@ -82,7 +84,7 @@ def test_new_instance_creates_study_job_and_audit(database: Database) -> None:
 
 def test_identical_resend_is_idempotent(database: Database) -> None:
     _, first_job, _ = receive(database, ITEM)
-    outcome, job_id, _ = receive(database, ITEM)
+    outcome, job_id, _ = receive(database, ITEM, unchanged=True)
     assert outcome is ReceiveOutcome.RESENT_IDENTICAL and job_id == first_job
     with database.session() as session:
         assert len(session.scalars(select(Job)).all()) == 1

@@ -119,7 +119,8 @@ class Instance(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(String(1024))  # relative to the spool directory
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))  # of the dataset after the file meta
+    # of the dataset after the file meta; computed when a re-send has to be compared
+    sha256: Mapped[str | None] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(AE_TITLE)
     peer_address: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from pneumonode.db.models import (
@@ -22,10 +22,13 @@ from pneumonode.db.models import (
 )
 
 __all__ = [
+    "KnownInstance",
     "ReceiveOutcome",
+    "ReceiveRecord",
     "ReceivedInstance",
     "audit",
     "find_instance",
+    "find_known_instance",
     "list_audit",
     "record_received_instance",
 ]
@@ -69,6 +72,22 @@ def find_instance(session: Session, sop_uid: str) -> Instance | None:
 
 
 @dataclass(frozen=True)
+class KnownInstance:
+    """What the database already holds for a SOP Instance UID (one indexed query)."""
+
+    id: int
+    sha256: str | None
+    path: str
+
+
+def find_known_instance(session: Session, sop_uid: str) -> KnownInstance | None:
+    row = session.connection().execute(
+        select(Instance.id, Instance.sha256, Instance.path).where(Instance.sop_uid == sop_uid)
+    ).first()
+    return KnownInstance(row.id, row.sha256, row.path) if row is not None else None
+
+
+@dataclass(frozen=True)
 class ReceivedInstance:
     """What the listener knows about a stored instance."""
 
@@ -83,7 +102,7 @@ class ReceivedInstance:
     study_date: str | None
     path: str
     size_bytes: int
-    sha256: str
+    sha256: str | None  # computed when needed (a re-send); None for a first arrival
     calling_ae: str | None
     peer_address: str | None
     skip_reason: str | None  # None: a frontal chest radiograph, processed
@@ -95,32 +114,61 @@ class ReceiveOutcome(enum.StrEnum):
     RESENT_CHANGED = "resent-changed"  # different bytes: kept the newer, job re-runs
 
 
-def _study(session: Session, item: ReceivedInstance) -> Study:
-    study = session.scalar(select(Study).where(Study.study_uid == item.study_uid))
-    if study is None:
-        study = Study(
+@dataclass(frozen=True)
+class ReceiveRecord:
+    outcome: ReceiveOutcome
+    instance_id: int
+    job_id: int | None  # the job to run, when the instance is selected
+    job_state: str | None
+
+
+def _study_id(session: Session, item: ReceivedInstance) -> int:
+    connection = session.connection()  # Core statements: no ORM bookkeeping on the hot path
+    study_id = connection.scalar(select(Study.id).where(Study.study_uid == item.study_uid))
+    if study_id is not None:
+        return int(study_id)
+    return connection.execute(
+        insert(Study)
+        .values(
             study_uid=item.study_uid,
             patient_id=item.patient_id,
             accession_number=item.accession_number,
             study_date=item.study_date,
         )
-        session.add(study)
-        session.flush()
-    else:
-        study.patient_id = study.patient_id or item.patient_id
-        study.accession_number = study.accession_number or item.accession_number
-        study.study_date = study.study_date or item.study_date
-    return study
+        .returning(Study.id)
+    ).scalar_one()
+
+
+def _instance_values(item: ReceivedInstance) -> dict[str, Any]:
+    return {
+        "series_uid": item.series_uid,
+        "sop_class_uid": item.sop_class_uid,
+        "transfer_syntax_uid": item.transfer_syntax_uid,
+        "modality": item.modality,
+        "path": item.path,
+        "size_bytes": item.size_bytes,
+        "sha256": item.sha256,
+        "calling_ae": item.calling_ae,
+        "peer_address": item.peer_address,
+        "status": InstanceStatus.SKIPPED if item.skip_reason else InstanceStatus.RECEIVED,
+        "skip_reason": item.skip_reason,
+    }
 
 
 def record_received_instance(
-    session: Session, item: ReceivedInstance
-) -> tuple[ReceiveOutcome, Instance, Job | None]:
+    session: Session,
+    item: ReceivedInstance,
+    known: KnownInstance | None = None,
+    *,
+    unchanged: bool = False,
+) -> ReceiveRecord:
     """Record a stored instance, its job (when selected) and the audit events.
 
-    Idempotent on SOP Instance UID: identical bytes again create no job; different bytes
-    replace the record and put the job back to pending.
+    ``known`` is what ``find_known_instance`` returned for the SOP Instance UID; ``unchanged``
+    says that the bytes equal the stored ones. Idempotent: identical bytes again create no job;
+    different bytes replace the record and put the job back to pending.
     """
+    now = utcnow()
     ids = {
         "study_uid": item.study_uid,
         "sop_uid": item.sop_uid,
@@ -134,10 +182,47 @@ def record_received_instance(
         "transfer_syntax": item.transfer_syntax_uid,
         "sop_class": item.sop_class_uid,
     }
-    status = InstanceStatus.SKIPPED if item.skip_reason else InstanceStatus.RECEIVED
-    instance = find_instance(session, item.sop_uid)
-    if instance is not None and instance.sha256 == item.sha256:
-        instance.times_received += 1
+    if known is None:  # the common case, in as few statements as possible
+        connection = session.connection()
+        study_id = _study_id(session, item)
+        instance_id = connection.execute(
+            insert(Instance)
+            .values(
+                study_id=study_id,
+                sop_uid=item.sop_uid,
+                times_received=1,
+                received_at=now,
+                updated_at=now,
+                **_instance_values(item),
+            )
+            .returning(Instance.id)
+        ).scalar_one()
+        events = [dict(kind="instance.received", message="instance stored", detail=detail)]
+        job_id = None
+        if item.skip_reason:
+            events.append(dict(kind="instance.skipped", message=f"skipped: {item.skip_reason}"))
+        else:
+            job_id = connection.execute(
+                insert(Job)
+                .values(instance_id=instance_id, state=JobState.PENDING, attempts=0, created_at=now)
+                .returning(Job.id)
+            ).scalar_one()
+            events.append(
+                dict(kind="job.created", message=f"job {job_id} created", detail={"job_id": job_id})
+            )
+        connection.execute(
+            insert(AuditEvent),
+            [{"at": now, "detail": None, **ids, **event} for event in events],
+        )
+        state = None if job_id is None else JobState.PENDING
+        return ReceiveRecord(ReceiveOutcome.NEW, instance_id, job_id, state)
+
+    instance = session.get(Instance, known.id)
+    assert instance is not None
+    instance.times_received += 1
+    job = instance.job
+    if unchanged:
+        instance.sha256 = instance.sha256 or item.sha256
         audit(
             session,
             "instance.resent",
@@ -145,50 +230,27 @@ def record_received_instance(
             detail={**detail, "changed": False},
             **ids,
         )
-        return ReceiveOutcome.RESENT_IDENTICAL, instance, instance.job
-
-    study = _study(session, item)
-    if instance is None:
-        outcome = ReceiveOutcome.NEW
-        instance = Instance(
-            study_id=study.id,
-            sop_uid=item.sop_uid,
-            times_received=1,
-            received_at=utcnow(),
+        job_id = job.id if job is not None and not instance.skip_reason else None
+        return ReceiveRecord(
+            ReceiveOutcome.RESENT_IDENTICAL, instance.id, job_id, job.state if job else None
         )
-        session.add(instance)
-        audit(session, "instance.received", "instance stored", detail=detail, **ids)
-    else:
-        outcome = ReceiveOutcome.RESENT_CHANGED
-        instance.times_received += 1
-        instance.study_id = study.id
-        audit(
-            session,
-            "instance.resent",
-            "re-sent with different content: kept the newer file",
-            detail={**detail, "changed": True},
-            **ids,
-        )
-    instance.series_uid = item.series_uid
-    instance.sop_class_uid = item.sop_class_uid
-    instance.transfer_syntax_uid = item.transfer_syntax_uid
-    instance.modality = item.modality
-    instance.path = item.path
-    instance.size_bytes = item.size_bytes
-    instance.sha256 = item.sha256
-    instance.calling_ae = item.calling_ae
-    instance.peer_address = item.peer_address
-    instance.status = status
-    instance.skip_reason = item.skip_reason
-    session.flush()
 
-    job = instance.job
+    instance.study_id = _study_id(session, item)
+    for key, value in _instance_values(item).items():
+        setattr(instance, key, value)
+    audit(
+        session,
+        "instance.resent",
+        "re-sent with different content: kept the newer file",
+        detail={**detail, "changed": True},
+        **ids,
+    )
     if item.skip_reason:
         audit(session, "instance.skipped", f"skipped: {item.skip_reason}", **ids)
         if job is not None and job.state in (JobState.PENDING, JobState.QUEUED):
             job.state = JobState.FAILED
             job.error = f"superseded by a re-sent object that is skipped: {item.skip_reason}"
-        return outcome, instance, job
+        return ReceiveRecord(ReceiveOutcome.RESENT_CHANGED, instance.id, None, None)
     if job is None:
         job = Job(instance_id=instance.id, state=JobState.PENDING, attempts=0)
         session.add(job)
@@ -201,4 +263,4 @@ def record_received_instance(
         audit(
             session, "job.reset", f"job {job.id} will run again", detail={"job_id": job.id}, **ids
         )
-    return outcome, instance, job
+    return ReceiveRecord(ReceiveOutcome.RESENT_CHANGED, instance.id, job.id, JobState.PENDING)

@@ -11,7 +11,8 @@ import hashlib
 import logging
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -21,7 +22,7 @@ from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveOutcome,
     audit,
-    find_instance,
+    find_known_instance,
     record_received_instance,
 )
 from pneumonode.db.session import Database
@@ -68,15 +69,21 @@ def dataset_offset(path: Path) -> int:
     return 144 + group_length
 
 
-def _hash_dataset(path: Path, offset: int) -> tuple[str, int]:
+def _hash_dataset(path: Path, offset: int) -> str:
+    """SHA-256 of the dataset bytes (after the file meta)."""
     digest = hashlib.sha256()
-    size = 0
     with path.open("rb") as handle:
         handle.seek(offset)
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+    return digest.hexdigest()
+
+
+def _stored_hash(path: Path) -> str | None:
+    try:
+        return _hash_dataset(path, dataset_offset(path))
+    except (OSError, ValueError):
+        return None  # the stored file is gone or damaged: keep the new one
 
 
 def _read_header(path: Path) -> tuple[Dataset, bool]:
@@ -135,13 +142,13 @@ class InstanceReceiver:
             except Exception as exc:  # pydicom raises many types on corrupt input
                 self._audit_refusal(f"unreadable dataset ({type(exc).__name__})", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset")
+            synced = self.spool.start_sync(temp)  # fsync runs while we parse and query
             if not study_uid:
                 self._audit_refusal("no Study Instance UID", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: no Study Instance UID")
             if dataset_sop != sop_uid:
                 self._audit_refusal("SOP Instance UID differs from the C-STORE request", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: SOP Instance UID mismatch")
-            sha256, size = _hash_dataset(temp, offset)
             reason = skip_reason(ds, sop_class_uid, has_pixel_data=has_pixels)
             item = ReceivedInstance(
                 study_uid=study_uid,
@@ -154,65 +161,65 @@ class InstanceReceiver:
                 accession_number=_text(ds, "AccessionNumber", 64),
                 study_date=_text(ds, "StudyDate", 8),
                 path=str(self.spool.relative_path(study_uid, sop_uid)),
-                size_bytes=size,
-                sha256=sha256,
+                size_bytes=temp.stat().st_size - offset,
+                sha256=None,
                 calling_ae=calling_ae,
                 peer_address=peer_address,
                 skip_reason=reason,
             )
-            return self._store(temp, item)
+            return self._store(temp, offset, item, synced)
         except Exception:
             log.exception("unexpected failure while receiving an instance")
             return Status(PROCESSING_FAILURE, "processing failure")
 
-    def _store(self, temp: Path, item: ReceivedInstance) -> Status:
+    def _store(
+        self, temp: Path, offset: int, item: ReceivedInstance, synced: Future[None]
+    ) -> Status:
+        """Spool the file and record it in one database transaction; the file is durable
+        before the transaction commits, and removed again if the commit fails."""
+        final = self.spool.root / item.path
+        placed = False  # a new file of ours is in the spool
         try:
-            with self.database.session() as session:
-                previous = find_instance(session, item.sop_uid)
-                unchanged = previous is not None and previous.sha256 == item.sha256
+            for attempt in range(2):
+                try:
+                    with self.database.session() as session:
+                        known = find_known_instance(session, item.sop_uid)
+                        unchanged = False
+                        if known is not None:  # a re-send: compare contents
+                            source = final if placed else temp
+                            new = _hash_dataset(source, offset)
+                            old = known.sha256 or _stored_hash(self.spool.root / known.path)
+                            item = replace(item, sha256=new)
+                            unchanged = new == old and final.is_file()
+                        if not unchanged and not placed:
+                            self.spool.commit(temp, item.study_uid, item.sop_uid, synced)
+                            placed = known is None
+                        record = record_received_instance(session, item, known, unchanged=unchanged)
+                    break
+                except IntegrityError:
+                    if attempt == 1:
+                        raise  # another association stored the same instance at the same time
         except SQLAlchemyError as exc:
             log.error("database unavailable: %s", type(exc).__name__)
+            if placed:  # never leave a file the database does not know about
+                final.unlink(missing_ok=True)
             return Status(OUT_OF_RESOURCES, "out of resources: database unavailable")
+        except OSError as exc:
+            reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or "I/O error")
+            log.error("cannot write to the spool: %s", reason)
+            return Status(OUT_OF_RESOURCES, f"out of resources: {reason}")
 
-        final = self.spool.root / item.path
-        placed = False
-        if not (unchanged and final.is_file()):
-            try:
-                self.spool.commit(temp, item.study_uid, item.sop_uid)
-                placed = previous is None
-            except OSError as exc:
-                reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or "I/O error")
-                log.error("cannot write to the spool: %s", reason)
-                return Status(OUT_OF_RESOURCES, f"out of resources: {reason}")
-
-        for attempt in range(2):
-            try:
-                with self.database.session() as session:
-                    outcome, _instance, job = record_received_instance(session, item)
-                    job_id = job.id if job is not None and not item.skip_reason else None
-                break
-            except IntegrityError:
-                if attempt == 0:
-                    continue  # another association stored the same instance at the same time
-                return self._database_failed(final, placed)
-            except SQLAlchemyError as exc:
-                log.error("database unavailable: %s", type(exc).__name__)
-                return self._database_failed(final, placed)
-
-        if job_id is not None and outcome is not ReceiveOutcome.RESENT_IDENTICAL and self.on_job:
-            self.on_job(job_id)
+        fresh_job = record.outcome is not ReceiveOutcome.RESENT_IDENTICAL
+        if record.job_id is not None and fresh_job and self.on_job is not None:
+            self.on_job(record.job_id)
         log.info(
-            "stored instance (%s, %d bytes): %s",
-            outcome,
+            "stored instance %d (%s, %d bytes): %s",
+            record.instance_id,
+            record.outcome,
             item.size_bytes,
-            item.skip_reason or "job",
+            item.skip_reason or f"job {record.job_id}",
         )
         return SUCCESS
-
-    def _database_failed(self, final: Path, placed: bool) -> Status:
-        if placed:  # never leave a file the database does not know about
-            final.unlink(missing_ok=True)
-        return Status(OUT_OF_RESOURCES, "out of resources: database unavailable")
 
     def _audit_refusal(self, reason: str, **who: str | None) -> None:
         log.warning("refused an instance: %s", reason)

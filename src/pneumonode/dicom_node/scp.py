@@ -183,6 +183,7 @@ class Listener:
         # Received datasets stream to a temporary file in the spool's filesystem, so that
         # keeping them is a rename, and memory does not grow with the object size.
         _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.LOG_HANDLER_LEVEL = "none"  # its standard handlers log identifiers
         # Never validate (and so never log) element values of what we receive: they may be
         # patient data, and we keep the bytes as they came anyway.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

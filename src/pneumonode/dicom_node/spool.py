@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 __all__ = ["Spool", "safe_component"]
@@ -45,6 +46,17 @@ def safe_component(uid: str) -> str:
     return f"{cleaned}-{digest}"
 
 
+_SYNC_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spool-fsync")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -70,16 +82,22 @@ class Spool:
             raise ValueError(f"{relative} is outside the spool")
         return path
 
-    def commit(self, temp: Path, study_uid: str, sop_uid: str) -> Path:
+    def start_sync(self, temp: Path) -> Future[None]:
+        """fsync ``temp`` in the background (the disk works while the caller parses)."""
+        return _SYNC_POOL.submit(_fsync_file, temp)
+
+    def commit(
+        self, temp: Path, study_uid: str, sop_uid: str, synced: Future[None] | None = None
+    ) -> Path:
         """Make ``temp`` (in the same filesystem) durable at its final place; returns the
-        path relative to the spool root. An existing file of the same instance is replaced."""
+        path relative to the spool root. An existing file of the same instance is replaced.
+        ``synced`` is ``start_sync(temp)`` when the caller started the fsync earlier."""
         relative = self.relative_path(study_uid, sop_uid)
         final = self.root / relative
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if synced is None:
+            _fsync_file(temp)
+        else:
+            synced.result()
         study_dir = final.parent
         if not study_dir.is_dir():
             study_dir.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def upgrade() -> None:
         sa.Column("modality", sa.String(length=16), nullable=True),
         sa.Column("path", sa.String(length=1024), nullable=False),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=True),
         sa.Column("calling_ae", sa.String(length=16), nullable=True),
         sa.Column("peer_address", sa.String(length=64), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
