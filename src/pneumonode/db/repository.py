@@ -81,9 +81,13 @@ class KnownInstance:
 
 
 def find_known_instance(session: Session, sop_uid: str) -> KnownInstance | None:
-    row = session.connection().execute(
-        select(Instance.id, Instance.sha256, Instance.path).where(Instance.sop_uid == sop_uid)
-    ).first()
+    row = (
+        session.connection()
+        .execute(
+            select(Instance.id, Instance.sha256, Instance.path).where(Instance.sop_uid == sop_uid)
+        )
+        .first()
+    )
     return KnownInstance(row.id, row.sha256, row.path) if row is not None else None
 
 
