@@ -9,6 +9,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     UID,
+    BasicTextSRStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     generate_uid,
@@ -78,3 +79,27 @@ def make_dx(
 def save(ds: Dataset, path: Path) -> Path:
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def minimal_pdf(path: Path) -> Path:
+    """A one-page PDF (enough for dcmtk's pdf2dcm)."""
+    path.write_bytes(
+        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+        b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+        b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\n"
+        b"trailer<</Root 1 0 R>>\n%%EOF\n"
+    )
+    return path
+
+
+def basic_text_sr(path: Path) -> Path:
+    """A Basic Text SR without content: an object with no pixel data."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "SR"
+    ds.ValueType = "CONTAINER"
+    return save(ds, path)

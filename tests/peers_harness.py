@@ -84,6 +84,14 @@ def storescu_args(files: Sequence[Path]) -> list[str]:
     return sorted(flags)
 
 
+def storescu_command(
+    files: Sequence[Path], port: int, *, calling: str = "STORESCU", called: str = "PNEUMONODE"
+) -> list[str]:
+    """The storescu command line sending ``files`` in one association."""
+    args = [tool("storescu"), "-aet", calling, "-aec", called, *storescu_args(files)]
+    return [*args, "127.0.0.1", str(port), *map(str, files)]
+
+
 def storescu(
     files: Sequence[Path],
     port: int,
@@ -93,8 +101,7 @@ def storescu(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Send ``files`` in one association with dcmtk's storescu; returns the finished process."""
-    args = [tool("storescu"), "-aet", calling, "-aec", called, *storescu_args(files)]
-    args += ["127.0.0.1", str(port), *map(str, files)]
+    args = storescu_command(files, port, calling=calling, called=called)
     return subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout)
 
 

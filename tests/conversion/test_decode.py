@@ -10,22 +10,18 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
-    BasicTextSRStorage,
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 
-from dicom_factory import make_dx, save, synthetic_chest
+from dicom_factory import basic_text_sr, make_dx, minimal_pdf, save, synthetic_chest
 from pneumonode.conversion import (
     MissingPixelDataError,
     NotDicomError,
@@ -307,29 +303,14 @@ def test_absurd_rows_and_columns(siim_sample_dicoms: list[Path], tmp_path: Path)
 
 
 def test_structured_report(tmp_path: Path) -> None:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = BasicTextSRStorage
-    ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.Modality = "SR"
-    ds.ValueType = "CONTAINER"
-    path = tmp_path / "report.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = basic_text_sr(tmp_path / "report.dcm")
     with pytest.raises(MissingPixelDataError, match=r"Basic Text SR Storage\): not an image"):
         prepare_radiograph(path)
 
 
 @pytest.mark.integration
 def test_encapsulated_pdf_made_by_dcmtk(tmp_path: Path) -> None:
-    pdf = tmp_path / "report.pdf"
-    pdf.write_bytes(
-        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
-        b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
-        b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\n"
-        b"trailer<</Root 1 0 R>>\n%%EOF\n"
-    )
+    pdf = minimal_pdf(tmp_path / "report.pdf")
     path = tmp_path / "pdf.dcm"
     run(dcmtk("pdf2dcm"), pdf, path)
     with pytest.raises(MissingPixelDataError, match=r"Encapsulated PDF Storage\): not an image"):

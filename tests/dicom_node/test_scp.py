@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from sqlalchemy import select
 
-from dicom_factory import make_dx, save, synthetic_chest
+from dicom_factory import basic_text_sr, make_dx, minimal_pdf, save, synthetic_chest
 from peers_harness import (
     dcmtk_env,
     echoscu,
     free_port,
     run_storescp,
     storescu,
+    storescu_command,
     tool,
     wait_for_port,
 )
@@ -218,21 +218,8 @@ def test_invalid_uids_are_stored_safely_inside_the_spool(
 
 
 def test_non_images_are_stored_and_skipped(node, tmp_path) -> None:
-    sr = Dataset()
-    sr.file_meta = FileMetaDataset()
-    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
-    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    sr.StudyInstanceUID, sr.SeriesInstanceUID = generate_uid(), generate_uid()
-    sr.Modality = "SR"
-    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
-    pdf = tmp_path / "report.pdf"
-    pdf.write_bytes(
-        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
-        b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
-        b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\n"
-        b"trailer<</Root 1 0 R>>\n%%EOF\n"
-    )
+    basic_text_sr(tmp_path / "sr.dcm")
+    pdf = minimal_pdf(tmp_path / "report.pdf")
     subprocess.run(
         [tool("pdf2dcm"), str(pdf), str(tmp_path / "pdf.dcm")],
         check=True,
@@ -317,17 +304,7 @@ def test_association_aborted_mid_dataset_leaves_nothing(node_factory, tmp_path) 
     """storescu killed half-way through a large object: no partial file, no row, no job."""
     node = node_factory()
     big = save(make_dx(synthetic_chest(6000, 5000, 16, seed=5), 16), tmp_path / "big.dcm")
-    args = [
-        tool("storescu"),
-        "-aet",
-        "STORESCU",
-        "-aec",
-        "PNEUMONODE",
-        "-R",
-        "127.0.0.1",
-        str(node.port),
-        str(big),
-    ]
+    args = storescu_command([big], node.port)
     process = subprocess.Popen(
         args,
         env={**dcmtk_env(), "TCP_NODELAY": "0"},
@@ -390,19 +367,9 @@ def test_sigterm_finishes_transfers_in_flight(tmp_path, siim_sample_dicoms) -> N
         wait_for_port(port)
         big = save(make_dx(synthetic_chest(5000, 4000, 16, seed=9), 16), tmp_path / "big.dcm")
         files = [big, *siim_sample_dicoms]
-        args = [
-            tool("storescu"),
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "PNEUMONODE",
-            "-R",
-            "-xy",
-            "127.0.0.1",
-            str(port),
-        ]
+        args = storescu_command(files, port)
         sender = subprocess.Popen(
-            [*args, *map(str, files)],
+            args,
             env={**dcmtk_env(), "TCP_NODELAY": "0"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -47,6 +47,7 @@ from pneumonode.conversion.errors import (
 __all__ = [
     "DECODER_PREFERENCE",
     "MAX_PIXELS",
+    "NATIVE_SYNTAXES",
     "DecodedImage",
     "decode_stored_pixels",
     "decoder_table",

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom.uid import HTJ2K, UID, HTJ2KLossless, HTJ2KLosslessRPCL
 from pynetdicom.presentation import AllStoragePresentationContexts
+
+from pneumonode.conversion.decode import DECODER_PREFERENCE, NATIVE_SYNTAXES
 
 __all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "storage_sop_classes"]
 
-#: Transfer syntaxes accepted for storage, as proposed (we store the bytes as received).
+#: Transfer syntaxes accepted for storage, as proposed (the bytes are kept as received): every
+#: syntax the conversion module decodes, and HTJ2K, which is stored but not yet decoded.
 ACCEPTED_TRANSFER_SYNTAXES: list[UID] = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
-    UID("1.2.840.10008.1.2.4.201"),  # HTJ2K Lossless
-    UID("1.2.840.10008.1.2.4.202"),  # HTJ2K Lossless RPCL
-    UID("1.2.840.10008.1.2.4.203"),  # HTJ2K
+    *NATIVE_SYNTAXES,
+    *DECODER_PREFERENCE,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
 ]
 
 
