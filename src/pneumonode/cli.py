@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom.config
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from pneumonode import __version__
 from pneumonode.config import ConfigFileError, Settings
@@ -88,6 +90,19 @@ def _build_parser() -> argparse.ArgumentParser:
     siim.add_argument("--size", type=_positive_int, default=None, help="side in pixels")
     siim.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
     siim.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    predict = sub.add_parser(
+        "predict",
+        help="segment pneumothorax on DICOM, PNG or JPEG files",
+        description="Write <stem>_mask.png (0/255, the source's size) and <stem>_overlay.png "
+        "for each file, and predictions.json with the findings. AI result, not for clinical use.",
+    )
+    predict.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    predict.add_argument("--weights", type=Path, required=True, help="checkpoint folder or .pth")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--tta", action="store_true", help="average with a horizontal flip")
+    predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     sub.add_parser(
         "serve",
@@ -217,6 +232,62 @@ def _cmd_convert_siim(settings: Settings, args: argparse.Namespace) -> int:
     if summary.images_found == 0:
         raise CliError(f"no .dcm files found under {args.dicom_dir}")
     return EXIT_OK if summary.ok else EXIT_PARTIAL
+
+
+def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.conversion import ConversionError, encode_png
+    from pneumonode.model.checkpoint import CheckpointError
+    from pneumonode.model.predictor import Predictor
+    from pneumonode.results import render_overlay
+
+    try:
+        predictor = Predictor.load(
+            args.weights, device=args.device, precision=args.precision, tta=args.tta
+        )
+    except (CheckpointError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary: list[dict[str, Any]] = []
+    failed = 0
+    for path in tqdm(args.files, desc="predict", unit="img", disable=len(args.files) < 2):
+        try:
+            prediction = predictor.predict_path(path)
+        except (ConversionError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        mask = prediction.mask
+        (args.out / f"{path.stem}_mask.png").write_bytes(encode_png(mask.astype("uint8") * 255))
+        background = prediction.prepared.source_pixels
+        if background is None:
+            background = prediction.prepared.letterbox.to_source(
+                prediction.prepared.pixels, "linear"
+            )
+        overlay = render_overlay(background, mask)
+        (args.out / f"{path.stem}_overlay.png").write_bytes(encode_png(overlay))
+        finding = prediction.finding
+        summary.append({"file": str(path), **dataclasses.asdict(finding)})
+        area = (
+            f"{finding.area_mm2:.0f} mm²"
+            if finding.area_mm2 is not None
+            else f"{finding.area_pixels} px"
+        )
+        verdict = f"pneumothorax, {finding.side}, {area}" if finding.present else "no pneumothorax"
+        print(f"{path.name}: {verdict} (max probability {finding.max_probability:.2f})")
+    (args.out / "predictions.json").write_text(
+        json.dumps(
+            {
+                "model": predictor.config.name,
+                "version": predictor.config.version,
+                "note": predictor.config.intended_use,
+                "predictions": summary,
+            },
+            indent=2,
+        )
+    )
+    if failed == len(args.files):
+        return EXIT_ERROR
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def _open_database(settings: Settings) -> Database:
@@ -415,6 +486,7 @@ COMMANDS = {
     "info": _cmd_info,
     "convert": _cmd_convert,
     "convert-siim": _cmd_convert_siim,
+    "predict": _cmd_predict,
     "serve": _cmd_serve,
     "dicom-listen": _cmd_serve,
     "echo": _cmd_echo,

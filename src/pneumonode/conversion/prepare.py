@@ -16,7 +16,7 @@ from pneumonode.conversion.geometry import Letterbox
 from pneumonode.conversion.png import encode_png
 from pneumonode.conversion.window import DisplayLUT, build_display_lut
 
-__all__ = ["PreparedImage", "prepare_radiograph"]
+__all__ = ["PreparedImage", "prepare_8bit_image", "prepare_radiograph"]
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,15 @@ class PreparedImage:
         letterbox: where the source image sits inside ``pixels``; maps masks back.
         lut: the display lookup table used (method, window, inversion).
         decoder: the decoder plugin that read the pixel data.
+        source_pixels: uint8 (Rows, Columns), the same display at the source's size, when asked
+            for (``keep_source=True``): the background of overlays.
     """
 
     pixels: np.ndarray
     letterbox: Letterbox
     lut: DisplayLUT
     decoder: str
+    source_pixels: np.ndarray | None = None
 
     def tensor(self) -> np.ndarray:
         """float32 array of shape (1, size, size) with values in [0, 1]."""
@@ -49,6 +52,7 @@ def prepare_radiograph(
     size: int = 1024,
     percentiles: tuple[float, float] = (0.5, 99.5),
     label: str | None = None,
+    keep_source: bool = False,
 ) -> PreparedImage:
     """Decode a single-frame monochrome DICOM image and turn it into a ``size`` x ``size`` input.
 
@@ -57,6 +61,7 @@ def prepare_radiograph(
         size: side of the square output.
         percentiles: window used when a >8-bit image has no VOI LUT and no window.
         label: name used in error messages (defaults to the file name).
+        keep_source: also keep the display image at the source's size (``source_pixels``).
 
     Raises:
         ConversionError (a subclass naming what was wrong): not DICOM, no pixel data, multi-frame
@@ -68,4 +73,19 @@ def prepare_radiograph(
     scaled = letterbox.resize(stored)
     lut = build_display_lut(decoded.dataset, scaled, percentiles)
     pixels = letterbox.pad(lut.apply(scaled), 0)
-    return PreparedImage(pixels, letterbox, lut, decoded.decoder)
+    full_size = lut.apply(stored) if keep_source else None
+    return PreparedImage(pixels, letterbox, lut, decoded.decoder, full_size)
+
+
+def prepare_8bit_image(image: np.ndarray, size: int = 1024) -> PreparedImage:
+    """An already windowed 8-bit image (a PNG or JPEG of a radiograph) as a model input.
+
+    Shape: (H, W) uint8 -> PreparedImage of (size, size). Colour images must be converted to
+    grey by the caller.
+    """
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
+    letterbox = Letterbox.fit(image.shape[0], image.shape[1], size)
+    identity = DisplayLUT(np.arange(256, dtype=np.uint8), 0, "full-range", False, (0.0, 255.0))
+    pixels = letterbox.pad(letterbox.resize(image), 0)
+    return PreparedImage(pixels, letterbox, identity, "image", image)

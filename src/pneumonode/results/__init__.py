@@ -1,3 +1,5 @@
 """What we send back: DICOM SEG, Structured Report, Secondary Capture and PNG overlays."""
 
-__all__: list[str] = []
+from pneumonode.results.overlay import render_overlay
+
+__all__ = ["render_overlay"]

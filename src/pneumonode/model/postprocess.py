@@ -1,0 +1,121 @@
+"""From a probability map to a finding: threshold, minimum area, and what a radiologist reads.
+
+All functions are pure ``(array, ...) -> value``; shapes are given in the docstrings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pydicom import Dataset
+
+__all__ = [
+    "Finding",
+    "binary_mask",
+    "pixel_spacing_mm",
+    "remove_small_components",
+    "summarise",
+]
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop 8-connected components smaller than ``min_area`` pixels.
+
+    Shape: (H, W) bool or {0,1} -> (H, W) bool.
+    """
+    binary = mask.astype(bool)
+    if min_area <= 1 or not binary.any():
+        return binary
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        binary.astype(np.uint8), connectivity=8
+    )
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    kept: np.ndarray = keep[labels]
+    return kept
+
+
+def binary_mask(
+    probability: np.ndarray,
+    threshold: float,
+    min_area: int = 0,
+    top_score_threshold: float | None = None,
+) -> np.ndarray:
+    """Threshold, then remove small components; empty when the top score is below its gate.
+
+    Shape: (H, W) float in [0, 1] -> (H, W) bool.
+    """
+    if top_score_threshold is not None and float(probability.max()) < top_score_threshold:
+        return np.zeros(probability.shape, dtype=bool)
+    return remove_small_components(probability >= threshold, min_area)
+
+
+def pixel_spacing_mm(ds: Dataset | None) -> tuple[float, float] | None:
+    """(row, column) spacing in mm: PixelSpacing, else ImagerPixelSpacing; None when unknown."""
+    if ds is None:
+        return None
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            row, col = (float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if row > 0 and col > 0:
+            return row, col
+    return None
+
+
+def _row_direction(ds: Dataset | None) -> str:
+    """Patient direction of increasing column index (first value of PatientOrientation)."""
+    value = ds.get("PatientOrientation") if ds is not None else None
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) >= 1:
+        return str(value[0]).upper()
+    return "L"  # the convention for frontal chest films: patient's right on the image left
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What the model found on one image (at the source's resolution)."""
+
+    present: bool
+    max_probability: float
+    area_pixels: int
+    area_mm2: float | None
+    side: str | None  # "right", "left" or "bilateral" (patient's side); None when absent
+    orientation_assumed: bool
+
+
+def summarise(
+    mask: np.ndarray,
+    max_probability: float,
+    ds: Dataset | None = None,
+    bilateral_share: float = 0.1,
+) -> Finding:
+    """Describe a source-sized mask.
+
+    Args:
+        mask: (Rows, Columns) bool, the finding at the source's size.
+        max_probability: highest pixel probability of the image.
+        ds: the source dataset, for pixel spacing and PatientOrientation (may be None).
+        bilateral_share: each side holding at least this share of the area means bilateral.
+    """
+    area = int(np.count_nonzero(mask))
+    spacing = pixel_spacing_mm(ds)
+    area_mm2 = area * spacing[0] * spacing[1] if spacing else None
+    direction = _row_direction(ds)
+    assumed = ds is None or "PatientOrientation" not in ds
+    side = None
+    if area:
+        cols = mask.shape[1]
+        image_left = int(np.count_nonzero(mask[:, : cols // 2]))
+        image_right = area - image_left
+        towards = "left" if "L" in direction else "right"  # patient side at increasing column
+        other = "right" if towards == "left" else "left"
+        if min(image_left, image_right) >= bilateral_share * area:
+            side = "bilateral"
+        else:
+            side = towards if image_right > image_left else other
+    return Finding(area > 0, float(max_probability), area, area_mm2, side, assumed)
