@@ -106,9 +106,12 @@ def _load_encoder_file(model: nn.Module, path: Path) -> None:
     stem = "_conv_stem.weight"
     if stem in state and state[stem].shape[1] == 3:  # RGB ImageNet stem -> one channel
         state[stem] = state[stem].sum(dim=1, keepdim=True)
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    expected = encoder.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(("_fc.", "classifier."))}
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
         raise WeightsUnavailableError(
             f"{path} does not fit the {type(encoder).__name__} encoder: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    encoder.load_state_dict(state)
