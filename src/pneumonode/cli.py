@@ -91,6 +91,19 @@ def _build_parser() -> argparse.ArgumentParser:
     siim.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
     siim.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    inspect_ds = sub.add_parser(
+        "inspect-dataset",
+        help="check an image + mask training set and report on it (JSON + PNG plots)",
+        description="Check DIR (png_images/ + png_masks/, or images/ + masks/; index.csv if "
+        "present): unreadable files, missing pairs, blank images, empty and non-binary masks, "
+        "class balance, lesion sizes, intensity, duplicates. Writes inspection.json, "
+        "inspection_images.csv and plots. Exit 3 when problems are found.",
+    )
+    inspect_ds.add_argument("directory", type=Path, metavar="DIR")
+    inspect_ds.add_argument("--out", type=Path, help="report folder (default DIR/inspection)")
+    inspect_ds.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
+    inspect_ds.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     predict = sub.add_parser(
         "predict",
         help="segment pneumothorax on DICOM, PNG or JPEG files",
@@ -103,6 +116,52 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="average with a horizontal flip")
     predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        default="auto",
+        help="inference engine; auto: torch on CUDA, else the fastest installed CPU backend",
+    )
+
+    train = sub.add_parser(
+        "train",
+        help="train the U-Net on png_images/ + png_masks/ (or images/ + masks/)",
+        description="Train with BCE + focal Dice, Adam, warm-up, ReduceLROnPlateau and early "
+        "stopping; writes best/ (checkpoint), last.pt, metrics.csv, curves.png, "
+        "val_samples.png and split.json into --out. --resume continues from last.pt.",
+    )
+    train.add_argument("--data", type=Path, required=True)
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--resume", action="store_true")
+    train.add_argument("--no-progress", action="store_true")
+    from pneumonode.model.train_config import TrainConfig
+
+    for name, field_info in TrainConfig.model_fields.items():
+        if name in ("data", "out"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if field_info.annotation is bool:
+            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            help_text = f"{field_info.description}; " if field_info.description else ""
+            train.add_argument(flag, default=None, help=f"{help_text}default {field_info.default}")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="Dice/IoU/SIIM score of a checkpoint on labelled images; --tune post-processing",
+        description="Writes evaluation.json, evaluation.csv and worst_cases.png. --tune searches "
+        "threshold, minimum area and top-score gate and writes them into the checkpoint.",
+    )
+    evaluate.add_argument("--weights", type=Path, required=True)
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--split", type=Path, help="a training run's split.json")
+    evaluate.add_argument("--subset", choices=("train", "validation"), default="validation")
+    evaluate.add_argument("--out", type=Path, help="default: <weights>/evaluation")
+    evaluate.add_argument("--tune", action="store_true")
+    evaluate.add_argument("--tta", action="store_true")
+    evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--no-progress", action="store_true")
 
     sub.add_parser(
         "serve",
@@ -234,6 +293,34 @@ def _cmd_convert_siim(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if summary.ok else EXIT_PARTIAL
 
 
+def _cmd_inspect_dataset(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.model.inspect import (
+        DatasetLayout,
+        DatasetLayoutError,
+        inspect_dataset,
+        write_inspection_report,
+    )
+
+    try:
+        layout = DatasetLayout.detect(args.directory)
+        out = args.out or args.directory / "inspection"
+        out.mkdir(parents=True, exist_ok=True)  # fail before the long pass, not after it
+        inspection = inspect_dataset(
+            layout, workers=args.workers, show_progress=not args.no_progress
+        )
+    except DatasetLayoutError as exc:
+        raise CliError(str(exc)) from None
+    written = write_inspection_report(inspection, out)
+    for line in inspection.lines():
+        print(line)
+    print(f"report: {written[0]} (+ {len(written) - 1} files in {out})")
+    if inspection.usable:
+        print("result: usable (exit 0)")
+        return EXIT_OK
+    print("result: problems found, see the problem lines above (exit 3)")
+    return EXIT_PARTIAL
+
+
 def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.conversion import ConversionError, encode_png
     from pneumonode.model.checkpoint import CheckpointError
@@ -242,7 +329,12 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         predictor = Predictor.load(
-            args.weights, device=args.device, precision=args.precision, tta=args.tta
+            args.weights,
+            device=args.device,
+            precision=args.precision,
+            tta=args.tta,
+            backend=args.backend,
+            cache_dir=settings.data_dir / "model-cache",
         )
     except (CheckpointError, ValueError) as exc:
         raise CliError(str(exc)) from None
@@ -288,6 +380,82 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     if failed == len(args.files):
         return EXIT_ERROR
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError as ConfigError
+
+    from pneumonode.model.data import DatasetLayoutError
+    from pneumonode.model.train import train
+    from pneumonode.model.train_config import TrainConfig
+
+    values = {
+        name: getattr(args, name)
+        for name in TrainConfig.model_fields
+        if getattr(args, name, None) is not None
+    }
+    try:
+        config = TrainConfig(**values)
+    except ConfigError as exc:
+        raise CliError(
+            f"invalid training option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}"
+        ) from None
+    try:
+        result = train(config, resume=args.resume, progress=not args.no_progress)
+    except DatasetLayoutError as exc:
+        raise CliError(str(exc)) from None
+    if result.checkpoint is None:
+        raise CliError("no epoch finished; nothing was saved")
+    note = " (stopped early)" if result.stopped_early else ""
+    print(f"best epoch {result.best_epoch}{note}, validation loss {result.best_val_loss:.4f}")
+    print(f"checkpoint: {result.checkpoint}; curves: {config.out / 'curves.png'}")
+    return EXIT_OK
+
+
+def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.model.checkpoint import CheckpointError
+    from pneumonode.model.data import DatasetLayoutError
+    from pneumonode.model.evaluate import evaluate, select_samples
+    from pneumonode.model.predictor import Predictor
+
+    try:
+        predictor = Predictor.load(
+            args.weights, device=args.device, precision=args.precision, tta=args.tta
+        )
+        samples = select_samples(args.data, args.split, args.subset)
+    except (CheckpointError, DatasetLayoutError, ValueError, OSError, KeyError) as exc:
+        raise CliError(str(exc)) from None
+    if not samples:
+        raise CliError("no images to evaluate")
+    folder = args.weights if args.weights.is_dir() else args.weights.parent
+    out = args.out or folder / "evaluation"
+    result = evaluate(
+        predictor,
+        samples,
+        out,
+        do_tune=args.tune,
+        weights=args.weights,
+        progress=not args.no_progress,
+    )
+    summary = result.summary
+    for key in (
+        "images",
+        "positives",
+        "negatives",
+        "mean_dice_positives",
+        "mean_iou_positives",
+        "siim_score",
+        "auc_max_probability",
+        "sensitivity",
+        "specificity",
+    ):
+        value = summary[key]
+        print(f"{key:22} {value:.4f}" if isinstance(value, float) else f"{key:22} {value}")
+    print(
+        f"post-processing        {summary['postprocess']}{' (tuned, saved)' if args.tune else ''}"
+    )
+    print(f"written to {out}")
+    return EXIT_OK
 
 
 def _open_database(settings: Settings) -> Database:
@@ -486,7 +654,10 @@ COMMANDS = {
     "info": _cmd_info,
     "convert": _cmd_convert,
     "convert-siim": _cmd_convert_siim,
+    "inspect-dataset": _cmd_inspect_dataset,
     "predict": _cmd_predict,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
     "serve": _cmd_serve,
     "dicom-listen": _cmd_serve,
     "echo": _cmd_echo,

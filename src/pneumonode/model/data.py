@@ -1,0 +1,222 @@
+"""Training data: image/mask pairs on disk, a patient-level split, augmentation and balancing.
+
+Layouts understood (``discover_samples``):
+- ``png_images/`` + ``png_masks/`` (``pneumonode convert-siim`` output; the vbookshelf Kaggle set,
+  names like ``0_train_1_.png``), with ``index.csv`` giving PatientID when convert-siim wrote it;
+- ``images/`` + ``masks/`` with JPEG or PNG images (like ``siim-positives``).
+Images go through the same letterbox as inference (``prepare_8bit_image``); masks through its
+nearest-neighbour twin, binarised at 127. Randomness is seeded per epoch and sample index.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A  # noqa: N812  (the library's own convention)
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from pneumonode.conversion.geometry import Letterbox
+from pneumonode.conversion.prepare import prepare_8bit_image
+
+__all__ = [
+    "DatasetLayoutError",
+    "Sample",
+    "SegmentationDataset",
+    "augmentations",
+    "balanced_sampler",
+    "discover_samples",
+    "split_samples",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DatasetLayoutError(ValueError):
+    """The folder is not a dataset this module understands, or a file in it is broken."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: str
+    image: str
+    mask: str | None  # None: no mask (unlabelled, or negative when the layout says so)
+    patient_id: str | None
+    positive: bool
+
+
+def _patients(root: Path) -> dict[str, str]:
+    index = root / "index.csv"
+    if not index.is_file():
+        return {}
+    with index.open(newline="", encoding="utf-8") as handle:
+        return {r["ImageId"]: r["PatientID"] for r in csv.DictReader(handle) if r.get("PatientID")}
+
+
+def discover_samples(root: Path) -> list[Sample]:
+    """Image/mask pairs under ``root`` (see the module docstring), sorted by id.
+
+    A mask's positivity is read from its pixels (any value > 127).
+    """
+    for images_name, masks_name in (("png_images", "png_masks"), ("images", "masks")):
+        images_dir, masks_dir = root / images_name, root / masks_name
+        if images_dir.is_dir():
+            break
+    else:
+        raise DatasetLayoutError(f"{root}: expected png_images/ + png_masks/ or images/ + masks/")
+    masks = {p.stem: p for p in masks_dir.glob("*.png")} if masks_dir.is_dir() else {}
+    patients = _patients(root)
+    samples = []
+    for path in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        mask_path = masks.get(path.stem)
+        positive = False
+        if mask_path is not None:
+            mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+            if mask is None:
+                raise DatasetLayoutError(f"{mask_path}: unreadable mask")
+            positive = bool((mask > 127).any())
+        samples.append(
+            Sample(
+                image_id=path.stem,
+                image=str(path),
+                mask=str(mask_path) if mask_path else None,
+                patient_id=patients.get(path.stem),
+                positive=positive,
+            )
+        )
+    if not samples:
+        raise DatasetLayoutError(f"{images_dir}: no images")
+    return samples
+
+
+def split_samples(
+    samples: Sequence[Sample], val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Seeded train/validation split, by patient when PatientIDs are known (no patient on both
+    sides), else by image."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be within (0, 1), got {val_fraction}")
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.patient_id or f"image:{sample.image_id}", []).append(sample)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n_val = max(1, round(len(keys) * val_fraction))
+    val_keys = set(keys[:n_val])
+    train = [s for k in sorted(groups) if k not in val_keys for s in groups[k]]
+    val = [s for k in sorted(groups) if k in val_keys for s in groups[k]]
+    return train, val
+
+
+def write_split(path: Path, train: Sequence[Sample], val: Sequence[Sample], **info: Any) -> None:
+    payload = {
+        **info,
+        "train": [s.image_id for s in train],
+        "validation": [s.image_id for s in val],
+        "by": "patient" if any(s.patient_id for s in (*train, *val)) else "image",
+    }
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def augmentations(seed: int) -> tuple[A.Compose, A.Compose]:
+    """(for positives, for negatives): the seed notebook's recipe, seeded.
+
+    Positives: flips, brightness/contrast, Gaussian noise, CLAHE, mild affine. Negatives: light
+    changes, mild noise, an occasional flip.
+    """
+    positive = A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+            A.GaussNoise(std_range=(0.01, 0.04), p=0.3),
+            A.CLAHE(clip_limit=2.0, p=0.2),
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5),
+        ],
+        seed=seed,
+    )
+    negative = A.Compose(
+        [
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.4),
+            A.GaussNoise(std_range=(0.005, 0.02), p=0.2),
+            A.HorizontalFlip(p=0.2),
+        ],
+        seed=seed + 1,
+    )
+    return positive, negative
+
+
+class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """(image, mask) tensors of shape (1, size, size): image float32 in [0, 1], mask 0/1."""
+
+    def __init__(self, samples: Sequence[Sample], size: int, augment: bool = False, seed: int = 0):
+        self.samples = list(samples)
+        self.size = size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self._pipelines = augmentations(seed) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Model-space (uint8 image, uint8 0/1 mask) of one sample, before augmentation."""
+        sample = self.samples[index]
+        image = cv2.imread(sample.image, cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise DatasetLayoutError(f"{sample.image}: unreadable image")
+        prepared = prepare_8bit_image(image, self.size)
+        if sample.mask is None:
+            return prepared.pixels, np.zeros_like(prepared.pixels)
+        mask = cv2.imread(sample.mask, cv2.IMREAD_GRAYSCALE)
+        if mask is None or mask.shape != image.shape:
+            raise DatasetLayoutError(f"{sample.mask}: unreadable or not the image's size")
+        box = Letterbox.fit(image.shape[0], image.shape[1], self.size)
+        return prepared.pixels, box.mask_to_model((mask > 127).astype(np.uint8))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load(index)
+        if self._pipelines is not None:
+            pipeline = self._pipelines[0 if self.samples[index].positive else 1]
+            pipeline.set_random_seed(self.seed + 100_003 * self.epoch + index)
+            out = pipeline(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        x = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+        y = torch.from_numpy((mask > 0).astype(np.float32))[None]
+        return x, y
+
+
+def balanced_sampler(
+    samples: Sequence[Sample], positive_share: float, seed: int, num_samples: int | None = None
+) -> WeightedRandomSampler | None:
+    """Draw positives with probability ``positive_share`` per draw (None when one class only)."""
+    positives = sum(s.positive for s in samples)
+    negatives = len(samples) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    weights = [
+        positive_share / positives if s.positive else (1 - positive_share) / negatives
+        for s in samples
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(
+        weights, num_samples or len(samples), replacement=True, generator=generator
+    )
+
+
+def describe(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Counts for the checkpoint's training-data summary."""
+    return {
+        "images": len(samples),
+        "positives": sum(s.positive for s in samples),
+        "negatives": sum(not s.positive for s in samples),
+        "patients": len({s.patient_id for s in samples if s.patient_id}) or None,
+    }

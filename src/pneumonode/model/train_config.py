@@ -1,0 +1,46 @@
+"""Training options (kept free of torch imports so that the CLI can list them quickly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pneumonode import __version__
+
+__all__ = ["TrainConfig"]
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on (saved into the checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    out: Path
+    encoder: str = "efficientnet-b4"
+    decoder_interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    encoder_weights: str | None = None
+    size: int = Field(default=512, ge=32, le=2048)
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    positive_share: float = Field(default=0.5, gt=0, lt=1)
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    focal_gamma: float = Field(default=2.0, gt=0)
+    pos_weight: float = Field(default=1.0, gt=0)
+    patience: int = Field(default=6, ge=1, description="early stopping on validation loss")
+    plateau_patience: int = Field(default=2, ge=0)
+    plateau_factor: float = Field(default=0.5, gt=0, lt=1)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    seed: int = 0
+    workers: int = Field(default=2, ge=0)
+    device: str = "auto"
+    amp: bool = True
+    max_batches_per_epoch: int | None = Field(default=None, ge=1)
+    version: str = __version__
