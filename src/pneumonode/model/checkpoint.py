@@ -17,13 +17,13 @@ import hashlib
 import json
 import pickle
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
 
-from pneumonode.model.network import build_unet
+if TYPE_CHECKING:  # torch is imported where it is used: reading a config needs none of it
+    import torch
+    from torch import nn
 
 __all__ = [
     "Architecture",
@@ -89,6 +89,8 @@ class CheckpointConfig(_Strict):
     intended_use: str = "Research only. AI result, not for clinical use."
 
     def build(self) -> nn.Module:
+        from pneumonode.model.network import build_unet
+
         return build_unet(
             self.architecture.encoder,
             decoder_interpolation=self.architecture.decoder_interpolation,
@@ -107,6 +109,7 @@ def save_checkpoint(
     model: nn.Module, folder: Path, config: CheckpointConfig, *, dtype: str = "float32"
 ) -> CheckpointConfig:
     """Write ``model`` and ``config`` (with the weights' sha256) to ``folder``; returns it."""
+    import torch
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,6 +160,8 @@ def _fit(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None
 
 
 def _load_seed_pth(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
