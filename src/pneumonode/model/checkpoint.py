@@ -31,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "InputSpec",
     "PostProcessing",
+    "file_sha256",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -97,7 +98,8 @@ class CheckpointConfig(_Strict):
         )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -121,7 +123,9 @@ def save_checkpoint(
     tmp = weights.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(weights)
-    final = config.model_copy(update={"weights_dtype": dtype, "weights_sha256": _sha256(weights)})
+    final = config.model_copy(
+        update={"weights_dtype": dtype, "weights_sha256": file_sha256(weights)}
+    )
     (folder / CONFIG_NAME).write_text(final.model_dump_json(indent=2) + "\n")
     return final
 
@@ -207,7 +211,7 @@ def load_checkpoint(
     weights = folder / config.weights_file
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file missing")
-    if config.weights_sha256 and _sha256(weights) != config.weights_sha256:
+    if config.weights_sha256 and file_sha256(weights) != config.weights_sha256:
         raise CheckpointError(f"{weights}: sha256 differs from config.json (damaged or replaced)")
     from safetensors.torch import load_file
 

@@ -31,7 +31,6 @@ Columns.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -316,14 +315,6 @@ class OpenVinoEngine(InferenceEngine):
 # ------------------------------------------------------------------------------- export
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_onnx(
     model: nn.Module, path: Path, size: int, metadata: dict[str, str] | None = None
 ) -> Path:
@@ -432,10 +423,10 @@ def exported_onnx(weights: Path, *, cache_dir: Path | None = None) -> tuple[Path
         CheckpointError: the checkpoint is missing, damaged or does not fit its network.
         BackendUnavailableError: no writable place for the export.
     """
-    from pneumonode.model.checkpoint import CheckpointError, load_checkpoint
+    from pneumonode.model.checkpoint import CheckpointError, file_sha256, load_checkpoint
 
     config, weights_file = _checkpoint_files(weights)
-    sha256 = _sha256(weights_file)
+    sha256 = file_sha256(weights_file)
     if config.weights_sha256 and sha256 != config.weights_sha256:
         raise CheckpointError(
             f"{weights_file}: sha256 differs from config.json (damaged or replaced)"
