@@ -28,6 +28,16 @@ def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert settings.data_dir == tmp_path / "pneumonode-data"
 
 
+def test_lists_and_inference_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PNEUMONODE_ALLOWED_PEERS", "PACS@10.0.0.5, MODALITY")
+    monkeypatch.setenv("PNEUMONODE_DESTINATIONS", '["PACS@10.0.0.5:104"]')
+    monkeypatch.setenv("PNEUMONODE_INFERENCE_BACKEND", "onnxruntime")
+    settings = Settings()
+    assert settings.allowed_peers == ["PACS@10.0.0.5", "MODALITY"]
+    assert settings.destinations == ["PACS@10.0.0.5:104"]
+    assert settings.inference_backend == "onnxruntime" and settings.device == "auto"
+
+
 def test_config_file_and_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "pneumonode.toml"
     config.write_text('image_size = 768\ndata_dir = "/srv/pneumonode"\nlog_level = "DEBUG"\n')
@@ -57,6 +67,9 @@ def test_unknown_key_in_config_file_is_refused(tmp_path: Path) -> None:
         ("PNEUMONODE_IMAGE_SIZE", "10"),
         ("PNEUMONODE_WINDOW_PERCENTILES", "[99, 1]"),
         ("PNEUMONODE_LOG_LEVEL", "LOUD"),
+        ("PNEUMONODE_INFERENCE_BACKEND", "tensorrt"),
+        ("PNEUMONODE_AE_TITLE", "MUCH_TOO_LONG_AE_TITLE"),
+        ("PNEUMONODE_ALLOWED_PEERS", '["unterminated"'),
     ],
 )
 def test_invalid_values(monkeypatch: pytest.MonkeyPatch, key: str, value: str) -> None:

@@ -114,13 +114,13 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", type=Path, required=True, help="checkpoint folder or .pth")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--tta", action="store_true", help="average with a horizontal flip")
-    predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    predict.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     predict.add_argument(
         "--backend",
         choices=("auto", "torch", "onnxruntime", "openvino"),
-        default="auto",
-        help="inference engine; auto: torch on CUDA, else the fastest installed CPU backend",
+        default=None,
+        help="inference engine (default: PNEUMONODE_INFERENCE_BACKEND, auto)",
     )
 
     train = sub.add_parser(
@@ -159,8 +159,11 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="default: <weights>/evaluation")
     evaluate.add_argument("--tune", action="store_true")
     evaluate.add_argument("--tta", action="store_true")
-    evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument(
+        "--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default=None
+    )
     evaluate.add_argument("--no-progress", action="store_true")
 
     sub.add_parser(
@@ -420,7 +423,12 @@ def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         predictor = Predictor.load(
-            args.weights, device=args.device, precision=args.precision, tta=args.tta
+            args.weights,
+            device=args.device,
+            precision=args.precision,
+            tta=args.tta,
+            backend=args.backend,
+            cache_dir=settings.data_dir / "model-cache",
         )
         samples = select_samples(args.data, args.split, args.subset)
     except (CheckpointError, DatasetLayoutError, ValueError, OSError, KeyError) as exc:
@@ -685,6 +693,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
     for noisy in ("alembic", "pynetdicom"):
         logging.getLogger(noisy).setLevel(quiet)
+    inference_defaults = {
+        "device": settings.device,
+        "precision": settings.inference_precision,
+        "backend": settings.inference_backend,
+    }
+    for name, value in inference_defaults.items():
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, value)
     try:
         return COMMANDS[args.command](settings, args)
     except CliError as exc:

@@ -7,6 +7,7 @@ highest first: explicit arguments, environment, config file, defaults.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -98,6 +99,18 @@ class Settings(BaseSettings):
     )
     send_backoff_max_seconds: float = Field(default=600.0, gt=0)
 
+    # --- Inference ------------------------------------------------------------------------
+    device: str = Field(
+        default="auto", description="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
+    )
+    inference_backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        default="auto",
+        description="auto: torch on CUDA, else the fastest installed CPU engine",
+    )
+    inference_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 where the hardware has it natively, else fp32"
+    )
+
     # --- Database -------------------------------------------------------------------------
     database_url: str | None = Field(
         default=None,
@@ -119,7 +132,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                return value  # JSON list
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    raise ValueError(f"not a JSON list: {text!r}") from None
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
