@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(
         "RSS MiB: peak resident memory (VmHWM) of a fresh process running Predictor.load + "
-        "inference, as served (pneumonode.model.checkpoint imports torch at module level); "
+        "inference, as served (torch is imported only by the torch backend); "
         "no torch: the engine alone on the cached ONNX export, torch never imported."
     )
 
