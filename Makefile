@@ -33,6 +33,8 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python bench/conversion.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/inference.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
