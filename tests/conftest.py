@@ -66,11 +66,11 @@ def format_refs(shared_data: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep tests from reading a developer's PNEUMONODE_ config (besides the data location)."""
+    """Keep tests from reading a developer's PNEUMONODE_ settings (PNEUMONODE_TEST_* stay)."""
     import os
 
     for key in list(os.environ):
-        if key.startswith("PNEUMONODE_") and key != "PNEUMONODE_TEST_DATA_DIR":
+        if key.startswith("PNEUMONODE_") and not key.startswith("PNEUMONODE_TEST_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("PNEUMONODE_DATA_DIR", str(tmp_path / "pneumonode-data"))
 
