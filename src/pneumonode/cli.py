@@ -27,6 +27,7 @@ from pneumonode.config import ConfigFileError, Settings
 if TYPE_CHECKING:
     from pneumonode.db.session import Database
     from pneumonode.dicom_node.peers import Destination
+    from pneumonode.model.predictor import Predictor
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
 
@@ -324,14 +325,13 @@ def _cmd_inspect_dataset(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_PARTIAL
 
 
-def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
-    from pneumonode.conversion import ConversionError, encode_png
+def _load_predictor(settings: Settings, args: argparse.Namespace) -> Predictor:
+    """The checkpoint ``--weights`` on the engine the options (or settings) ask for."""
     from pneumonode.model.checkpoint import CheckpointError
     from pneumonode.model.predictor import Predictor
-    from pneumonode.results import render_overlay
 
     try:
-        predictor = Predictor.load(
+        return Predictor.load(
             args.weights,
             device=args.device,
             precision=args.precision,
@@ -341,6 +341,13 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
         )
     except (CheckpointError, ValueError) as exc:
         raise CliError(str(exc)) from None
+
+
+def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.conversion import ConversionError, encode_png
+    from pneumonode.results import render_overlay
+
+    predictor = _load_predictor(settings, args)
     args.out.mkdir(parents=True, exist_ok=True)
     summary: list[dict[str, Any]] = []
     failed = 0
@@ -416,22 +423,13 @@ def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    from pneumonode.model.checkpoint import CheckpointError
     from pneumonode.model.data import DatasetLayoutError
     from pneumonode.model.evaluate import evaluate, select_samples
-    from pneumonode.model.predictor import Predictor
 
+    predictor = _load_predictor(settings, args)
     try:
-        predictor = Predictor.load(
-            args.weights,
-            device=args.device,
-            precision=args.precision,
-            tta=args.tta,
-            backend=args.backend,
-            cache_dir=settings.data_dir / "model-cache",
-        )
         samples = select_samples(args.data, args.split, args.subset)
-    except (CheckpointError, DatasetLayoutError, ValueError, OSError, KeyError) as exc:
+    except (DatasetLayoutError, ValueError, OSError, KeyError) as exc:
         raise CliError(str(exc)) from None
     if not samples:
         raise CliError("no images to evaluate")
