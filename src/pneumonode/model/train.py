@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 from tqdm import tqdm
 
 from pneumonode.model.checkpoint import (
@@ -55,6 +55,7 @@ METRIC_COLUMNS = (
     "epoch",
     "lr",
     "train_loss",
+    "train_dice",
     "val_loss",
     "val_dice_positives",
     "val_siim_score",
@@ -137,6 +138,13 @@ def _validate(
     return float(np.mean(losses)), mean_pos, siim_score(dices_all)
 
 
+def _batch_dice(logits: torch.Tensor, truth: torch.Tensor, threshold: float) -> float:
+    """Mean per-image Dice of one training batch (as the network saw it, in train mode)."""
+    predicted = (torch.sigmoid(logits.float()) >= threshold).cpu().numpy()[:, 0]
+    truths = truth.cpu().numpy()[:, 0] > 0.5
+    return float(np.mean([dice(p, t) for p, t in zip(predicted, truths, strict=True)]))
+
+
 def _write_metrics(out: Path, history: Sequence[dict[str, float]]) -> None:
     with (out / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
@@ -151,10 +159,11 @@ def _write_metrics(out: Path, history: Sequence[dict[str, float]]) -> None:
     )
     scores = line_chart(
         {
+            "train Dice": [h.get("train_dice", float("nan")) for h in history],
             "val Dice (positives)": [h["val_dice_positives"] for h in history],
             "val SIIM score": [h["val_siim_score"] for h in history],
         },
-        "validation",
+        "Dice",
     )
     cv2.imwrite(
         str(out / "curves.png"), cv2.cvtColor(np.vstack([losses, scores]), cv2.COLOR_RGB2BGR)
@@ -202,9 +211,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     write_split(
         out / "split.json", train_samples, val_samples, seed=config.seed, data=str(config.data)
     )
-    train_set = SegmentationDataset(train_samples, config.size, augment=True, seed=config.seed)
+    train_set = SegmentationDataset(
+        train_samples, config.size, augment=config.augment, seed=config.seed
+    )
     val_set = SegmentationDataset(val_samples, config.size, augment=False)
-    sampler = balanced_sampler(train_samples, config.positive_share, config.seed)
+    draws = config.samples_per_epoch or len(train_samples)
+    sampler: Sampler[int] | None = balanced_sampler(
+        train_samples, config.positive_share, config.seed, num_samples=draws
+    )
+    if sampler is None and config.samples_per_epoch is not None:
+        generator = torch.Generator().manual_seed(config.seed)
+        sampler = RandomSampler(train_set, replacement=True, num_samples=draws, generator=generator)
     train_loader = _loader(train_set, config.batch_size, config.workers, sampler, True, config.seed)
     val_loader = _loader(val_set, config.batch_size, config.workers, None, False, config.seed)
 
@@ -246,7 +263,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         started = time.monotonic()
         train_set.epoch = epoch
         model.train()
-        losses = []
+        losses: list[float] = []
+        train_dices: list[float] = []
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -272,6 +290,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             scaler.step(optimizer)
             scaler.update()
             losses.append(loss.item())
+            train_dices.append(_batch_dice(logits.detach(), y, config.threshold))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         bar.close()
@@ -290,6 +309,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "train_dice": float(np.mean(train_dices)) if train_dices else float("nan"),
             "val_loss": val_loss,
             "val_dice_positives": val_dice,
             "val_siim_score": val_siim,

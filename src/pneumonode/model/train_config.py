@@ -43,4 +43,8 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     amp: bool = True
     max_batches_per_epoch: int | None = Field(default=None, ge=1)
+    samples_per_epoch: int | None = Field(
+        default=None, ge=1, description="images drawn per epoch (default: the training set size)"
+    )
+    augment: bool = Field(default=True, description="augment training images")
     version: str = __version__
