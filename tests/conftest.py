@@ -201,3 +201,50 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
 def node(node_factory: Callable[..., RunningNode], database_url: str) -> RunningNode:
     """A running listener on a free port, on SQLite and on PostgreSQL."""
     return node_factory(database_url=database_url)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny_checkpoint(bias=None)``: an efficientnet-b0 U-Net at 64 px, random weights.
+
+    ``bias`` sets the segmentation head's bias: +20 makes every pixel positive, -20 none (a
+    model whose answer a test knows in advance); None keeps the random one.
+    """
+    made: dict[float | None, Path] = {}
+
+    def make(bias: float | None = None, version: str = "0.0.1-test") -> Path:
+        key = bias if version == "0.0.1-test" else None
+        if key in made and version == "0.0.1-test":
+            return made[key]
+        import torch
+
+        from pneumonode.model.checkpoint import (
+            Architecture,
+            CheckpointConfig,
+            InputSpec,
+            PostProcessing,
+            save_checkpoint,
+        )
+        from pneumonode.model.network import build_unet
+
+        torch.manual_seed(0)
+        model = build_unet("efficientnet-b0")
+        if bias is not None:
+            head = model.segmentation_head[0]
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.fill_(bias)
+        folder = tmp_path_factory.mktemp("model") / f"tiny-{bias}-{version}"
+        config = CheckpointConfig(
+            name="pneumonode-test-unet",
+            version=version,
+            architecture=Architecture(encoder="efficientnet-b0"),
+            input=InputSpec(size=64),
+            postprocess=PostProcessing(threshold=0.5),
+        )
+        save_checkpoint(model, folder, config)
+        if version == "0.0.1-test":
+            made[key] = folder
+        return folder
+
+    return make

@@ -49,7 +49,7 @@ def tool(name: str) -> str:
     """Path of a Debian-packaged DICOM tool, or skip the test saying how to install it."""
     path = shutil.which(name)
     if path is None:
-        package = "orthanc" if name == "Orthanc" else "dcmtk"
+        package = {"Orthanc": "orthanc", "dciodvfy": "dicom3tools"}.get(name, "dcmtk")
         pytest.skip(f"{name} is not installed (apt-get install {package})")
     return path
 
@@ -220,3 +220,12 @@ def run_orthanc(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dicom3tools' dciodvfy reports for ``path`` (warnings left out)."""
+    done = subprocess.run(
+        [tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = (done.stdout + done.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]

@@ -169,15 +169,66 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "serve",
-        help="run the node: DICOM listener and result delivery",
-        description="Run the DICOM listener and the delivery of results until SIGTERM/SIGINT "
-        "(transfers in flight finish first).",
+        help="run the node: DICOM listener, queue, a worker and result delivery",
+        description="Run everything on this machine until SIGTERM/SIGINT: the DICOM listener, "
+        "the dispatcher that queues jobs, one worker process (restarted if it dies) and the "
+        "delivery of results. Transfers and jobs in flight finish first.",
     )
     sub.add_parser(
         "dicom-listen",
-        help="run only the DICOM listener (for scale-out)",
-        description="Run only the Storage SCP until SIGTERM/SIGINT.",
+        help="run the listener, dispatcher and deliveries without a worker (scale-out)",
+        description="Like serve, without the worker: run `pneumonode worker` elsewhere against "
+        "the same broker (PNEUMONODE_BROKER_URL) and database (PNEUMONODE_DATABASE_URL).",
     )
+    worker = sub.add_parser(
+        "worker",
+        help="run a Celery worker that segments queued images",
+        description="Load the model (PNEUMONODE_MODEL_PATH, default the shipped one) and "
+        "process queued jobs until SIGTERM (the job in hand finishes).",
+    )
+    worker.add_argument(
+        "--concurrency", type=_positive_int, default=1, help="worker processes (default 1)"
+    )
+    worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: settings)")
+    worker.add_argument(
+        "--pool", choices=("prefork", "solo"), default="prefork", help="Celery pool"
+    )
+
+    predict_dicom = sub.add_parser(
+        "predict-dicom",
+        help="segment DICOM files offline: SEG, SR, overlay PNGs (no PACS, no database)",
+        description="Writes <out>/<SOPInstanceUID>/ with seg.dcm, sr.dcm (and sc.dcm with "
+        "--sc), image.png, overlay.png and mask.png, and prints each finding.",
+    )
+    predict_dicom.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    predict_dicom.add_argument("--out", type=Path, default=Path("pneumonode-results"))
+    predict_dicom.add_argument(
+        "--weights", type=Path, default=None, help="default: the configured model"
+    )
+    predict_dicom.add_argument("--sc", action="store_true", help="also a Secondary Capture")
+    predict_dicom.add_argument("--tta", action="store_true")
+    predict_dicom.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None
+    )
+    predict_dicom.add_argument("--device", default=None)
+    predict_dicom.add_argument(
+        "--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default=None
+    )
+
+    results = sub.add_parser(
+        "results",
+        help="list received images with their status, finding and delivery",
+        description="One row per received image, newest first.",
+    )
+    results.add_argument("--study", metavar="STUDY_UID")
+    results.add_argument("--patient", metavar="PATIENT_ID")
+    results.add_argument("--since", type=_since, help="ISO date/time, or an age: 30m, 2h, 7d")
+    results.add_argument("--positive", action="store_true", help="only pneumothorax found")
+    results.add_argument(
+        "--status", choices=("pending", "queued", "running", "done", "failed", "skipped")
+    )
+    results.add_argument("--limit", type=_positive_int, default=1000)
+    results.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
     echo.add_argument("destination", metavar="AE@host:port")
@@ -343,6 +394,16 @@ def _load_predictor(settings: Settings, args: argparse.Namespace) -> Predictor:
         raise CliError(str(exc)) from None
 
 
+def _verdict(finding: Any) -> str:
+    area = (
+        f"{finding.area_mm2:.0f} mm²"
+        if finding.area_mm2 is not None
+        else f"{finding.area_pixels} px"
+    )
+    verdict = f"pneumothorax, {finding.side}, {area}" if finding.present else "no pneumothorax"
+    return f"{verdict} (max probability {finding.max_probability:.2f})"
+
+
 def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.conversion import ConversionError, encode_png
     from pneumonode.results import render_overlay
@@ -369,13 +430,7 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
         (args.out / f"{path.stem}_overlay.png").write_bytes(encode_png(overlay))
         finding = prediction.finding
         summary.append({"file": str(path), **dataclasses.asdict(finding)})
-        area = (
-            f"{finding.area_mm2:.0f} mm²"
-            if finding.area_mm2 is not None
-            else f"{finding.area_pixels} px"
-        )
-        verdict = f"pneumothorax, {finding.side}, {area}" if finding.present else "no pneumothorax"
-        print(f"{path.name}: {verdict} (max probability {finding.max_probability:.2f})")
+        print(f"{path.name}: {_verdict(finding)}")
     (args.out / "predictions.json").write_text(
         json.dumps(
             {
@@ -477,10 +532,154 @@ def _open_database(settings: Settings) -> Database:
         ) from None
 
 
-def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from pneumonode.dicom_node.service import run_until_signalled
+def _require_model(settings: Settings) -> None:
+    from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
 
-    run_until_signalled(settings, _open_database(settings), deliveries=args.command == "serve")
+    try:
+        read_checkpoint_config(settings.model)
+    except CheckpointError as exc:
+        raise CliError(
+            f"{exc} (set PNEUMONODE_MODEL_PATH to a checkpoint folder or best_model.pth)"
+        ) from None
+
+
+def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.node import run_node
+
+    with_worker = args.command == "serve"
+    if with_worker:
+        _require_model(settings)
+    run_node(settings, _open_database(settings), with_worker=with_worker)
+    return EXIT_OK
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.worker.tasks import QUEUE, configure
+
+    if args.device:
+        settings = settings.model_copy(update={"device": args.device})
+    _require_model(settings)
+    _open_database(settings).dispose()  # fail now, with one line, if it cannot be opened
+    app = configure(settings)
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={args.concurrency}",
+            f"--pool={args.pool}",
+            f"--loglevel={settings.log_level}",
+            f"--queues={QUEUE}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+    return EXIT_OK
+
+
+def _cmd_predict_dicom(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.conversion import ConversionError
+    from pneumonode.conversion.decode import read_dataset
+    from pneumonode.dicom_node.spool import safe_component
+    from pneumonode.worker.pipeline import analyse, write_results
+
+    if args.weights is None:
+        args.weights = settings.model
+    predictor = _load_predictor(settings, args)
+    failed = 0
+    summary = []
+    for path in tqdm(args.files, desc="predict-dicom", unit="img", disable=len(args.files) < 2):
+        try:
+            source = read_dataset(path)
+            analysis = analyse(source, predictor, label=settings.result_label, with_capture=args.sc)
+        except (ConversionError, ValueError) as exc:
+            print(f"error: {path.name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        folder = args.out / safe_component(str(source.SOPInstanceUID))
+        files = write_results(analysis, folder, settings.png_level)
+        finding = analysis.prediction.finding
+        summary.append({"file": str(path), "results": str(folder), **dataclasses.asdict(finding)})
+        print(f"{path.name}: {_verdict(finding)} -> {files.folder}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "predictions.json").write_text(
+        json.dumps(
+            {
+                "model": predictor.config.name,
+                "version": predictor.config.version,
+                "note": predictor.config.intended_use,
+                "predictions": summary,
+            },
+            indent=2,
+        )
+    )
+    if failed == len(args.files):
+        return EXIT_ERROR
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+RESULT_COLUMNS = (
+    "received_at",
+    "study_uid",
+    "sop_uid",
+    "status",
+    "finding",
+    "probability",
+    "area",
+    "side",
+    "model_version",
+    "delivery",
+    "destinations",
+)
+
+
+def _cmd_results(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.db.queries import ResultFilters, list_results
+
+    filters = ResultFilters(
+        study_uid=args.study,
+        patient_id=args.patient,
+        since=args.since,
+        positive=True if args.positive else None,
+        status=args.status,
+        limit=args.limit,
+    )
+    with _open_database(settings).session() as session:
+        found = list_results(session, filters)
+    rows = []
+    for row in found:
+        record = dataclasses.asdict(row)
+        record["delivery"] = row.delivery
+        record["received_at"] = row.received_at.isoformat(timespec="seconds")
+        if row.area_mm2 is not None:
+            record["area"] = f"{row.area_mm2:.0f} mm2"
+        elif row.area_pixels is not None and row.finding is not None:
+            record["area"] = f"{row.area_pixels} px"
+        else:
+            record["area"] = None
+        if row.probability is not None:
+            record["probability"] = round(row.probability, 3)
+        if row.status == "skipped":
+            record["status"] = f"skipped: {row.skip_reason}"
+        elif row.status == "failed" and row.error:
+            record["status"] = f"failed: {row.error}"
+        rows.append(record)
+    columns = (
+        RESULT_COLUMNS
+        if args.format == "table"
+        else (
+            *RESULT_COLUMNS,
+            "patient_id",
+            "accession_number",
+            "area_mm2",
+            "area_pixels",
+            "seg_uid",
+            "sr_uid",
+            "sc_uid",
+            "deliveries_sent",
+            "deliveries_total",
+        )
+    )
+    _emit(rows, args.format, columns)
     return EXIT_OK
 
 
@@ -666,6 +865,9 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "serve": _cmd_serve,
     "dicom-listen": _cmd_serve,
+    "worker": _cmd_worker,
+    "predict-dicom": _cmd_predict_dicom,
+    "results": _cmd_results,
     "echo": _cmd_echo,
     "send": _cmd_send,
     "resend": _cmd_resend,

@@ -21,13 +21,17 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ConfigFileError", "Settings", "get_settings"]
+__all__ = ["SHIPPED_MODEL", "ConfigFileError", "Settings", "get_settings"]
 
 ENV_PREFIX = "PNEUMONODE_"
 
 
 class ConfigFileError(ValueError):
     """The config file named in the settings is missing or unreadable."""
+
+
+#: The model that ships with pneumonode (models/ at the project root; see MODEL_CARD.md there).
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "pneumothorax-unet-b4"
 
 
 class Settings(BaseSettings):
@@ -98,6 +102,37 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="First retry delay; doubles with each attempt."
     )
     send_backoff_max_seconds: float = Field(default=600.0, gt=0)
+    sc_destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Destinations (of 'destinations') that also get a Secondary Capture with the "
+        "finding burned in, for viewers that cannot show a SEG (comma separated).",
+    )
+    result_label: str = Field(
+        default="not for clinical use",
+        max_length=40,
+        description="What SeriesDescription and content labels say about our results' use.",
+    )
+
+    # --- Worker and queue -------------------------------------------------------------------
+    model_path: Path | None = Field(
+        default=None,
+        description="Checkpoint folder (ours: config.json + weights) or a seed best_model.pth; "
+        "default: the model shipped in models/.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker; default: the embedded broker (kombu's filesystem "
+        "transport in <data_dir>/broker, no server). Scale out: redis://host:6379/0",
+    )
+    job_lease_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A running job whose worker gives no sign for this long is re-queued "
+        "(a worker killed mid-job); keep it well above the slowest image's processing time.",
+    )
+    dispatch_interval: float = Field(
+        default=0.5, gt=0, description="Seconds between looks for jobs to queue or re-queue."
+    )
 
     # --- Inference ------------------------------------------------------------------------
     device: str = Field(
@@ -126,7 +161,7 @@ class Settings(BaseSettings):
             raise ValueError(f"need 0 <= low < high <= 100, got {low}, {high}")
         return value
 
-    @field_validator("allowed_peers", "destinations", mode="before")
+    @field_validator("allowed_peers", "destinations", "sc_destinations", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -148,6 +183,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _sc_destinations_are_destinations(self) -> Settings:
+        unknown = [d for d in self.sc_destinations if d not in self.destinations]
+        if unknown:
+            raise ValueError(
+                f"sc_destinations must be listed in destinations too: {', '.join(unknown)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
         object.__setattr__(self, "data_dir", self.data_dir.expanduser().absolute())
         return self
@@ -156,6 +200,23 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         """Received DICOM files: ``spool/<StudyUID>/<SOPInstanceUID>.dcm``."""
         return self.data_dir / "spool"
+
+    @property
+    def results_dir(self) -> Path:
+        """What we made: ``results/<StudyUID>/<SOPInstanceUID>/`` (SEG, SR, SC, PNGs)."""
+        return self.data_dir / "results"
+
+    @property
+    def broker(self) -> str:
+        """The Celery broker URL in use (``filesystem://``: the embedded one in the data dir)."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def model(self) -> Path:
+        """The checkpoint the worker loads: ``model_path``, else the shipped model."""
+        if self.model_path is not None:
+            return self.model_path.expanduser().absolute()
+        return SHIPPED_MODEL
 
     @property
     def database(self) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -98,8 +99,8 @@ class Study(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_uid: Mapped[str] = mapped_column(UID, unique=True)
-    patient_id: Mapped[str | None] = mapped_column(String(64))
-    accession_number: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
     study_date: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -126,7 +127,7 @@ class Instance(Base):
     status: Mapped[str] = mapped_column(String(16))
     skip_reason: Mapped[str | None] = mapped_column(String(256))
     times_received: Mapped[int] = mapped_column(Integer, default=1)
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="instances")
@@ -147,12 +148,22 @@ class Job(Base):
     queued_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # while RUNNING: when the job is given up for lost (its worker died) and re-queued
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    worker: Mapped[str | None] = mapped_column(String(128), default=None)
 
     instance: Mapped[Instance] = relationship(back_populates="job")
+    results: Mapped[list[Result]] = relationship(back_populates="job")
 
 
 class Result(Base):
+    """What one model version found on one image (a re-run of the same version replaces it)."""
+
     __tablename__ = "results"
+    __table_args__ = (
+        UniqueConstraint("job_id", "model_version", name="uq_results_job_model"),
+        Index("ix_results_created", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
@@ -162,6 +173,7 @@ class Result(Base):
     area_pixels: Mapped[int] = mapped_column(BigInteger)
     area_mm2: Mapped[float | None] = mapped_column(Float)
     side: Mapped[str | None] = mapped_column(String(16))
+    side_assumed: Mapped[bool] = mapped_column(Boolean, default=False)
     threshold: Mapped[float] = mapped_column(Float)
     min_area_pixels: Mapped[int] = mapped_column(Integer)
     seg_sop_uid: Mapped[str | None] = mapped_column(UID)
@@ -169,12 +181,17 @@ class Result(Base):
     sc_sop_uid: Mapped[str | None] = mapped_column(UID)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    job: Mapped[Job] = relationship(back_populates="results")
+
 
 class Delivery(Base):
     """One object to send to one destination, with its attempts and dead-letter state."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_state_next", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_deliveries_state_next", "state", "next_attempt_at"),
+        Index("ix_deliveries_sop_destination", "sop_uid", "destination"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     destination: Mapped[str] = mapped_column(String(300))  # AE@host:port

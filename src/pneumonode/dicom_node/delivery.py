@@ -33,6 +33,7 @@ from pneumonode.dicom_node.scu import Failure, SendOutcome, send_files
 __all__ = [
     "DeliveryLoop",
     "RetryPolicy",
+    "add_delivery",
     "attempt_deliveries",
     "queue_delivery",
     "resend",
@@ -76,28 +77,60 @@ def queue_delivery(
     parse_destination(destination)  # refuse a malformed destination now, not at send time
     meta = read_file_meta_info(path)
     with database.session() as session:
-        delivery = Delivery(
-            destination=destination,
-            path=str(path.absolute()),
+        return add_delivery(
+            session,
+            path,
+            destination,
             sop_uid=str(meta.MediaStorageSOPInstanceUID),
             sop_class_uid=str(meta.MediaStorageSOPClassUID),
             study_uid=study_uid,
             result_id=result_id,
-            state=DeliveryState.PENDING,
-            attempts=0,
-            next_attempt_at=utcnow(),
         )
+
+
+def add_delivery(
+    session: Session,
+    path: Path,
+    destination: str,
+    *,
+    sop_uid: str,
+    sop_class_uid: str,
+    study_uid: str | None = None,
+    result_id: int | None = None,
+) -> int:
+    """Queue ``path`` for ``destination`` within ``session``; returns the row id.
+
+    One row per (destination, SOP Instance UID): queueing the same object again (a re-run makes
+    the same UIDs) resets that row to pending with fresh attempts instead of adding a second one.
+    """
+    delivery = session.scalars(
+        select(Delivery)
+        .where(Delivery.destination == destination)
+        .where(Delivery.sop_uid == sop_uid)
+        .order_by(Delivery.id)
+        .limit(1)
+    ).first()
+    if delivery is None:
+        delivery = Delivery(destination=destination, sop_uid=sop_uid)
         session.add(delivery)
-        session.flush()
-        audit(
-            session,
-            "delivery.queued",
-            f"delivery {delivery.id} to {destination} queued",
-            study_uid=study_uid,
-            sop_uid=delivery.sop_uid,
-            detail={"delivery_id": delivery.id, "destination": destination},
-        )
-        return delivery.id
+    delivery.path = str(path.absolute())
+    delivery.sop_class_uid = sop_class_uid
+    delivery.study_uid = study_uid
+    delivery.result_id = result_id
+    delivery.state = DeliveryState.PENDING
+    delivery.attempts = 0
+    delivery.last_error = None
+    delivery.next_attempt_at = utcnow()
+    session.flush()
+    audit(
+        session,
+        "delivery.queued",
+        f"delivery {delivery.id} to {destination} queued",
+        study_uid=study_uid,
+        sop_uid=sop_uid,
+        detail={"delivery_id": delivery.id, "destination": destination},
+    )
+    return delivery.id
 
 
 def _claim(database: Database, ids: Iterable[int], lease: float) -> list[Delivery]:

@@ -33,6 +33,7 @@ __all__ = [
     "PostProcessing",
     "file_sha256",
     "load_checkpoint",
+    "read_checkpoint_config",
     "save_checkpoint",
 ]
 
@@ -137,6 +138,23 @@ def _read_config(folder: Path) -> CheckpointConfig:
         raise CheckpointError(
             f"{folder / CONFIG_NAME}: invalid checkpoint config ({exc})"
         ) from None
+
+
+def read_checkpoint_config(path: Path) -> CheckpointConfig:
+    """The config of a checkpoint without loading its weights (a quick check before serving).
+
+    A seed ``.pth`` gets the seed's default config. Raises CheckpointError when ``path`` is not a
+    checkpoint.
+    """
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return CheckpointConfig(name=path.stem)
+    folder = path if path.is_dir() else path.parent
+    config = _read_config(folder)
+    if not (folder / config.weights_file).is_file():
+        raise CheckpointError(f"{folder / config.weights_file}: weights file missing")
+    return config
 
 
 def _fit(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

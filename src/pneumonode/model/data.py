@@ -156,13 +156,23 @@ def augmentations(seed: int) -> tuple[A.Compose, A.Compose]:
 class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """(image, mask) tensors of shape (1, size, size): image float32 in [0, 1], mask 0/1."""
 
-    def __init__(self, samples: Sequence[Sample], size: int, augment: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        size: int,
+        augment: bool = False,
+        seed: int = 0,
+        cache: bool = False,
+    ):
         self.samples = list(samples)
         self.size = size
         self.augment = augment
         self.seed = seed
         self.epoch = 0
         self._pipelines = augmentations(seed) if augment else None
+        # Decoded model-space pixels, kept per process when ``cache`` is on (2 x size^2 bytes
+        # an image: 128 KiB at 256 px), so that JPEG decoding and resizing happen once.
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -183,7 +193,12 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return prepared.pixels, box.mask_to_model((mask > 127).astype(np.uint8))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.load(index)
+        if self._cache is None:
+            image, mask = self.load(index)
+        else:
+            if index not in self._cache:
+                self._cache[index] = self.load(index)
+            image, mask = self._cache[index]
         if self._pipelines is not None:
             pipeline = self._pipelines[0 if self.samples[index].positive else 1]
             pipeline.set_random_seed(self.seed + 100_003 * self.epoch + index)

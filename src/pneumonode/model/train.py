@@ -87,6 +87,23 @@ def _autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
+def _scheduled_lr(
+    config: TrainConfig, step: int, warmup_steps: int, steps_per_epoch: int
+) -> float | None:
+    """The learning rate for ``step`` (0-based), or None where the plateau scheduler decides.
+
+    Linear warm-up over ``warmup_steps``; then either ReduceLROnPlateau (stepped per epoch) or a
+    cosine decay from ``lr`` to ``min_lr`` that ends with the last planned epoch.
+    """
+    if step < warmup_steps:
+        return config.lr * (step + 1) / warmup_steps
+    if config.schedule != "cosine":
+        return None
+    total = max(config.epochs * steps_per_epoch - warmup_steps, 1)
+    progress = min((step - warmup_steps) / total, 1.0)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
 def _loader(
     dataset: SegmentationDataset, batch: int, workers: int, sampler: Any, shuffle: bool, seed: int
 ) -> DataLoader[Any]:
@@ -99,7 +116,7 @@ def _loader(
         num_workers=workers,
         generator=generator,
         drop_last=False,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
     )
 
 
@@ -212,9 +229,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         out / "split.json", train_samples, val_samples, seed=config.seed, data=str(config.data)
     )
     train_set = SegmentationDataset(
-        train_samples, config.size, augment=config.augment, seed=config.seed
+        train_samples, config.size, augment=config.augment, seed=config.seed, cache=config.cache
     )
-    val_set = SegmentationDataset(val_samples, config.size, augment=False)
+    val_set = SegmentationDataset(val_samples, config.size, augment=False, cache=config.cache)
     draws = config.samples_per_epoch or len(train_samples)
     sampler: Sampler[int] | None = balanced_sampler(
         train_samples, config.positive_share, config.seed, num_samples=draws
@@ -276,9 +293,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             if step >= steps_per_epoch:
                 break
             global_step = epoch * steps_per_epoch + step
-            if global_step < warmup_steps:
+            lr = _scheduled_lr(config, global_step, warmup_steps, steps_per_epoch)
+            if lr is not None:
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * (global_step + 1) / warmup_steps
+                    group["lr"] = lr
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(
@@ -303,7 +321,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             config.threshold,
             config.max_batches_per_epoch,
         )
-        if epoch * steps_per_epoch + steps_per_epoch > warmup_steps:
+        if config.schedule == "plateau" and (epoch + 1) * steps_per_epoch > warmup_steps:
             plateau.step(val_loss)
         row = {
             "epoch": epoch + 1,

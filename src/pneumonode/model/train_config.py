@@ -28,6 +28,12 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
+    schedule: Literal["plateau", "cosine"] = Field(
+        default="plateau",
+        description="learning rate after warm-up: halve on a validation-loss plateau, or a cosine "
+        "decay to min_lr over the planned epochs",
+    )
+    min_lr: float = Field(default=1e-6, ge=0, description="end of the cosine schedule")
     positive_share: float = Field(default=0.5, gt=0, lt=1)
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     bce_weight: float = 1.0
@@ -47,4 +53,7 @@ class TrainConfig(BaseModel):
         default=None, ge=1, description="images drawn per epoch (default: the training set size)"
     )
     augment: bool = Field(default=True, description="augment training images")
+    cache: bool = Field(
+        default=True, description="keep decoded, resized images in memory (2 x size^2 B each)"
+    )
     version: str = __version__

@@ -1,5 +1,16 @@
 """What we send back: DICOM SEG, Structured Report, Secondary Capture and PNG overlays."""
 
+from pneumonode.results.common import AlgorithmInfo, derived_uid
 from pneumonode.results.overlay import render_overlay
+from pneumonode.results.sc import build_overlay_capture
+from pneumonode.results.seg import build_segmentation
+from pneumonode.results.sr import build_report
 
-__all__ = ["render_overlay"]
+__all__ = [
+    "AlgorithmInfo",
+    "build_overlay_capture",
+    "build_report",
+    "build_segmentation",
+    "derived_uid",
+    "render_overlay",
+]

@@ -1,0 +1,7 @@
+"""``python -m pneumonode``: the command line."""
+
+import sys
+
+from pneumonode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""Run the node's parts until SIGTERM/SIGINT, then stop them gracefully.
+
+``pneumonode serve`` (everything on one machine): the DICOM listener, the dispatcher (jobs to the
+queue), the delivery loop (retries of results) and one worker process, supervised: a worker that
+dies (killed, out of memory) is started again, and its job is re-queued when its lease runs out.
+
+``pneumonode dicom-listen`` (scale-out): the same without the worker; run ``pneumonode worker``
+wherever the model should run, against a shared broker and database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from pneumonode.config import Settings
+from pneumonode.db.session import Database
+from pneumonode.dicom_node.delivery import DeliveryLoop, RetryPolicy
+from pneumonode.dicom_node.service import build_listener
+from pneumonode.worker.dispatch import Dispatcher
+
+__all__ = ["WorkerProcess", "run_node"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerProcess:
+    """A ``pneumonode worker`` child process, started again whenever it exits unasked."""
+
+    def __init__(self, config_file: Path | None, concurrency: int = 1, restart_delay: float = 2.0):
+        self.command = [sys.executable, "-m", "pneumonode"]
+        if config_file is not None:
+            self.command += ["--config", str(config_file)]
+        self.command += ["worker", "--concurrency", str(concurrency)]
+        self.restart_delay = restart_delay
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor")
+        self._thread.daemon = True
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        self.process = subprocess.Popen(self.command, start_new_session=True)
+        log.info("worker process %d started", self.process.pid)
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            process = self.process
+            if process is not None and process.poll() is not None and not self._stop.is_set():
+                log.warning(
+                    "worker process %d exited (%s); starting another",
+                    process.pid,
+                    process.returncode,
+                )
+                if self._stop.wait(self.restart_delay):
+                    break
+                self._spawn()
+            self._stop.wait(0.5)
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM (Celery's warm shutdown: the job in hand finishes), then SIGKILL after grace."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log.warning("worker process %d did not stop in %.0f s; killing it", process.pid, grace)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _print_banner(settings: Settings, port: int, worker: WorkerProcess | None) -> None:
+    print(
+        f"pneumonode listening as {settings.ae_title} on {settings.dicom_host}:{port} "
+        f"(data in {settings.data_dir})",
+        flush=True,
+    )
+    if settings.accept_any_peer:
+        print("warning: PNEUMONODE_ACCEPT_ANY_PEER is on: any calling AE is accepted", flush=True)
+    elif not settings.allowed_peers:
+        print(
+            "note: no peer is allowed yet; set PNEUMONODE_ALLOWED_PEERS=AE or AE@host "
+            "(comma separated) for your PACS and modalities",
+            flush=True,
+        )
+    else:
+        print(f"allowed peers: {', '.join(settings.allowed_peers)}", flush=True)
+    if settings.destinations:
+        print(f"results go to: {', '.join(settings.destinations)}", flush=True)
+    else:
+        print("note: no destination for results; set PNEUMONODE_DESTINATIONS=AE@host:port")
+    if worker is not None:
+        print(f"worker process {worker.pid} (model {settings.model})", flush=True)
+
+
+def run_node(settings: Settings, database: Database, *, with_worker: bool) -> None:
+    """Start the listener, dispatcher, delivery loop (and a worker); block until a signal."""
+    from pneumonode.worker.tasks import celery_config, configure, process_job_task
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing work in flight", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    configure(settings)
+
+    def publish(job_id: int) -> None:
+        process_job_task.apply_async(args=[job_id], retry=False)
+
+    options = celery_config(settings)["broker_transport_options"]
+    dispatcher = Dispatcher(
+        database,
+        publish,
+        lease_seconds=settings.job_lease_seconds,
+        interval=settings.dispatch_interval,
+        processed_folder=options.get("processed_folder"),
+    )
+    listener = build_listener(settings, database, on_job=dispatcher.wake)
+    deliveries = DeliveryLoop(database, RetryPolicy.from_settings(settings))
+    worker = WorkerProcess(settings.config_file) if with_worker else None
+    started: list[str] = []
+    try:
+        listener.start()
+        started.append("listener")
+        dispatcher.start()
+        deliveries.start()
+        if worker is not None:
+            worker.start()
+        _print_banner(settings, listener.port, worker)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        if started:
+            listener.stop()  # in-flight C-STOREs finish first
+        dispatcher.stop()
+        deliveries.stop()
+        if worker is not None:
+            worker.stop(settings.shutdown_grace)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

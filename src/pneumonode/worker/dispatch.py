@@ -1,0 +1,202 @@
+"""From the database to the queue: jobs are published by id, and found again when lost.
+
+The database is the source of truth; the broker only carries "job N is ready" messages. Each
+look (``dispatch_once``) does three things:
+
+1. PENDING jobs (just received, or received before a crash and never queued) become QUEUED, then
+   are published. The flip is a conditional UPDATE, so two dispatchers never both publish a job;
+   a publish that fails flips the job back to PENDING for the next look.
+2. RUNNING jobs whose lease ran out (their worker died, say killed -9 mid-job) go back to QUEUED
+   and are published again. Should the old worker still finish, its result no longer counts.
+3. QUEUED jobs older than a lease are published again (a message the broker lost). A duplicate
+   message is harmless: the claim lets one run through and the rest return at once.
+
+The listener wakes the dispatcher when a job is created, so a new image is queued at once; the
+periodic look catches everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from pneumonode.db.models import Job, JobState, utcnow
+from pneumonode.db.repository import audit
+from pneumonode.db.session import Database
+
+__all__ = ["DispatchReport", "Dispatcher", "dispatch_once", "prune_processed"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class DispatchReport:
+    queued: int = 0
+    requeued_expired: int = 0
+    requeued_stale: int = 0
+    publish_failures: int = 0
+
+
+def _publish_all(publish: Publish, ids: Sequence[int]) -> list[int]:
+    """Publish each id; returns the ids whose publish failed."""
+    failed = []
+    for job_id in ids:
+        try:
+            publish(job_id)
+        except Exception as exc:  # any broker error: the job stays in the database
+            log.warning("could not queue job %d: %s", job_id, type(exc).__name__)
+            failed.append(job_id)
+    return failed
+
+
+def dispatch_once(
+    database: Database, publish: Publish, lease_seconds: float, limit: int = 500
+) -> DispatchReport:
+    """One look at the jobs table (see the module docstring)."""
+    now = utcnow()
+    with database.session() as session:
+        pending = list(
+            session.scalars(
+                select(Job.id).where(Job.state == JobState.PENDING).order_by(Job.id).limit(limit)
+            )
+        )
+        flipped: list[int] = []
+        for job_id in pending:
+            done: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(Job)
+                .where(Job.id == job_id)
+                .where(Job.state == JobState.PENDING)
+                .values(state=JobState.QUEUED, queued_at=now)
+            )
+            if done.rowcount == 1:
+                flipped.append(job_id)
+        expired = list(
+            session.scalars(
+                select(Job)
+                .where(Job.state == JobState.RUNNING)
+                .where(Job.lease_until < now)
+                .limit(limit)
+            )
+        )
+        for job in expired:
+            audit(
+                session,
+                "job.requeued",
+                f"job {job.id} re-queued: its worker gave no sign within the lease",
+                detail={"job_id": job.id, "worker": job.worker},
+            )
+            # back to the queue: a late finish by the old worker no longer counts
+            job.state = JobState.QUEUED
+            job.queued_at = now
+            job.lease_until = None
+        stale = list(
+            session.scalars(
+                select(Job)
+                .where(Job.state == JobState.QUEUED)
+                .where(Job.queued_at < now - timedelta(seconds=lease_seconds))
+                .limit(limit)
+            )
+        )
+        for job in stale:
+            job.queued_at = now
+        expired_ids = [job.id for job in expired]
+        stale_ids = [job.id for job in stale]
+
+    failed = _publish_all(publish, flipped)
+    if failed:
+        with database.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(failed))
+                .where(Job.state == JobState.QUEUED)
+                .values(state=JobState.PENDING, queued_at=None)
+            )
+    failed_again = _publish_all(publish, expired_ids + stale_ids)
+    report = DispatchReport(
+        queued=len(flipped) - len(failed),
+        requeued_expired=len(expired_ids),
+        requeued_stale=len(stale_ids),
+        publish_failures=len(failed) + len(failed_again),
+    )
+    if report.queued or report.requeued_expired or report.requeued_stale:
+        log.info("dispatch: %s", report)
+    return report
+
+
+def prune_processed(folder: str | None, older_than: float = 86_400.0) -> int:
+    """Delete consumed message files of the embedded broker older than ``older_than`` s."""
+    if not folder:
+        return 0
+    from pathlib import Path
+
+    removed = 0
+    cutoff = time.time() - older_than
+    for path in Path(folder).glob("*.msg"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+class Dispatcher:
+    """A thread that dispatches every ``interval`` seconds, or at once when woken."""
+
+    def __init__(
+        self,
+        database: Database,
+        publish: Publish,
+        *,
+        lease_seconds: float,
+        interval: float = 0.5,
+        processed_folder: str | None = None,
+    ) -> None:
+        self.database = database
+        self.publish = publish
+        self.lease_seconds = lease_seconds
+        self.interval = interval
+        self.processed_folder = processed_folder
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self, _job_id: int | None = None) -> None:
+        """Look now (the listener calls this when it creates a job)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        last_prune = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                dispatch_once(self.database, self.publish, self.lease_seconds)
+            except SQLAlchemyError as exc:
+                log.error("dispatcher: database unavailable (%s)", type(exc).__name__)
+            except Exception:
+                log.exception("dispatcher failed; trying again")
+            if time.monotonic() - last_prune > 3600:
+                last_prune = time.monotonic()
+                prune_processed(self.processed_folder)

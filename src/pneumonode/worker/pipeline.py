@@ -1,0 +1,497 @@
+"""The work on one received image, as plain functions (the Celery tasks only call these).
+
+``process_job(context, job_id)``, step by step:
+
+1. **Claim** the job in the database (PENDING/QUEUED, or RUNNING with an expired lease, becomes
+   RUNNING with a lease in this worker's name). A job that is done, or running elsewhere, is left
+   alone: a duplicate task is a no-op.
+2. **Analyse** the spooled file (:func:`analyse`): conversion, inference, then SEG + SR (+ SC).
+3. **Write** the objects and the PNGs under ``results/<StudyUID>/<SOPInstanceUID>/``, atomically.
+4. **Record**, in one transaction: the result (one row per job and model version, replaced on a
+   re-run), a delivery per object and destination, the job DONE with its timings, audit events.
+   The transaction commits only while the job is still ours (a re-send of the image meanwhile
+   puts it back to PENDING; our result is then dropped and the new run makes it).
+5. **Send** the deliveries at once; what fails stays pending for the delivery loop's retries.
+
+A crash anywhere leaves either no result (the lease expires and the job runs again) or a complete
+one; result UIDs derive from the source and model version, so a repeat replaces, never duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydicom import Dataset
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from pneumonode.config import Settings
+from pneumonode.conversion import ConversionError, encode_png
+from pneumonode.conversion.decode import read_dataset
+from pneumonode.conversion.prepare import prepare_radiograph
+from pneumonode.db.models import Job, JobState, Result, utcnow
+from pneumonode.db.repository import audit
+from pneumonode.db.session import Database
+from pneumonode.dicom_node.delivery import RetryPolicy, add_delivery, attempt_deliveries
+from pneumonode.dicom_node.spool import safe_component
+from pneumonode.files import write_atomic
+from pneumonode.results import (
+    AlgorithmInfo,
+    build_overlay_capture,
+    build_report,
+    build_segmentation,
+    render_overlay,
+)
+
+if TYPE_CHECKING:
+    from pneumonode.model.predictor import Prediction, Predictor
+
+__all__ = [
+    "Analysis",
+    "JobOutcome",
+    "PermanentJobError",
+    "PipelineContext",
+    "ResultFiles",
+    "TransientJobError",
+    "analyse",
+    "claim_job",
+    "process_job",
+    "release_job",
+    "write_results",
+]
+
+log = logging.getLogger(__name__)
+
+
+class PermanentJobError(Exception):
+    """The image can never be processed as it is (undecodable pixels, missing file)."""
+
+
+class TransientJobError(Exception):
+    """Worth another try later (database busy or unreachable)."""
+
+
+@dataclass
+class PipelineContext:
+    """What a worker process loads once: settings, database, model."""
+
+    settings: Settings
+    database: Database
+    predictor: Predictor
+    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @property
+    def algorithm(self) -> AlgorithmInfo:
+        return AlgorithmInfo.from_checkpoint(self.predictor.config)
+
+    @classmethod
+    def load(cls, settings: Settings, database: Database | None = None) -> PipelineContext:
+        """Open the database and load the model the settings name."""
+        from pneumonode.model.predictor import Predictor
+
+        predictor = Predictor.load(
+            settings.model,
+            device=settings.device,
+            precision=settings.inference_precision,
+            backend=settings.inference_backend,
+            cache_dir=settings.data_dir / "model-cache",
+        )
+        return cls(settings, database or Database.open(settings.database), predictor)
+
+
+@dataclass
+class Analysis:
+    """Everything made from one image: the prediction and the objects to send."""
+
+    prediction: Prediction
+    segmentation: Dataset
+    report: Dataset
+    capture: Dataset | None
+    overlay: np.ndarray  # (Rows, Columns, 3) uint8
+    grey: np.ndarray  # (Rows, Columns) uint8, the displayed image
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    folder: Path
+    seg: Path
+    sr: Path
+    sc: Path | None
+    image_png: Path
+    overlay_png: Path
+    mask_png: Path
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: int
+    state: str  # done, failed, skipped (not ours to run)
+    result_id: int | None = None
+    present: bool | None = None
+    delivery_ids: tuple[int, ...] = ()
+    sent: int = 0
+    reason: str | None = None
+
+
+def analyse(
+    source: Dataset,
+    predictor: Predictor,
+    *,
+    label: str = "not for clinical use",
+    with_capture: bool = False,
+) -> Analysis:
+    """Convert, infer and build the result objects for one image (no I/O, no database).
+
+    Raises:
+        ConversionError: the pixels cannot be turned into a model input.
+    """
+    algorithm = AlgorithmInfo.from_checkpoint(predictor.config)
+    spec = predictor.config.input
+    started = time.perf_counter()
+    prepared = prepare_radiograph(
+        source, spec.size, spec.window_percentiles, "received image", keep_source=True
+    )
+    converted = time.perf_counter()
+    prediction = predictor.predict_prepared(prepared, source)
+    inferred = time.perf_counter()
+    grey = prepared.source_pixels
+    assert grey is not None  # keep_source=True
+    overlay = render_overlay(grey, prediction.mask)
+    segmentation = build_segmentation(source, prediction.mask, algorithm, label=label)
+    report = build_report(
+        source, prediction.finding, algorithm, segmentation=segmentation, label=label
+    )
+    capture = (
+        build_overlay_capture(source, overlay, algorithm, label=label) if with_capture else None
+    )
+    built = time.perf_counter()
+    return Analysis(
+        prediction=prediction,
+        segmentation=segmentation,
+        report=report,
+        capture=capture,
+        overlay=overlay,
+        grey=grey,
+        timings={
+            "convert": converted - started,
+            "infer": inferred - converted,
+            "build": built - inferred,
+        },
+    )
+
+
+def _dicom_bytes(dataset: Dataset) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def write_results(analysis: Analysis, folder: Path, png_level: int = 1) -> ResultFiles:
+    """Write the objects (durably) and the PNGs of one analysis into ``folder``."""
+    seg = write_atomic(folder / "seg.dcm", _dicom_bytes(analysis.segmentation))
+    sr = write_atomic(folder / "sr.dcm", _dicom_bytes(analysis.report))
+    sc = (
+        write_atomic(folder / "sc.dcm", _dicom_bytes(analysis.capture))
+        if analysis.capture is not None
+        else None
+    )
+    mask = analysis.prediction.mask.astype(np.uint8) * 255
+    return ResultFiles(
+        folder=folder,
+        seg=seg,
+        sr=sr,
+        sc=sc,
+        image_png=write_atomic(
+            folder / "image.png", encode_png(analysis.grey, png_level), durable=False
+        ),
+        overlay_png=write_atomic(
+            folder / "overlay.png", encode_png(analysis.overlay, png_level), durable=False
+        ),
+        mask_png=write_atomic(folder / "mask.png", encode_png(mask, png_level), durable=False),
+    )
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job_id: int
+    instance_id: int
+    path: Path
+    study_uid: str
+    sop_uid: str
+    received_at: datetime
+    queued_at: datetime | None
+    started_at: datetime
+    attempt: int
+
+
+def claim_job(
+    database: Database, job_id: int, worker: str, lease_seconds: float
+) -> ClaimedJob | None:
+    """Make the job RUNNING in ``worker``'s name; None when it is not ours to run."""
+    now = utcnow()
+    runnable = (Job.state.in_((JobState.PENDING, JobState.QUEUED))) | (
+        (Job.state == JobState.RUNNING) & (Job.lease_until < now)
+    )
+    with database.session() as session:
+        claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+            update(Job)
+            .where(Job.id == job_id)
+            .where(runnable)
+            .values(
+                state=JobState.RUNNING,
+                started_at=now,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                worker=worker,
+                attempts=Job.attempts + 1,
+            )
+        )
+        if claimed.rowcount != 1:
+            return None
+        job = session.get(Job, job_id)
+        assert job is not None
+        instance = job.instance
+        audit(
+            session,
+            "job.started",
+            f"job {job_id} started (attempt {job.attempts})",
+            study_uid=instance.study.study_uid,
+            sop_uid=instance.sop_uid,
+            detail={"job_id": job_id, "worker": worker, "attempt": job.attempts},
+        )
+        return ClaimedJob(
+            job_id=job_id,
+            instance_id=instance.id,
+            path=Path(instance.path),
+            study_uid=instance.study.study_uid,
+            sop_uid=instance.sop_uid,
+            received_at=instance.received_at,
+            queued_at=job.queued_at,
+            started_at=now,
+            attempt=job.attempts,
+        )
+
+
+def _still_ours(session: Session, job_id: int, worker: str) -> Job | None:
+    job = session.scalars(
+        select(Job)
+        .where(Job.id == job_id)
+        .where(Job.state == JobState.RUNNING)
+        .where(Job.worker == worker)
+        .with_for_update()
+    ).first()
+    return job
+
+
+def _fail(context: PipelineContext, claimed: ClaimedJob, reason: str) -> JobOutcome:
+    with context.database.session() as session:
+        job = _still_ours(session, claimed.job_id, context.worker_name)
+        if job is None:
+            return JobOutcome(claimed.job_id, "skipped", reason="no longer ours")
+        job.state = JobState.FAILED
+        job.error = reason
+        job.finished_at = utcnow()
+        job.lease_until = None
+        audit(
+            session,
+            "job.failed",
+            f"job {claimed.job_id} failed: {reason}",
+            study_uid=claimed.study_uid,
+            sop_uid=claimed.sop_uid,
+            detail={"job_id": claimed.job_id, "reason": reason},
+        )
+    log.warning("job %d failed: %s", claimed.job_id, reason)
+    return JobOutcome(claimed.job_id, "failed", reason=reason)
+
+
+def release_job(context: PipelineContext, job_id: int, reason: str) -> None:
+    """Give a claimed job back (QUEUED) after a transient error, for the task's retry."""
+    with context.database.session() as session:
+        job = _still_ours(session, job_id, context.worker_name)
+        if job is not None:
+            job.state = JobState.QUEUED
+            job.error = reason
+            job.lease_until = None
+            job.queued_at = utcnow()
+
+
+def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
+    if later is None or earlier is None:
+        return None
+    return max((later - earlier).total_seconds(), 0.0)
+
+
+def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
+    """Run job ``job_id`` from spooled file to sent results (see the module docstring).
+
+    Raises:
+        TransientJobError: the database failed; the job is back in the queue's hands.
+    """
+    settings = context.settings
+    try:
+        claimed = claim_job(
+            context.database, job_id, context.worker_name, settings.job_lease_seconds
+        )
+    except OperationalError as exc:
+        raise TransientJobError(f"database unavailable: {type(exc).__name__}") from exc
+    if claimed is None:
+        log.info("job %d: not runnable here (done, failed or running elsewhere)", job_id)
+        return JobOutcome(job_id, "skipped", reason="not runnable")
+
+    spooled = settings.spool_dir / claimed.path
+    try:
+        source = read_dataset(spooled, "spooled instance")
+        analysis = analyse(
+            source,
+            context.predictor,
+            label=settings.result_label,
+            with_capture=bool(settings.sc_destinations),
+        )
+    except FileNotFoundError:
+        return _fail(context, claimed, "the spooled file is missing")
+    except ConversionError as exc:
+        return _fail(context, claimed, f"cannot convert the image: {exc.reason}")
+    except ValueError as exc:
+        return _fail(context, claimed, f"cannot build results: {exc}")
+
+    built = time.perf_counter()
+    folder = (
+        settings.results_dir / safe_component(claimed.study_uid) / safe_component(claimed.sop_uid)
+    )
+    files = write_results(analysis, folder, settings.png_level)
+    timings: dict[str, Any] = {
+        "receive_to_queued": _seconds(claimed.queued_at, claimed.received_at),
+        "queue_wait": _seconds(claimed.started_at, claimed.queued_at or claimed.received_at),
+        **analysis.timings,
+        "write": time.perf_counter() - built,
+    }
+    try:
+        outcome = _record(context, claimed, analysis, files, timings)
+    except OperationalError as exc:
+        release_job(context, job_id, f"database unavailable: {type(exc).__name__}")
+        raise TransientJobError(f"database unavailable: {type(exc).__name__}") from exc
+    if outcome.state != "done" or not outcome.delivery_ids:
+        return outcome
+
+    sending = time.perf_counter()
+    sent = attempt_deliveries(
+        context.database, outcome.delivery_ids, RetryPolicy.from_settings(settings)
+    )
+    timings["send"] = time.perf_counter() - sending
+    with context.database.session() as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            job.timings = dict(timings)
+    return JobOutcome(
+        job_id,
+        "done",
+        result_id=outcome.result_id,
+        present=outcome.present,
+        delivery_ids=outcome.delivery_ids,
+        sent=len(sent),
+    )
+
+
+def _record(
+    context: PipelineContext,
+    claimed: ClaimedJob,
+    analysis: Analysis,
+    files: ResultFiles,
+    timings: dict[str, Any],
+) -> JobOutcome:
+    """Result, deliveries and DONE in one transaction, if the job is still ours."""
+    settings = context.settings
+    algorithm = context.algorithm
+    finding = analysis.prediction.finding
+    ids = {"study_uid": claimed.study_uid, "sop_uid": claimed.sop_uid}
+    with context.database.session() as session:
+        job = _still_ours(session, claimed.job_id, context.worker_name)
+        if job is None:
+            log.info("job %d was reset while running; its result is dropped", claimed.job_id)
+            return JobOutcome(claimed.job_id, "skipped", reason="reset while running")
+        result = session.scalars(
+            select(Result)
+            .where(Result.job_id == claimed.job_id)
+            .where(Result.model_version == algorithm.version)
+        ).first()
+        if result is None:
+            result = Result(job_id=claimed.job_id, model_version=algorithm.version)
+            session.add(result)
+        result.pneumothorax = finding.present
+        result.max_probability = finding.max_probability
+        result.area_pixels = finding.area_pixels
+        result.area_mm2 = finding.area_mm2
+        result.side = finding.side
+        result.side_assumed = finding.orientation_assumed
+        result.threshold = algorithm.threshold
+        result.min_area_pixels = algorithm.min_area_pixels
+        result.seg_sop_uid = str(analysis.segmentation.SOPInstanceUID)
+        result.sr_sop_uid = str(analysis.report.SOPInstanceUID)
+        result.sc_sop_uid = (
+            str(analysis.capture.SOPInstanceUID) if analysis.capture is not None else None
+        )
+        result.created_at = utcnow()
+        session.flush()
+
+        delivery_ids: list[int] = []
+        objects = [(files.seg, analysis.segmentation), (files.sr, analysis.report)]
+        for destination in settings.destinations:
+            wanted = list(objects)
+            capture = analysis.capture
+            if (
+                files.sc is not None
+                and capture is not None
+                and destination in settings.sc_destinations
+            ):
+                wanted.append((files.sc, capture))
+            for path, dataset in wanted:
+                delivery_ids.append(
+                    add_delivery(
+                        session,
+                        path,
+                        destination,
+                        sop_uid=str(dataset.SOPInstanceUID),
+                        sop_class_uid=str(dataset.SOPClassUID),
+                        study_uid=claimed.study_uid,
+                        result_id=result.id,
+                    )
+                )
+        job.state = JobState.DONE
+        job.error = None
+        job.finished_at = utcnow()
+        job.lease_until = None
+        job.timings = dict(timings)
+        verdict = (
+            f"pneumothorax present ({finding.side}, max probability {finding.max_probability:.2f})"
+            if finding.present
+            else f"no pneumothorax (max probability {finding.max_probability:.2f})"
+        )
+        audit(
+            session,
+            "job.done",
+            f"job {claimed.job_id} done: {verdict}; model {algorithm.version}",
+            detail={
+                "job_id": claimed.job_id,
+                "result_id": result.id,
+                "timings": {k: v for k, v in timings.items() if v is not None},
+            },
+            **ids,
+        )
+        return JobOutcome(
+            claimed.job_id,
+            "done",
+            result_id=result.id,
+            present=finding.present,
+            delivery_ids=tuple(delivery_ids),
+        )
