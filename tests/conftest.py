@@ -205,16 +205,17 @@ def node(node_factory: Callable[..., RunningNode], database_url: str) -> Running
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``tiny_checkpoint(bias=None)``: an efficientnet-b0 U-Net at 64 px, random weights.
+    """``tiny_checkpoint(bias=None, size=64, version=...)``: an efficientnet-b0 U-Net checkpoint.
 
     ``bias`` sets the segmentation head's bias: +20 makes every pixel positive, -20 none (a
-    model whose answer a test knows in advance); None keeps the random one.
+    model whose answer a test knows in advance); None keeps the random one. Random weights,
+    seeded: small enough to run in milliseconds at 64 px.
     """
-    made: dict[float | None, Path] = {}
+    made: dict[tuple[float | None, int, str], Path] = {}
 
-    def make(bias: float | None = None, version: str = "0.0.1-test") -> Path:
-        key = bias if version == "0.0.1-test" else None
-        if key in made and version == "0.0.1-test":
+    def make(bias: float | None = None, size: int = 64, version: str = "0.0.1-test") -> Path:
+        key = (bias, size, version)
+        if key in made:
             return made[key]
         import torch
 
@@ -234,17 +235,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
             with torch.no_grad():
                 head.weight.zero_()
                 head.bias.fill_(bias)
-        folder = tmp_path_factory.mktemp("model") / f"tiny-{bias}-{version}"
+        folder = tmp_path_factory.mktemp("model") / f"tiny-{bias}-{size}-{version}"
         config = CheckpointConfig(
             name="pneumonode-test-unet",
             version=version,
             architecture=Architecture(encoder="efficientnet-b0"),
-            input=InputSpec(size=64),
+            input=InputSpec(size=size),
             postprocess=PostProcessing(threshold=0.5),
         )
         save_checkpoint(model, folder, config)
-        if version == "0.0.1-test":
-            made[key] = folder
+        made[key] = folder
         return folder
 
     return make

@@ -169,6 +169,22 @@ class Orthanc:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as rsp:
             return json.loads(rsp.read())
 
+    def post(self, path: str, body: bytes, content_type: str = "application/json") -> object:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}",
+            data=body,
+            headers={"Content-Type": content_type},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=120) as rsp:
+            return json.loads(rsp.read())
+
+    def file(self, orthanc_id: str) -> bytes:
+        """The DICOM file of one instance, as Orthanc stored it."""
+        url = f"http://127.0.0.1:{self.http_port}/instances/{orthanc_id}/file"
+        with urllib.request.urlopen(url, timeout=30) as rsp:
+            return bytes(rsp.read())
+
     def instance_uids(self) -> set[str]:
         """SOP Instance UIDs Orthanc holds."""
         uids = set()

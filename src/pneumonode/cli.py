@@ -891,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pydicom's value validation warnings quote values, which may be patient data
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     quiet = max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
-    for noisy in ("alembic", "pynetdicom"):
+    for noisy in ("alembic", "pynetdicom", "highdicom"):
         logging.getLogger(noisy).setLevel(quiet)
     inference_defaults = {
         "device": settings.device,

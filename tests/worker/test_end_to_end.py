@@ -1,0 +1,309 @@
+"""The whole loop with real processes: a PACS sends, pneumonode answers with SEG + SR.
+
+Orthanc is the PACS (it sends with its own C-STORE and receives our results); the node runs as
+`pneumonode serve` (embedded broker, SQLite) or scaled out as `pneumonode dicom-listen` plus
+worker processes on Redis and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import create_engine, func, select, text
+
+from peers_harness import (
+    Orthanc,
+    dciodvfy_errors,
+    free_port,
+    run_orthanc,
+    run_storescp,
+    storescu,
+    wait_for_port,
+)
+from pneumonode.db.models import AuditEvent, Delivery, DeliveryState, Job, JobState, Result
+from pneumonode.db.session import Database
+from pneumonode.model.predictor import Predictor
+
+PNEUMONODE = str(Path(sys.executable).parent / "pneumonode")
+
+
+@contextmanager
+def running(
+    args: list[str], env: dict[str, str], log: Path, port: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A pneumonode process; SIGTERM (graceful stop) at the end, SIGKILL if that hangs."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [PNEUMONODE, *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        if port is not None:
+            wait_for_port(port, timeout=60)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def jobs_in(database: Database, state: str) -> int:
+    with database.session() as session:
+        return int(
+            session.scalar(select(func.count()).select_from(Job).where(Job.state == state)) or 0
+        )
+
+
+def node_env(data_dir: Path, model: Path, port: int, **extra: str) -> dict[str, str]:
+    return {
+        "PNEUMONODE_DATA_DIR": str(data_dir),
+        "PNEUMONODE_MODEL_PATH": str(model),
+        "PNEUMONODE_DICOM_PORT": str(port),
+        "PNEUMONODE_INFERENCE_BACKEND": "torch",
+        "PNEUMONODE_INFERENCE_PRECISION": "fp32",
+        "PNEUMONODE_DISPATCH_INTERVAL": "0.2",
+        **extra,
+    }
+
+
+def orthanc_series(pacs: Orthanc) -> dict[str, list[dict[str, object]]]:
+    """Modality -> instances' simplified tags, for everything Orthanc holds."""
+    found: dict[str, list[dict[str, object]]] = {}
+    for orthanc_id in pacs.rest("/instances"):  # type: ignore[union-attr]
+        tags = pacs.rest(f"/instances/{orthanc_id}/simplified-tags")
+        assert isinstance(tags, dict)
+        tags["_id"] = orthanc_id
+        found.setdefault(str(tags["Modality"]), []).append(tags)
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_pacs_sends_a_study_and_gets_seg_and_sr_back(
+    siim_sample_dicoms: list[Path], tiny_checkpoint: Callable[..., Path], tmp_path: Path
+) -> None:
+    port = free_port()
+    model = tiny_checkpoint()
+    modalities = {"pneumonode": ["PNEUMONODE", "127.0.0.1", port]}
+    with run_orthanc(tmp_path / "orthanc", modalities=modalities) as pacs:  # type: ignore[arg-type]
+        env = node_env(
+            tmp_path / "data",
+            model,
+            port,
+            PNEUMONODE_ALLOWED_PEERS="ORTHANC@127.0.0.1",
+            PNEUMONODE_DESTINATIONS=pacs.destination,
+        )
+        with running(["serve"], env, tmp_path / "serve.log", port):
+            ids = [
+                pacs.post("/instances", p.read_bytes(), "application/dicom")
+                for p in siim_sample_dicoms
+            ]
+            pacs.post(
+                "/modalities/pneumonode/store",
+                json.dumps({"Resources": [i["ID"] for i in ids], "Synchronous": True}).encode(),  # type: ignore[index]
+            )
+            wait_until(
+                lambda: sum(len(v) for k, v in orthanc_series(pacs).items() if k != "CR") >= 20,
+                timeout=120,
+                what="a SEG and an SR per image in Orthanc",
+            )
+            done = subprocess.run(
+                [PNEUMONODE, "results", "--format", "json"],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+        held = orthanc_series(pacs)
+        assert len(held["SEG"]) == 10 and len(held["SR"]) == 10
+        predictor = Predictor.load(model, backend="torch", precision="fp32")
+        sources = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in siim_sample_dicoms}
+        for seg_tags in held["SEG"]:
+            seg_file = tmp_path / "seg.dcm"
+            seg_file.write_bytes(pacs.file(str(seg_tags["_id"])))
+            assert dciodvfy_errors(seg_file) == []
+            seg = pydicom.dcmread(seg_file)
+            source_uid = str(
+                seg.ReferencedSeriesSequence[0]
+                .ReferencedInstanceSequence[0]
+                .ReferencedSOPInstanceUID
+            )
+            source = pydicom.dcmread(sources[source_uid])
+            assert seg.StudyInstanceUID == source.StudyInstanceUID  # same study, new series
+            assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+            mask = predictor.predict_dicom(sources[source_uid]).mask
+            assert np.array_equal(seg.pixel_array.astype(bool).reshape(mask.shape), mask)
+        for sr_tags in held["SR"]:
+            sr_file = tmp_path / "sr.dcm"
+            sr_file.write_bytes(pacs.file(str(sr_tags["_id"])))
+            assert dciodvfy_errors(sr_file) == []
+        rows = json.loads(done.stdout)
+        assert len(rows) == 10
+        assert {row["status"] for row in rows} == {"done"}
+        assert {row["delivery"] for row in rows} == {"sent"}
+        assert {row["sop_uid"] for row in rows} == set(sources)
+
+
+def _copies(sources: list[Path], count: int, folder: Path) -> list[Path]:
+    """``count`` distinct instances (new study/series/SOP UIDs) made from real SIIM files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for index in range(count):
+        ds = pydicom.dcmread(sources[index % len(sources)])
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"copy{index:03d}.dcm"
+        ds.save_as(path)
+        made.append(path)
+    return made
+
+
+def _worker_pid(log: Path) -> int:
+    found = re.search(r"worker process (\d+)", log.read_text())
+    assert found, log.read_text()[-2000:]
+    return int(found.group(1))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
+    siim_sample_dicoms: list[Path], tiny_checkpoint: Callable[..., Path], tmp_path: Path
+) -> None:
+    port = free_port()
+    files = _copies(siim_sample_dicoms, 12, tmp_path / "in")
+    with run_storescp(tmp_path / "pacs") as pacs:
+        env = node_env(
+            tmp_path / "data",
+            tiny_checkpoint(size=512),  # slow enough to be caught running
+            port,
+            PNEUMONODE_ALLOWED_PEERS="STORESCU",
+            PNEUMONODE_DESTINATIONS=pacs.destination,
+            PNEUMONODE_JOB_LEASE_SECONDS="4",
+        )
+        log = tmp_path / "serve.log"
+        database = Database.open(f"sqlite:///{tmp_path / 'data' / 'pneumonode.sqlite3'}")
+        with running(["serve"], env, log, port):
+            wait_until(lambda: "worker process" in log.read_text(), 30, "the worker to start")
+            first_worker = _worker_pid(log)
+            storescu(files, port)
+            wait_until(lambda: jobs_in(database, JobState.RUNNING) > 0, 60, "a running job")
+            with database.session() as session:
+                victim = session.scalars(
+                    select(Job.id).where(Job.state == JobState.RUNNING)
+                ).first()
+            os.killpg(first_worker, signal.SIGKILL)
+            wait_until(lambda: jobs_in(database, JobState.DONE) == 12, 180, "all jobs done")
+            started = set(re.findall(r"worker process (\d+) started", log.read_text()))
+            assert len(started) >= 2, "the killed worker was not replaced"
+        with database.session() as session:
+            jobs = list(session.scalars(select(Job)))
+            assert len(jobs) == 12
+            killed = session.get(Job, victim)
+            assert killed is not None and killed.state == JobState.DONE and killed.attempts == 2
+            assert session.scalar(select(func.count()).select_from(Result)) == 12
+            done_events = session.scalar(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "job.done")
+            )
+            assert done_events == 12  # each job finished exactly once
+            requeued = session.scalars(
+                select(AuditEvent).where(AuditEvent.kind == "job.requeued")
+            ).all()
+            # the victim for sure; a job slower than the short lease may join it (its late
+            # finish is then dropped, as the single job.done per job above shows)
+            assert victim in [e.detail["job_id"] for e in requeued if e.detail]
+            deliveries = list(session.scalars(select(Delivery)))
+            assert len(deliveries) == 24
+            assert {d.state for d in deliveries} == {DeliveryState.SENT}
+        database.dispose()
+        received = {
+            pydicom.dcmread(p).SOPInstanceUID for p in pacs.folder.rglob("*") if p.is_file()
+        }
+        assert len(received) == 24
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_scaled_out_on_redis_and_postgresql_no_job_lost_or_done_twice(
+    siim_sample_dicoms: list[Path],
+    tiny_checkpoint: Callable[..., Path],
+    postgres_server: str,
+    tmp_path: Path,
+) -> None:
+    redis = pytest.importorskip("redis")
+    broker = "redis://127.0.0.1:6379/11"
+    try:
+        redis.Redis.from_url(broker).flushdb()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.skip(f"Redis at {broker} unavailable: {exc}")
+    port = free_port()
+    files = _copies(siim_sample_dicoms, 100, tmp_path / "in")
+    with run_storescp(tmp_path / "pacs") as pacs:
+        env = node_env(
+            tmp_path / "data",
+            tiny_checkpoint(),
+            port,
+            PNEUMONODE_ALLOWED_PEERS="STORESCU",
+            PNEUMONODE_DESTINATIONS=pacs.destination,
+            PNEUMONODE_BROKER_URL=broker,
+            PNEUMONODE_DATABASE_URL=postgres_server,
+        )
+        engine = create_engine(postgres_server)
+        with engine.begin() as connection:  # an empty database for this run
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+        database = Database.open(postgres_server)
+        with (
+            running(["dicom-listen"], env, tmp_path / "listen.log", port),
+            running(["worker"], env, tmp_path / "worker1.log"),
+            running(["worker"], env, tmp_path / "worker2.log"),
+        ):
+            done = storescu(files, port, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+            wait_until(lambda: jobs_in(database, JobState.DONE) == 100, 300, "100 jobs done")
+        with database.session() as session:
+            jobs = list(session.scalars(select(Job)))
+            assert len(jobs) == 100
+            assert {job.attempts for job in jobs} == {1}  # none done twice
+            assert len({job.worker for job in jobs}) == 2  # both workers took a share
+            assert session.scalar(select(func.count()).select_from(Result)) == 100
+            started = session.scalar(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "job.started")
+            )
+            assert started == 100
+        database.dispose()
+        received = {
+            pydicom.dcmread(p).SOPInstanceUID for p in pacs.folder.rglob("*") if p.is_file()
+        }
+        assert len(received) == 200
