@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Subquery, and_, case, func, select
+from sqlalchemy import Select, Subquery, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from pneumonode.db.models import (
@@ -96,8 +97,8 @@ def _delivery_summary() -> Subquery:
     )
 
 
-def list_results(session: Session, filters: ResultFilters) -> list[ResultRow]:
-    """Received images, newest first, with what became of them."""
+def results_query(filters: ResultFilters) -> Select[Any]:
+    """The SELECT behind :func:`list_results` (exposed for query-plan checks)."""
     if filters.status is not None and filters.status not in STATUSES:
         raise ValueError(f"unknown status {filters.status!r}; one of {', '.join(STATUSES)}")
     latest = _latest_results()
@@ -127,7 +128,12 @@ def list_results(session: Session, filters: ResultFilters) -> list[ResultRow]:
         query = query.where(
             and_(Instance.status != InstanceStatus.SKIPPED, Job.state == filters.status)
         )
-    rows = session.execute(query).all()
+    return query
+
+
+def list_results(session: Session, filters: ResultFilters) -> list[ResultRow]:
+    """Received images, newest first, with what became of them."""
+    rows = session.execute(results_query(filters)).all()
     result_ids = [row.Result.id for row in rows if row.Result is not None]
     names: dict[int, list[str]] = {}
     if result_ids:
