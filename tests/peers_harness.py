@@ -196,11 +196,17 @@ class Orthanc:
 
 @contextmanager
 def run_orthanc(
-    folder: Path, ae_title: str = "ORTHANC", modalities: dict[str, list[object]] | None = None
+    folder: Path,
+    ae_title: str = "ORTHANC",
+    modalities: dict[str, list[object]] | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> Iterator[Orthanc]:
-    """Start Orthanc with a JSON config in ``folder``; stopped by PID at the end."""
+    """Start Orthanc with a JSON config in ``folder``; stopped by PID at the end.
+
+    ``ports`` (DICOM, HTTP) restarts an Orthanc where an earlier one was (same folder: same data).
+    """
     binary = tool("Orthanc")
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = ports or (free_port(), free_port())
     config = {
         "Name": "pneumonode-test",
         "StorageDirectory": str(folder / "storage"),

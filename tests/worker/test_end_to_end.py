@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, func, select, text
 
@@ -307,3 +308,65 @@ def test_scaled_out_on_redis_and_postgresql_no_job_lost_or_done_twice(
             pydicom.dcmread(p).SOPInstanceUID for p in pacs.folder.rglob("*") if p.is_file()
         }
         assert len(received) == 200
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_pacs_down_while_sending_and_a_corrupt_image_in_the_study(
+    siim_sample_dicoms: list[Path], tiny_checkpoint: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Orthanc is stopped while results are sent, then restarted: everything arrives. A corrupt
+    image in the middle of the study fails alone, with its reason in the audit trail."""
+    port = free_port()
+    files = _copies(siim_sample_dicoms, 6, tmp_path / "in")
+    broken = pydicom.dcmread(files[3])
+    (frame,) = generate_frames(broken.PixelData, number_of_frames=1)
+    broken.PixelData = encapsulate([frame[:2] + bytes(len(frame) - 2)])  # a JPEG of zeros
+    broken.save_as(files[3])
+    pacs_ports = (free_port(), free_port())
+    with run_orthanc(tmp_path / "orthanc", ports=pacs_ports) as pacs:
+        destination = pacs.destination
+    # the PACS is down now
+    env = node_env(
+        tmp_path / "data",
+        tiny_checkpoint(),
+        port,
+        PNEUMONODE_ALLOWED_PEERS="STORESCU",
+        PNEUMONODE_DESTINATIONS=destination,
+        PNEUMONODE_SEND_BACKOFF_SECONDS="1",
+        PNEUMONODE_SEND_BACKOFF_MAX_SECONDS="2",
+        PNEUMONODE_SEND_MAX_ATTEMPTS="100",
+    )
+    database = Database.open(f"sqlite:///{tmp_path / 'data' / 'pneumonode.sqlite3'}")
+
+    def failed_attempts() -> int:
+        with database.session() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(AuditEvent)
+                    .where(AuditEvent.kind == "delivery.failed")
+                )
+                or 0
+            )
+
+    with running(["serve"], env, tmp_path / "serve.log", port):
+        sent = storescu(files, port)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_until(lambda: jobs_in(database, JobState.DONE) == 5, 120, "5 jobs done")
+        wait_until(lambda: failed_attempts() >= 10, 60, "failed delivery attempts")
+        with run_orthanc(tmp_path / "orthanc", ports=pacs_ports) as pacs:
+            wait_until(
+                lambda: sum(len(v) for k, v in orthanc_series(pacs).items()) >= 10,
+                120,
+                "10 results in the restarted Orthanc",
+            )
+            held = orthanc_series(pacs)
+    assert len(held["SEG"]) == 5 and len(held["SR"]) == 5
+    with database.session() as session:
+        failed = session.scalars(select(Job).where(Job.state == JobState.FAILED)).one()
+        assert failed.error is not None and "cannot convert" in failed.error
+        assert failed.instance.sop_uid == broken.SOPInstanceUID
+        states = set(session.scalars(select(Delivery.state)))
+        assert states == {DeliveryState.SENT}
+    database.dispose()
