@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python bench/conversion.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/end_to_end.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

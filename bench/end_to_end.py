@@ -1,0 +1,230 @@
+"""End to end: storescu sends N SIIM images to `pneumonode serve`, results go to storescp.
+
+Per image, the worker records how long each stage took (receive -> queued, queue wait, convert,
+infer, build SEG/SR, write, send). This prints p50/p95 per stage, the latency from receipt to the
+last result sent, and the throughput; then, with the node stopped, the same model's own inference
+on the same images in the same process setup (one worker, same backend and precision) as the
+reference.
+
+    .venv/bin/python bench/end_to_end.py [--images 40] [--model models/pneumothorax-unet-b4]
+
+Without --model it uses the shipped model, or a random-weight EfficientNet-B4 U-Net at 1024 px
+when none is shipped (same cost per image). Targets (worker issue): everything except inference
+adds <= 0.5 s per image at p50; throughput within 10% of inference-only throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from peers_harness import free_port, run_storescp, storescu, wait_for_port  # noqa: E402
+
+STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
+OVERHEAD_TARGET_S = 0.5
+THROUGHPUT_TARGET = 0.9
+
+
+def _model(path: Path | None, folder: Path) -> Path:
+    from pneumonode.config import SHIPPED_MODEL
+
+    if path is not None:
+        return path
+    if (SHIPPED_MODEL / "config.json").is_file():
+        return SHIPPED_MODEL
+    import torch
+
+    from pneumonode.model.checkpoint import CheckpointConfig, save_checkpoint
+    from pneumonode.model.network import build_unet
+
+    torch.manual_seed(0)
+    target = folder / "random-b4"
+    save_checkpoint(build_unet("efficientnet-b4"), target, CheckpointConfig(version="random"))
+    return target
+
+
+def _copies(count: int, folder: Path) -> list[Path]:
+    sources = sorted((REPO.parent / "shared" / "data" / "siim-sample" / "dicom").glob("*.dcm"))
+    if not sources:
+        sys.exit("bench: ../shared/data/siim-sample/dicom is missing")
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for index in range(count):
+        ds = pydicom.dcmread(sources[index % len(sources)])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"{index:04d}.dcm")
+        made.append(folder / f"{index:04d}.dcm")
+    return made
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _run_node(model: Path, files: list[Path], work: Path) -> tuple[dict[str, list[float]], float]:
+    """Send ``files`` through a running node; returns per-stage seconds and images/s."""
+    from sqlalchemy import func, select
+
+    from pneumonode.db.models import Delivery, DeliveryState, Job, JobState
+    from pneumonode.db.session import Database
+
+    port = free_port()
+    with run_storescp(work / "pacs") as pacs:
+        env = {
+            **os.environ,
+            "PNEUMONODE_DATA_DIR": str(work / "data"),
+            "PNEUMONODE_MODEL_PATH": str(model),
+            "PNEUMONODE_DICOM_PORT": str(port),
+            "PNEUMONODE_ALLOWED_PEERS": "STORESCU",
+            "PNEUMONODE_DESTINATIONS": pacs.destination,
+            "PNEUMONODE_LOG_LEVEL": "WARNING",
+        }
+        node = subprocess.Popen(
+            [str(Path(sys.executable).parent / "pneumonode"), "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "serve.log").open("wb"),
+            start_new_session=True,
+        )
+        try:
+            wait_for_port(port, timeout=60)
+            database = Database.open(f"sqlite:///{work / 'data' / 'pneumonode.sqlite3'}")
+            # warm-up: the worker loads its model; wait until one image has gone through
+            storescu(files[:1], port)
+            _wait(database, 1)
+            started = time.perf_counter()
+            storescu(files[1:], port, timeout=3600)
+            _wait(database, len(files))
+            elapsed = time.perf_counter() - started
+            with database.session() as session:
+                sent = session.scalar(
+                    select(func.count())
+                    .select_from(Delivery)
+                    .where(Delivery.state == DeliveryState.SENT)
+                )
+                if sent != 2 * len(files):
+                    sys.exit(f"bench: {sent} of {2 * len(files)} results were delivered")
+                jobs = session.scalars(
+                    select(Job).where(Job.state == JobState.DONE).order_by(Job.id)
+                )
+                timings = [
+                    job.timings
+                    for job in list(jobs)[1:]
+                    if job.timings and all(job.timings.get(s) is not None for s in STAGES)
+                ]
+            database.dispose()
+        finally:
+            os.killpg(node.pid, signal.SIGTERM)
+            node.wait(timeout=120)
+    stages = {stage: [float(t[stage]) for t in timings] for stage in STAGES}
+    return stages, (len(files) - 1) / elapsed
+
+
+def _wait(database: object, count: int, timeout: float = 3600) -> None:
+    from sqlalchemy import func, select
+
+    from pneumonode.db.models import Delivery, DeliveryState, Job, JobState
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with database.session() as session:  # type: ignore[attr-defined]
+            done = session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.state.in_((JobState.DONE, JobState.FAILED)))
+            )
+            pending = session.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(Delivery.state == DeliveryState.PENDING)
+            )
+        if done >= count and pending == 0:
+            return
+        time.sleep(0.05)
+    sys.exit("bench: the node did not finish in time")
+
+
+def _inference_only(model: Path, files: list[Path]) -> tuple[float, float]:
+    """(median seconds per image, images/s) of the Predictor alone on the same images."""
+    from pneumonode.config import Settings
+    from pneumonode.conversion.prepare import prepare_radiograph
+    from pneumonode.model.predictor import Predictor
+
+    settings = Settings()
+    predictor = Predictor.load(
+        model,
+        device=settings.device,
+        precision=settings.inference_precision,
+        backend=settings.inference_backend,
+        cache_dir=Path(tempfile.gettempdir()) / "pneumonode-bench-cache",
+    )
+    prepared = [prepare_radiograph(pydicom.dcmread(p), predictor.size) for p in files]
+    predictor.predict_prepared(prepared[0])  # warm-up
+    times = []
+    started = time.perf_counter()
+    for item in prepared[1:]:
+        t0 = time.perf_counter()
+        predictor.predict_prepared(item)
+        times.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - started
+    return float(np.median(times)), (len(prepared) - 1) / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pneumonode-e2e-"))
+    try:
+        model = _model(args.model, work)
+        files = _copies(args.images, work / "in")
+        stages, node_rate = _run_node(model, files, work)
+        infer_median, infer_rate = _inference_only(model, files)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"end to end: {args.images - 1} SIIM images (after one warm-up), model {model}")
+    print(f"{'stage':<20}{'p50 s':>10}{'p95 s':>10}")
+    for stage in STAGES:
+        print(f"{stage:<20}{_pct(stages[stage], 50):>10.3f}{_pct(stages[stage], 95):>10.3f}")
+    totals = [sum(v) for v in zip(*(stages[s] for s in STAGES), strict=True)]
+    others = [t - i for t, i in zip(totals, stages["infer"], strict=True)]
+    print(f"{'total latency':<20}{_pct(totals, 50):>10.3f}{_pct(totals, 95):>10.3f}")
+    print(f"{'all but inference':<20}{_pct(others, 50):>10.3f}{_pct(others, 95):>10.3f}")
+    print(
+        f"inference only (same model, same images): {infer_median:.3f} s/image, {infer_rate:.2f} images/s"
+    )
+    print(
+        f"node throughput: {node_rate:.2f} images/s = {node_rate / infer_rate:.2f}x inference-only"
+    )
+    overhead_ok = _pct(others, 50) <= OVERHEAD_TARGET_S
+    rate_ok = node_rate / infer_rate >= THROUGHPUT_TARGET
+    print(
+        f"target: all but inference <= {OVERHEAD_TARGET_S} s at p50: {'PASS' if overhead_ok else 'FAIL'}"
+    )
+    print(
+        f"target: throughput >= {THROUGHPUT_TARGET:.1f}x inference-only: {'PASS' if rate_ok else 'FAIL'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
