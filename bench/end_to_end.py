@@ -210,19 +210,17 @@ def main() -> int:
     print(f"{'total latency':<20}{_pct(totals, 50):>10.3f}{_pct(totals, 95):>10.3f}")
     print(f"{'all but inference':<20}{_pct(others, 50):>10.3f}{_pct(others, 95):>10.3f}")
     print(
-        f"inference only (same model, same images): {infer_median:.3f} s/image, {infer_rate:.2f} images/s"
+        f"inference only (same model, same images): {infer_median:.3f} s/image, "
+        f"{infer_rate:.2f} images/s"
     )
     print(
         f"node throughput: {node_rate:.2f} images/s = {node_rate / infer_rate:.2f}x inference-only"
     )
     overhead_ok = _pct(others, 50) <= OVERHEAD_TARGET_S
     rate_ok = node_rate / infer_rate >= THROUGHPUT_TARGET
-    print(
-        f"target: all but inference <= {OVERHEAD_TARGET_S} s at p50: {'PASS' if overhead_ok else 'FAIL'}"
-    )
-    print(
-        f"target: throughput >= {THROUGHPUT_TARGET:.1f}x inference-only: {'PASS' if rate_ok else 'FAIL'}"
-    )
+    verdict = {True: "PASS", False: "FAIL"}
+    print(f"target: all but inference <= {OVERHEAD_TARGET_S} s at p50: {verdict[overhead_ok]}")
+    print(f"target: throughput >= {THROUGHPUT_TARGET:.1f}x inference-only: {verdict[rate_ok]}")
     return 0
 
 
