@@ -1,12 +1,12 @@
 """End to end: storescu sends N SIIM images to `pneumonode serve`, results go to storescp.
 
-Per image, the worker records how long each stage took (receive -> queued, queue wait, convert,
-infer, build SEG/SR, write, send). This prints p50/p95 per stage, the latency from receipt to the
-last result sent, and the throughput; then, with the node stopped, the same model's own inference
-on the same images in the same process setup (one worker, same backend and precision) as the
-reference.
+Latency: images sent one at a time, each after the previous one's results arrived; the worker
+records how long each stage took (receive -> queued, queue wait, convert, infer, build SEG/SR,
+write, send): p50/p95 per stage and of everything but inference. Throughput: a burst in one
+association, from its first byte to the last result delivered. Reference, in the same run with the
+node stopped: the same model's own inference (same backend and precision) on the burst's images.
 
-    .venv/bin/python bench/end_to_end.py [--images 40] [--model models/pneumothorax-unet-b4]
+    .venv/bin/python bench/end_to_end.py [--latency-images 16] [--burst-images 40] [--model M]
 
 Without --model it uses the shipped model, or a random-weight EfficientNet-B4 U-Net at 1024 px
 when none is shipped (same cost per image). Targets (worker issue): everything except inference
@@ -77,8 +77,11 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def _run_node(model: Path, files: list[Path], work: Path) -> tuple[dict[str, list[float]], float]:
-    """Send ``files`` through a running node; returns per-stage seconds and images/s."""
+def _run_node(
+    model: Path, latency_files: list[Path], burst_files: list[Path], work: Path
+) -> tuple[dict[str, list[float]], float]:
+    """Latency: images sent one at a time (each waits for the last to be done): per-stage
+    seconds. Throughput: a burst in one association: images/s from first byte to last result."""
     from sqlalchemy import func, select
 
     from pneumonode.db.models import Delivery, DeliveryState, Job, JobState
@@ -105,12 +108,13 @@ def _run_node(model: Path, files: list[Path], work: Path) -> tuple[dict[str, lis
         try:
             wait_for_port(port, timeout=60)
             database = Database.open(f"sqlite:///{work / 'data' / 'pneumonode.sqlite3'}")
-            # warm-up: the worker loads its model; wait until one image has gone through
-            storescu(files[:1], port)
-            _wait(database, 1)
+            for done, path in enumerate(latency_files, start=1):  # the first one warms up
+                storescu([path], port)
+                _wait(database, done)
             started = time.perf_counter()
-            storescu(files[1:], port, timeout=3600)
-            _wait(database, len(files))
+            storescu(burst_files, port, timeout=3600)
+            total = len(latency_files) + len(burst_files)
+            _wait(database, total)
             elapsed = time.perf_counter() - started
             with database.session() as session:
                 sent = session.scalar(
@@ -118,14 +122,14 @@ def _run_node(model: Path, files: list[Path], work: Path) -> tuple[dict[str, lis
                     .select_from(Delivery)
                     .where(Delivery.state == DeliveryState.SENT)
                 )
-                if sent != 2 * len(files):
-                    sys.exit(f"bench: {sent} of {2 * len(files)} results were delivered")
-                jobs = session.scalars(
-                    select(Job).where(Job.state == JobState.DONE).order_by(Job.id)
+                if sent != 2 * total:
+                    sys.exit(f"bench: {sent} of {2 * total} results were delivered")
+                jobs = list(
+                    session.scalars(select(Job).where(Job.state == JobState.DONE).order_by(Job.id))
                 )
                 timings = [
                     job.timings
-                    for job in list(jobs)[1:]
+                    for job in jobs[1 : len(latency_files)]
                     if job.timings and all(job.timings.get(s) is not None for s in STAGES)
                 ]
             database.dispose()
@@ -133,7 +137,7 @@ def _run_node(model: Path, files: list[Path], work: Path) -> tuple[dict[str, lis
             os.killpg(node.pid, signal.SIGTERM)
             node.wait(timeout=120)
     stages = {stage: [float(t[stage]) for t in timings] for stage in STAGES}
-    return stages, (len(files) - 1) / elapsed
+    return stages, len(burst_files) / elapsed
 
 
 def _wait(database: object, count: int, timeout: float = 3600) -> None:
@@ -188,20 +192,25 @@ def _inference_only(model: Path, files: list[Path]) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--latency-images", type=int, default=16, help="sent one at a time")
+    parser.add_argument("--burst-images", type=int, default=40, help="sent in one association")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pneumonode-e2e-"))
     try:
         model = _model(args.model, work)
-        files = _copies(args.images, work / "in")
-        stages, node_rate = _run_node(model, files, work)
-        infer_median, infer_rate = _inference_only(model, files)
+        files = _copies(args.latency_images + args.burst_images, work / "in")
+        latency_files, burst_files = files[: args.latency_images], files[args.latency_images :]
+        stages, node_rate = _run_node(model, latency_files, burst_files, work)
+        infer_median, infer_rate = _inference_only(model, burst_files)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"end to end: {args.images - 1} SIIM images (after one warm-up), model {model}")
+    print(
+        f"end to end, model {model}: latency of {args.latency_images - 1} SIIM images sent one "
+        f"at a time (after one warm-up); throughput of {args.burst_images} sent in one burst"
+    )
     print(f"{'stage':<20}{'p50 s':>10}{'p95 s':>10}")
     for stage in STAGES:
         print(f"{stage:<20}{_pct(stages[stage], 50):>10.3f}{_pct(stages[stage], 95):>10.3f}")
