@@ -167,6 +167,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--no-progress", action="store_true")
 
+    package = sub.add_parser(
+        "package-model",
+        help="copy a checkpoint for deployment (fp16 weights, new version/name)",
+        description="Writes a checkpoint folder (config.json + model.safetensors) with its "
+        "post-processing, training summary and metrics; fp16 halves the size.",
+    )
+    package.add_argument("--weights", type=Path, required=True)
+    package.add_argument("--out", type=Path, required=True)
+    package.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    package.add_argument("--version", default=None, help="default: the checkpoint's")
+    package.add_argument("--name", default=None, help="default: the checkpoint's")
+
     sub.add_parser(
         "serve",
         help="run the node: DICOM listener, queue, a worker and result delivery",
@@ -532,6 +544,21 @@ def _open_database(settings: Settings) -> Database:
         ) from None
 
 
+def _cmd_package_model(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    try:
+        model, config = load_checkpoint(args.weights)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
+    update = {k: v for k, v in (("version", args.version), ("name", args.name)) if v is not None}
+    written = save_checkpoint(model, args.out, config.model_copy(update=update), dtype=args.dtype)
+    size = (args.out / written.weights_file).stat().st_size / 1e6
+    print(f"{args.out}: {written.name} {written.version}, {args.dtype}, {size:.1f} MB")
+    print(f"sha256 {written.weights_sha256}")
+    return EXIT_OK
+
+
 def _require_model(settings: Settings) -> None:
     from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
 
@@ -866,6 +893,7 @@ COMMANDS = {
     "serve": _cmd_serve,
     "dicom-listen": _cmd_serve,
     "worker": _cmd_worker,
+    "package-model": _cmd_package_model,
     "predict-dicom": _cmd_predict_dicom,
     "results": _cmd_results,
     "echo": _cmd_echo,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,28 @@ def test_whole_pickled_model_gets_advice(tmp_path: Path) -> None:
     torch.save(torch.nn.Linear(2, 2), path)  # torch.save(model): a pickled module
     with pytest.raises(CheckpointError, match=r"whole pickled model .*model.state_dict\(\)"):
         load_checkpoint(path)
+
+
+def test_package_model_writes_fp16_weights_that_predict_the_same(
+    tiny_checkpoint: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from pneumonode.cli import EXIT_OK, main
+    from pneumonode.model.checkpoint import load_checkpoint
+    from pneumonode.model.predictor import Predictor
+
+    source = tiny_checkpoint(size=128)
+    out = tmp_path / "shipped"
+    args = ["package-model", "--weights", str(source), "--out", str(out), "--version", "9.9"]
+    assert main(args) == EXIT_OK
+    assert "float16" in capsys.readouterr().out
+    _, config = load_checkpoint(out)
+    assert config.weights_dtype == "float16" and config.version == "9.9"
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (
+        source / "model.safetensors"
+    ).stat().st_size
+    batch = np.random.default_rng(0).random((1, 1, 128, 128), dtype=np.float32)
+    full = Predictor.load(source, backend="torch", precision="fp32").probabilities(batch)
+    half = Predictor.load(out, backend="torch", precision="fp32").probabilities(batch)
+    assert np.abs(full - half).max() < 0.01

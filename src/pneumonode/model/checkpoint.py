@@ -117,8 +117,9 @@ def save_checkpoint(
 
     folder.mkdir(parents=True, exist_ok=True)
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
-    state = {
-        k: v.detach().to("cpu", torch_dtype).contiguous() for k, v in model.state_dict().items()
+    state = {  # integer buffers (BatchNorm's batch counters) keep their type
+        k: v.detach().to("cpu", torch_dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
     }
     weights = folder / config.weights_file
     tmp = weights.with_suffix(".tmp")

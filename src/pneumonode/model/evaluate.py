@@ -35,6 +35,12 @@ __all__ = ["Evaluation", "evaluate", "select_samples", "tune"]
 log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: Lesion size buckets, as a share of the image (SIIM: median about 0.8%).
+SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("small (<0.5%)", 0.0, 0.005),
+    ("medium (0.5-2%)", 0.005, 0.02),
+    ("large (>=2%)", 0.02, 1.01),
+)
 MIN_AREA_FRACTIONS = (0.0, 0.0001, 0.0002, 0.0005, 0.001, 0.002)  # of the model input area
 TOP_SCORE_GATES: tuple[float | None, ...] = (None, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -85,6 +91,18 @@ def tune(
                 if score > best_score + 1e-9:
                     best, best_score = post, score
     return best, best_score
+
+
+def _by_size(positives: Sequence[dict[str, Any]], size: int) -> dict[str, dict[str, Any]]:
+    """Mean Dice of the positives per lesion-size bucket (share of the model input)."""
+    buckets = {}
+    for name, low, high in SIZE_BUCKETS:
+        dices = [r["dice"] for r in positives if low <= r["truth_pixels"] / (size * size) < high]
+        buckets[name] = {
+            "images": len(dices),
+            "mean_dice": float(np.mean(dices)) if dices else None,
+        }
+    return buckets
 
 
 def evaluate(
@@ -150,7 +168,11 @@ def evaluate(
         "mean_dice_positives": float(np.mean([r["dice"] for r in positives]))
         if positives
         else None,
+        "median_dice_positives": float(np.median([r["dice"] for r in positives]))
+        if positives
+        else None,
         "mean_iou_positives": float(np.mean([r["iou"] for r in positives])) if positives else None,
+        "dice_by_size": _by_size(positives, predictor.size),
         "siim_score": siim_score([r["dice"] for r in rows]),
         "auc_max_probability": auc(
             [r["max_probability"] for r in rows], [r["truth_positive"] for r in rows]
