@@ -25,6 +25,7 @@ from pneumonode import __version__
 from pneumonode.config import ConfigFileError, Settings
 
 if TYPE_CHECKING:
+    from pneumonode.api.security import ApiToken
     from pneumonode.db.session import Database
     from pneumonode.dicom_node.peers import Destination
     from pneumonode.model.predictor import Predictor
@@ -181,16 +182,22 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "serve",
-        help="run the node: DICOM listener, queue, a worker and result delivery",
+        help="run the node: DICOM listener, queue, a worker, result delivery, API and web page",
         description="Run everything on this machine until SIGTERM/SIGINT: the DICOM listener, "
-        "the dispatcher that queues jobs, one worker process (restarted if it dies) and the "
-        "delivery of results. Transfers and jobs in flight finish first.",
+        "the dispatcher that queues jobs, one worker process (restarted if it dies), the "
+        "delivery of results and the HTTP API with the web page. Transfers and jobs in flight "
+        "finish first.",
     )
     sub.add_parser(
         "dicom-listen",
         help="run the listener, dispatcher and deliveries without a worker (scale-out)",
         description="Like serve, without the worker: run `pneumonode worker` elsewhere against "
         "the same broker (PNEUMONODE_BROKER_URL) and database (PNEUMONODE_DATABASE_URL).",
+    )
+    sub.add_parser(
+        "api",
+        help="run only the HTTP API and web page (scale-out)",
+        description="Serve the API on PNEUMONODE_API_HOST:PNEUMONODE_API_PORT until SIGTERM.",
     )
     worker = sub.add_parser(
         "worker",
@@ -570,13 +577,31 @@ def _require_model(settings: Settings) -> None:
         ) from None
 
 
+def _api_token(settings: Settings) -> ApiToken:
+    from pneumonode.api.security import TokenError, resolve_token
+
+    try:
+        return resolve_token(settings)
+    except TokenError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.node import run_node
 
-    with_worker = args.command == "serve"
-    if with_worker:
+    everything = args.command == "serve"
+    token = None
+    if everything:
         _require_model(settings)
-    run_node(settings, _open_database(settings), with_worker=with_worker)
+        token = _api_token(settings)
+    run_node(settings, _open_database(settings), with_worker=everything, token=token)
+    return EXIT_OK
+
+
+def _cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.node import run_api
+
+    run_api(settings, _open_database(settings), _api_token(settings))
     return EXIT_OK
 
 
@@ -893,6 +918,7 @@ COMMANDS = {
     "serve": _cmd_serve,
     "dicom-listen": _cmd_serve,
     "worker": _cmd_worker,
+    "api": _cmd_api,
     "package-model": _cmd_package_model,
     "predict-dicom": _cmd_predict_dicom,
     "results": _cmd_results,

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -144,6 +144,21 @@ class Settings(BaseSettings):
     )
     inference_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 where the hardware has it natively, else fp32"
+    )
+
+    # --- HTTP API ---------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="API bind address.")
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the API. Unset: one is generated at first start, printed "
+        "once and kept in <data_dir>/api-token.",
+    )
+    dev_mode: bool = Field(
+        default=False, description="Development: allows a well-known API token (never in use)."
+    )
+    max_upload_mb: int = Field(
+        default=512, ge=1, description="Largest DICOM file the API's upload accepts."
     )
 
     # --- Database -------------------------------------------------------------------------

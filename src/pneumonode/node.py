@@ -18,14 +18,16 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import DeliveryLoop, RetryPolicy
 from pneumonode.dicom_node.service import build_listener
 from pneumonode.worker.dispatch import Dispatcher
 
-__all__ = ["WorkerProcess", "run_node"]
+__all__ = ["ApiServer", "WorkerProcess", "run_api", "run_node"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,50 @@ class WorkerProcess:
             process.wait(timeout=10)
 
 
-def _print_banner(settings: Settings, port: int, worker: WorkerProcess | None) -> None:
+class ApiServer:
+    """The HTTP API (uvicorn) in a thread of this process."""
+
+    def __init__(self, settings: Settings, database: Database, token: ApiToken) -> None:
+        import uvicorn
+
+        from pneumonode.api import create_app
+
+        config = uvicorn.Config(
+            create_app(settings, database, token),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, name="api", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread.start()
+        waited = 0.0
+        while not self.server.started and waited < timeout:
+            if not self._thread.is_alive():
+                raise RuntimeError("the API server stopped at start (is its port in use?)")
+            threading.Event().wait(0.05)
+            waited += 0.05
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def _token_banner(token: ApiToken) -> None:
+    if token.source == "generated":
+        print(
+            f"API token (shown once; kept in {token.path}, or set PNEUMONODE_API_TOKEN): "
+            f"{token.value}",
+            flush=True,
+        )
+
+
+def _print_banner(
+    settings: Settings, port: int, worker: WorkerProcess | None, api: ApiServer | None
+) -> None:
     print(
         f"pneumonode listening as {settings.ae_title} on {settings.dicom_host}:{port} "
         f"(data in {settings.data_dir})",
@@ -108,12 +153,15 @@ def _print_banner(settings: Settings, port: int, worker: WorkerProcess | None) -
         print("note: no destination for results; set PNEUMONODE_DESTINATIONS=AE@host:port")
     if worker is not None:
         print(f"worker process {worker.pid} (model {settings.model})", flush=True)
+    if api is not None:
+        print(
+            f"API and web page: http://{settings.api_host}:{settings.api_port}/ "
+            f"(health: /health, API docs: /docs)",
+            flush=True,
+        )
 
 
-def run_node(settings: Settings, database: Database, *, with_worker: bool) -> None:
-    """Start the listener, dispatcher, delivery loop (and a worker); block until a signal."""
-    from pneumonode.worker.tasks import celery_config, configure, process_job_task
-
+def _until_signalled() -> tuple[threading.Event, dict[signal.Signals, Any]]:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -121,6 +169,32 @@ def run_node(settings: Settings, database: Database, *, with_worker: bool) -> No
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return stop, previous
+
+
+def run_api(settings: Settings, database: Database, token: ApiToken) -> None:
+    """Only the HTTP API (scale-out: as many as wanted behind a proxy); block until a signal."""
+    stop, previous = _until_signalled()
+    api = ApiServer(settings, database, token)
+    try:
+        api.start()
+        _token_banner(token)
+        print(f"API on http://{settings.api_host}:{settings.api_port}/", flush=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        api.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_node(
+    settings: Settings, database: Database, *, with_worker: bool, token: ApiToken | None = None
+) -> None:
+    """Start the listener, dispatcher, delivery loop (a worker, the API); block until a signal."""
+    from pneumonode.worker.tasks import celery_config, configure, process_job_task
+
+    stop, previous = _until_signalled()
     configure(settings)
 
     def publish(job_id: int) -> None:
@@ -137,20 +211,26 @@ def run_node(settings: Settings, database: Database, *, with_worker: bool) -> No
     listener = build_listener(settings, database, on_job=dispatcher.wake)
     deliveries = DeliveryLoop(database, RetryPolicy.from_settings(settings))
     worker = WorkerProcess(settings.config_file) if with_worker else None
+    api = ApiServer(settings, database, token) if token is not None else None
     started: list[str] = []
     try:
         listener.start()
         started.append("listener")
         dispatcher.start()
         deliveries.start()
+        if api is not None:
+            api.start()
+            _token_banner(token)  # type: ignore[arg-type]
         if worker is not None:
             worker.start()
-        _print_banner(settings, listener.port, worker)
+        _print_banner(settings, listener.port, worker, api)
         while not stop.wait(1.0):
             pass
     finally:
         if started:
             listener.stop()  # in-flight C-STOREs finish first
+        if api is not None:
+            api.stop()
         dispatcher.stop()
         deliveries.stop()
         if worker is not None:

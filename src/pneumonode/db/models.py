@@ -38,6 +38,7 @@ __all__ = [
     "JobState",
     "Result",
     "Study",
+    "WorkerHeartbeat",
     "utcnow",
 ]
 
@@ -207,6 +208,20 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WorkerHeartbeat(Base):
+    """A worker process that is (or was) alive: it refreshes ``seen_at`` while it runs."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(32))
+    backend: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class AuditEvent(Base):

@@ -177,3 +177,124 @@ def _row(row: object, names: dict[int, list[str]]) -> ResultRow:
         deliveries_total=int(getattr(row, "total", None) or 0),
         deliveries_dead=int(getattr(row, "dead", None) or 0),
     )
+
+
+STUDY_SORTS = {
+    "-received": "received_at desc",
+    "received": "received_at asc",
+    "-study_date": "study_date desc",
+    "study_date": "study_date asc",
+}
+
+
+@dataclass(frozen=True)
+class StudyFilters:
+    patient_id: str | None = None
+    accession_number: str | None = None
+    date_from: str | None = None  # YYYYMMDD, inclusive
+    date_to: str | None = None
+    sort: str = "-received"
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    id: int
+    study_uid: str
+    patient_id: str | None
+    accession_number: str | None
+    study_date: str | None
+    received_at: datetime
+    images: int
+    positives: int
+    pending: int
+    failed: int
+    skipped: int
+
+    @property
+    def badge(self) -> str:
+        """positive > failed > pending > negative > skipped: what needs a look first."""
+        if self.positives:
+            return "positive"
+        if self.failed:
+            return "failed"
+        if self.pending:
+            return "pending"
+        if self.images > self.skipped:
+            return "negative"
+        return "skipped"
+
+
+def _study_counts() -> Subquery:
+    """Per study: images, positives, pending/failed/skipped counts, newest receipt."""
+    in_flight = Job.state.in_(("pending", "queued", "running"))
+    skipped = Instance.status == InstanceStatus.SKIPPED
+    positive = Result.pneumothorax.is_(True)
+    return (
+        select(
+            Instance.study_id.label("study_id"),
+            func.count(func.distinct(Instance.id)).label("images"),
+            func.max(Instance.received_at).label("received_at"),
+            func.count(func.distinct(case((positive, Instance.id)))).label("positives"),
+            func.count(func.distinct(case((and_(in_flight, ~skipped), Instance.id)))).label(
+                "pending"
+            ),
+            func.count(func.distinct(case((Job.state == "failed", Instance.id)))).label("failed"),
+            func.count(func.distinct(case((skipped, Instance.id)))).label("skipped"),
+        )
+        .outerjoin(Job, Job.instance_id == Instance.id)
+        .outerjoin(Result, Result.job_id == Job.id)
+        .group_by(Instance.study_id)
+        .subquery()
+    )
+
+
+def list_studies(session: Session, filters: StudyFilters) -> tuple[list[StudyRow], int]:
+    """Studies with their counts, sorted and paged; returns (page, total matching)."""
+    if filters.sort not in STUDY_SORTS:
+        raise ValueError(f"unknown sort {filters.sort!r}; one of {', '.join(STUDY_SORTS)}")
+    counts = _study_counts()
+    query = select(Study, counts).join(counts, counts.c.study_id == Study.id)
+    if filters.patient_id:
+        query = query.where(Study.patient_id == filters.patient_id)
+    if filters.accession_number:
+        query = query.where(Study.accession_number == filters.accession_number)
+    if filters.date_from:
+        query = query.where(Study.study_date >= filters.date_from)
+    if filters.date_to:
+        query = query.where(Study.study_date <= filters.date_to)
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    column = counts.c.received_at if "received" in filters.sort else Study.study_date
+    order = column.desc() if filters.sort.startswith("-") else column.asc()
+    rows = session.execute(
+        query.order_by(order, Study.id.desc()).limit(filters.limit).offset(filters.offset)
+    ).all()
+    return [_study_row(row) for row in rows], total
+
+
+def study_row(session: Session, study_uid: str) -> StudyRow | None:
+    counts = _study_counts()
+    row = session.execute(
+        select(Study, counts)
+        .join(counts, counts.c.study_id == Study.id)
+        .where(Study.study_uid == study_uid)
+    ).first()
+    return _study_row(row) if row is not None else None
+
+
+def _study_row(row: Any) -> StudyRow:
+    study: Study = row.Study
+    return StudyRow(
+        id=study.id,
+        study_uid=study.study_uid,
+        patient_id=study.patient_id,
+        accession_number=study.accession_number,
+        study_date=study.study_date,
+        received_at=row.received_at,
+        images=int(row.images),
+        positives=int(row.positives),
+        pending=int(row.pending),
+        failed=int(row.failed),
+        skipped=int(row.skipped),
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,7 +39,7 @@ from pneumonode.config import Settings
 from pneumonode.conversion import ConversionError, encode_png
 from pneumonode.conversion.decode import read_dataset
 from pneumonode.conversion.prepare import prepare_radiograph
-from pneumonode.db.models import Job, JobState, Result, utcnow
+from pneumonode.db.models import Job, JobState, Result, WorkerHeartbeat, utcnow
 from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import RetryPolicy, add_delivery, attempt_deliveries
@@ -92,6 +93,33 @@ class PipelineContext:
     @property
     def algorithm(self) -> AlgorithmInfo:
         return AlgorithmInfo.from_checkpoint(self.predictor.config)
+
+    def heartbeat(self) -> None:
+        """Say this worker is alive (the API's health page lists workers seen recently)."""
+        config = self.predictor.config
+        with self.database.session() as session:
+            row = session.get(WorkerHeartbeat, self.worker_name)
+            if row is None:
+                row = WorkerHeartbeat(name=self.worker_name, started_at=utcnow())
+                session.add(row)
+            row.model = config.name[:128]
+            row.model_version = config.version[:64]
+            row.device = self.predictor.device[:32]
+            row.backend = self.predictor.backend[:32]
+            row.seen_at = utcnow()
+
+    def start_heartbeats(self, interval: float = 10.0) -> None:
+        """Refresh the heartbeat every ``interval`` seconds from a daemon thread."""
+
+        def beat() -> None:
+            while True:
+                try:
+                    self.heartbeat()
+                except Exception as exc:  # the database may be down for a while
+                    log.warning("heartbeat failed: %s", type(exc).__name__)
+                time.sleep(interval)
+
+        threading.Thread(target=beat, name="heartbeat", daemon=True).start()
 
     @classmethod
     def load(cls, settings: Settings, database: Database | None = None) -> PipelineContext:

@@ -92,6 +92,7 @@ def context() -> PipelineContext:
     global _context
     if _context is None:
         _context = PipelineContext.load(_settings or get_settings())
+        _context.start_heartbeats()
         log.info(
             "worker %s ready: model %s %s on %s (%s)",
             _context.worker_name,

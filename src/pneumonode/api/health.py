@@ -1,0 +1,214 @@
+"""``GET /health`` (readiness of every part) and ``GET /metrics`` (Prometheus text); no token."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from pneumonode import __version__
+from pneumonode.api.deps import StateDep
+from pneumonode.api.schemas import ComponentHealth, HealthOut
+from pneumonode.config import Settings
+from pneumonode.db.models import (
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    WorkerHeartbeat,
+    utcnow,
+)
+from pneumonode.db.session import Database
+from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+WORKER_SILENCE = timedelta(seconds=30)
+#: Upper bounds (seconds) of the per-stage latency histograms.
+BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
+
+
+def _listener(settings: Settings) -> ComponentHealth:
+    host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "::", "") else settings.dicom_host
+    try:
+        with socket.create_connection((host, settings.dicom_port), timeout=1.0):
+            pass
+    except OSError as exc:
+        return ComponentHealth(
+            state="down", detail=f"{host}:{settings.dicom_port}: {exc.strerror or exc}"
+        )
+    return ComponentHealth(
+        state="ok", detail=f"{settings.ae_title} on {host}:{settings.dicom_port}"
+    )
+
+
+def _database(database: Database) -> ComponentHealth:
+    try:
+        with database.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return ComponentHealth(state="down", detail=f"{type(exc).__name__}")
+    return ComponentHealth(state="ok", detail=database.redacted_url.split("://")[0])
+
+
+def _broker(settings: Settings) -> ComponentHealth:
+    url = settings.broker
+    if url.startswith("filesystem://"):
+        folder = settings.data_dir / "broker" / "queue"
+        if folder.is_dir():
+            return ComponentHealth(state="ok", detail=f"embedded (filesystem), {folder}")
+        return ComponentHealth(state="down", detail=f"embedded broker folder {folder} missing")
+    from kombu.connection import Connection
+
+    try:
+        with Connection(url, connect_timeout=2) as connection:  # type: ignore[no-untyped-call]
+            connection.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:
+        return ComponentHealth(state="down", detail=f"{url.split('://')[0]}: {type(exc).__name__}")
+    return ComponentHealth(state="ok", detail=url.split("://")[0])
+
+
+def _workers_and_model(
+    settings: Settings, database: Database
+) -> tuple[ComponentHealth, ComponentHealth]:
+    try:
+        with database.session() as session:
+            alive = list(
+                session.scalars(
+                    select(WorkerHeartbeat).where(
+                        WorkerHeartbeat.seen_at >= utcnow() - WORKER_SILENCE
+                    )
+                )
+            )
+    except SQLAlchemyError:
+        down = ComponentHealth(state="down", detail="database unavailable")
+        return down, down
+    if alive:
+        workers = ComponentHealth(
+            state="ok",
+            detail=f"{len(alive)} alive: "
+            + ", ".join(f"{w.name} ({w.backend} on {w.device})" for w in alive[:8]),
+        )
+        versions = sorted({f"{w.model} {w.model_version}" for w in alive})
+        model = ComponentHealth(state="ok", detail="loaded: " + ", ".join(versions))
+        return workers, model
+    workers = ComponentHealth(state="down", detail="no worker seen in the last 30 s")
+    try:
+        config = read_checkpoint_config(settings.model)
+    except CheckpointError as exc:
+        return workers, ComponentHealth(state="down", detail=str(exc)[:300])
+    model = ComponentHealth(
+        state="degraded", detail=f"{config.name} {config.version} configured, no worker has it"
+    )
+    return workers, model
+
+
+def _disk(settings: Settings) -> ComponentHealth:
+    folder = settings.spool_dir if settings.spool_dir.exists() else settings.data_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free_mb = shutil.disk_usage(folder).free // (1024 * 1024)
+    if free_mb < settings.min_free_disk_mb:
+        return ComponentHealth(
+            state="down",
+            detail=f"{free_mb} MB free, below {settings.min_free_disk_mb} MB: C-STOREs refused",
+        )
+    return ComponentHealth(state="ok", detail=f"{free_mb} MB free")
+
+
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "not ready: see the components"}},
+)
+def health(state: StateDep) -> JSONResponse:
+    """Each part's state; HTTP 503 while any of them is down."""
+    settings, database = state.settings, state.database
+    workers, model = _workers_and_model(settings, database)
+    components = {
+        "listener": _listener(settings),
+        "database": _database(database),
+        "broker": _broker(settings),
+        "workers": workers,
+        "model": model,
+        "disk": _disk(settings),
+    }
+    ready = all(c.state != "down" for c in components.values())
+    body = HealthOut(ready=ready, components=components, version=__version__)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def _histogram(name: str, stage: str, values: list[float], lines: list[str]) -> None:
+    for bound in BUCKETS:
+        count = sum(1 for v in values if v <= bound)
+        lines.append(f'{name}_bucket{{stage="{stage}",le="{bound}"}} {count}')
+    lines.append(f'{name}_bucket{{stage="{stage}",le="+Inf"}} {len(values)}')
+    lines.append(f'{name}_sum{{stage="{stage}"}} {sum(values):.6f}')
+    lines.append(f'{name}_count{{stage="{stage}"}} {len(values)}')
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(state: StateDep) -> PlainTextResponse:
+    """Prometheus text format. Latency histograms cover the last 5000 finished jobs."""
+    lines: list[str] = []
+    with state.database.session() as session:
+        received = session.scalar(select(func.count()).select_from(Instance)) or 0
+        by_state: dict[str, int] = {s.value: 0 for s in JobState}
+        for job_state, count in session.execute(
+            select(Job.state, func.count()).group_by(Job.state)
+        ):
+            by_state[str(job_state)] = int(count)
+        deliveries: dict[str, int] = {s.value: 0 for s in DeliveryState}
+        for delivery_state, count in session.execute(
+            select(Delivery.state, func.count()).group_by(Delivery.state)
+        ):
+            deliveries[str(delivery_state)] = int(count)
+        failed_attempts = session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.kind.in_(("delivery.failed", "delivery.dead")))
+        )
+        timings: list[dict[str, Any]] = [
+            t
+            for t in session.scalars(
+                select(Job.timings)
+                .where(Job.state == JobState.DONE)
+                .order_by(Job.finished_at.desc())
+                .limit(5000)
+            )
+            if t
+        ]
+    lines += [
+        "# HELP pneumonode_instances_received_total Instances stored (re-sends not counted).",
+        "# TYPE pneumonode_instances_received_total counter",
+        f"pneumonode_instances_received_total {received}",
+        "# HELP pneumonode_jobs Jobs by state.",
+        "# TYPE pneumonode_jobs gauge",
+        *(f'pneumonode_jobs{{state="{s}"}} {n}' for s, n in sorted(by_state.items())),
+        "# HELP pneumonode_queue_depth Jobs waiting for a worker (pending + queued).",
+        "# TYPE pneumonode_queue_depth gauge",
+        f"pneumonode_queue_depth {by_state['pending'] + by_state['queued']}",
+        "# HELP pneumonode_deliveries Deliveries by state.",
+        "# TYPE pneumonode_deliveries gauge",
+        *(f'pneumonode_deliveries{{state="{s}"}} {n}' for s, n in sorted(deliveries.items())),
+        "# HELP pneumonode_send_failures_total Failed send attempts (retried or dead-lettered).",
+        "# TYPE pneumonode_send_failures_total counter",
+        f"pneumonode_send_failures_total {failed_attempts or 0}",
+        "# HELP pneumonode_stage_seconds Seconds per pipeline stage (recent finished jobs).",
+        "# TYPE pneumonode_stage_seconds histogram",
+    ]
+    for stage in STAGES:
+        values = [float(t[stage]) for t in timings if t.get(stage) is not None]
+        _histogram("pneumonode_stage_seconds", stage, values, lines)
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -1,0 +1,158 @@
+"""What the API answers: response models, separate from the database's table models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ActionOut",
+    "AuditOut",
+    "ComponentHealth",
+    "DeliveryOut",
+    "HealthOut",
+    "InstanceOut",
+    "JobOut",
+    "ProblemOut",
+    "ResultOut",
+    "StudyDetail",
+    "StudyPage",
+    "StudySummary",
+    "UploadItem",
+    "UploadOut",
+]
+
+Badge = Literal["positive", "negative", "pending", "failed", "skipped"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ProblemOut(_Out):
+    """Every error: HTTP status plus a message saying what was wrong."""
+
+    detail: str = Field(examples=["no study with this Study Instance UID"])
+
+
+class StudySummary(_Out):
+    study_uid: str
+    patient_id: str | None
+    accession_number: str | None
+    study_date: str | None = Field(description="YYYYMMDD as the PACS sent it")
+    received_at: datetime = Field(description="when the newest image of the study arrived")
+    images: int
+    positives: int = Field(description="images where pneumothorax was found")
+    pending: int = Field(description="images still pending, queued or running")
+    failed: int
+    skipped: int
+    badge: Badge = Field(description="the study at a glance, most urgent first")
+
+
+class StudyPage(_Out):
+    items: list[StudySummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobOut(_Out):
+    id: int
+    state: str
+    attempts: int
+    error: str | None
+    timings: dict[str, float | None] | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class DeliveryOut(_Out):
+    id: int
+    destination: str
+    sop_uid: str
+    state: str
+    attempts: int
+    last_error: str | None
+    sent_at: datetime | None
+
+
+class ResultOut(_Out):
+    id: int
+    model_version: str
+    pneumothorax: bool
+    max_probability: float
+    area_pixels: int
+    area_mm2: float | None
+    side: str | None
+    side_assumed: bool
+    threshold: float
+    min_area_pixels: int
+    seg_sop_uid: str | None
+    sr_sop_uid: str | None
+    sc_sop_uid: str | None
+    created_at: datetime
+    deliveries: list[DeliveryOut] = []
+
+
+class InstanceOut(_Out):
+    sop_uid: str
+    series_uid: str | None
+    sop_class_uid: str
+    modality: str | None
+    received_at: datetime
+    calling_ae: str | None
+    status: str
+    skip_reason: str | None
+    job: JobOut | None
+    result: ResultOut | None
+    image_url: str | None
+    overlay_url: str | None
+
+
+class AuditOut(_Out):
+    id: int
+    at: datetime
+    kind: str
+    message: str
+    calling_ae: str | None
+    peer_address: str | None
+    sop_uid: str | None
+    detail: dict[str, Any] | None
+
+
+class StudyDetail(StudySummary):
+    instances: list[InstanceOut]
+    audit: list[AuditOut]
+
+
+class ActionOut(_Out):
+    message: str
+    job_id: int | None = None
+    delivery_ids: list[int] = []
+
+
+class UploadItem(_Out):
+    filename: str
+    stored: bool
+    sop_uid: str | None
+    message: str
+
+
+class UploadOut(_Out):
+    stored: int
+    refused: int
+    items: list[UploadItem]
+
+
+class ComponentHealth(_Out):
+    state: Literal["ok", "degraded", "down"]
+    detail: str
+
+
+class HealthOut(_Out):
+    ready: bool
+    components: dict[str, ComponentHealth]
+    version: str
