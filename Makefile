@@ -6,7 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck unit bench clean
+WEB_BUILD   := src/pneumonode/api/static/index.html
+WEB_MODULES := web/node_modules/.package-lock.json
+WEB_SOURCES := $(shell find web/src -type f) web/index.html web/vite.config.js web/package.json
+
+.PHONY: setup web run test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +20,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: setup
+# The web page: npm ci (only when the lock file changed), then vite build into the API's folder.
+$(WEB_MODULES): web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+$(WEB_BUILD): $(WEB_MODULES) $(WEB_SOURCES)
+	cd web && npm run build
+
+web: $(WEB_BUILD)
+
+run: setup web
 	$(BIN)/pneumonode serve
 
 lint: setup
@@ -29,7 +42,7 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest -m "not gpu"
 
-test: lint typecheck unit
+test: lint typecheck web unit
 
 bench: setup
 	$(BIN)/python bench/conversion.py
@@ -38,4 +51,4 @@ bench: setup
 	$(BIN)/python bench/end_to_end.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache web/node_modules src/pneumonode/api/static

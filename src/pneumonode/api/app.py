@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
 from pneumonode import __version__
-from pneumonode.api import actions, health, studies
+from pneumonode.api import actions, health, studies, system
 from pneumonode.api.deps import ApiState
 from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings
@@ -62,6 +62,7 @@ def create_app(settings: Settings, database: Database, token: ApiToken) -> FastA
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(actions.router)
+    app.include_router(system.router)
     if (WEB_DIST / "index.html").is_file():
         app.mount("/", StaticFiles(directory=WEB_DIST, html=True), name="web")
     return app

@@ -15,8 +15,11 @@ __all__ = [
     "HealthOut",
     "InstanceOut",
     "JobOut",
+    "ModelOut",
     "ProblemOut",
     "ResultOut",
+    "StageStats",
+    "StatsOut",
     "StudyDetail",
     "StudyPage",
     "StudySummary",
@@ -156,3 +159,28 @@ class HealthOut(_Out):
     ready: bool
     components: dict[str, ComponentHealth]
     version: str
+
+
+class StageStats(_Out):
+    stage: str
+    p50: float | None
+    p95: float | None
+
+
+class StatsOut(_Out):
+    window_minutes: int
+    done_per_minute: list[int] = Field(description="jobs finished per minute, oldest first")
+    queue_depth: int
+    stages: list[StageStats]
+
+
+class ModelOut(_Out):
+    name: str
+    version: str
+    intended_use: str
+    input_size: int
+    threshold: float
+    min_area_pixels: int
+    metrics: dict[str, Any]
+    training: dict[str, Any]
+    card: str | None = Field(description="MODEL_CARD.md, when the checkpoint has one")

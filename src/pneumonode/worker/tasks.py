@@ -61,7 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if embedded_broker(settings):
         folder = settings.data_dir / "broker"
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
@@ -69,6 +69,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # kept on the same filesystem so that taking a message is an atomic rename
             "processed_folder": str(folder / "processed"),
             "store_processed": True,
+            "control_folder": str(folder / "control"),  # exchange bindings (default: the cwd)
             "polling_interval": 0.1,
         }
         # remote control needs fanout exchanges, which this transport lacks

@@ -1,0 +1,84 @@
+"""For the system view: throughput and latency of recent jobs, and the model's card."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import func, select
+
+from pneumonode.api.deps import Authorized, SessionDep, SettingsDep
+from pneumonode.api.schemas import ModelOut, ProblemOut, StageStats, StatsOut
+from pneumonode.db.models import Job, JobState, utcnow
+from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["system"])
+
+STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
+
+
+@router.get("/stats", response_model=StatsOut, responses={422: {"model": ProblemOut}})
+def stats(session: SessionDep, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> StatsOut:
+    """Jobs finished per minute over the last ``minutes``; stage p50/p95 of the last 500 jobs."""
+    now = utcnow()
+    since = now - timedelta(minutes=minutes)
+    per_minute = [0] * minutes
+    for (finished,) in session.execute(
+        select(Job.finished_at).where(Job.state == JobState.DONE).where(Job.finished_at >= since)
+    ):
+        if finished is None:
+            continue
+        index = int((finished - since).total_seconds() // 60)
+        per_minute[min(max(index, 0), minutes - 1)] += 1
+    depth = session.scalar(
+        select(func.count()).select_from(Job).where(Job.state.in_(("pending", "queued")))
+    )
+    timings = [
+        t
+        for t in session.scalars(
+            select(Job.timings)
+            .where(Job.state == JobState.DONE)
+            .order_by(Job.finished_at.desc())
+            .limit(500)
+        )
+        if t
+    ]
+    stages = []
+    for stage in STAGES:
+        values = [float(t[stage]) for t in timings if t.get(stage) is not None]
+        stages.append(
+            StageStats(
+                stage=stage,
+                p50=float(np.percentile(values, 50)) if values else None,
+                p95=float(np.percentile(values, 95)) if values else None,
+            )
+        )
+    return StatsOut(
+        window_minutes=minutes, done_per_minute=per_minute, queue_depth=depth or 0, stages=stages
+    )
+
+
+@router.get("/model", response_model=ModelOut, responses={503: {"model": ProblemOut}})
+def model(settings: SettingsDep) -> ModelOut:
+    """The configured model: version, thresholds, metrics, training data and its card."""
+    try:
+        config = read_checkpoint_config(settings.model)
+    except CheckpointError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    folder = settings.model if settings.model.is_dir() else settings.model.parent
+    card = folder / "MODEL_CARD.md"
+    return ModelOut(
+        name=config.name,
+        version=config.version,
+        intended_use=config.intended_use,
+        input_size=config.input.size,
+        threshold=config.postprocess.threshold,
+        min_area_pixels=config.postprocess.min_area_pixels,
+        metrics=config.metrics,
+        training={k: v for k, v in config.training.items() if k != "config"},
+        card=card.read_text() if card.is_file() else None,
+    )
