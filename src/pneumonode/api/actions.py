@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile, status
+from fastapi import Path as FastApiPath
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import select
 
@@ -22,6 +23,8 @@ from pneumonode.dicom_node.spool import Spool
 __all__ = ["UPLOAD_AE", "router"]
 
 router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["actions"])
+
+IdPath = Annotated[int, FastApiPath(ge=1, le=2**62, description="a row id")]
 
 #: The calling AE title recorded for files that came in through the upload.
 UPLOAD_AE = "HTTP-UPLOAD"
@@ -38,7 +41,7 @@ def _problems(*codes: int) -> dict[int | str, dict[str, object]]:
     status_code=status.HTTP_202_ACCEPTED,
     responses=_problems(404, 409),
 )
-def rerun(job_id: int, session: SessionDep) -> ActionOut:
+def rerun(job_id: IdPath, session: SessionDep) -> ActionOut:
     """Run a job again (the same model version replaces its result; new UIDs for a new one)."""
     if not 1 <= job_id <= 2**62:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no job with this id")
@@ -68,7 +71,7 @@ def rerun(job_id: int, session: SessionDep) -> ActionOut:
     status_code=status.HTTP_202_ACCEPTED,
     responses=_problems(404, 409),
 )
-def resend_result(result_id: int, session: SessionDep, state: StateDep) -> ActionOut:
+def resend_result(result_id: IdPath, session: SessionDep, state: StateDep) -> ActionOut:
     """Send a result's dead-lettered deliveries again (the delivery loop picks them up)."""
     if not 1 <= result_id <= 2**62 or session.get(Result, result_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no result with this id")

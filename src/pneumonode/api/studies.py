@@ -238,7 +238,7 @@ def results_export(
         Query(alias="status", description=f"one of {', '.join(STATUSES)}"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Response:
     """One row per received image (the same as `pneumonode results`), as JSON or CSV."""
     if study_uid is not None:
