@@ -57,10 +57,16 @@ def kinds(database: Database) -> list[str]:
 def test_schema_is_migrated_and_reopening_is_harmless(database: Database) -> None:
     tables = set(inspect(database.engine).get_table_names())
     assert {"studies", "instances", "jobs", "results", "deliveries", "audit_events"} <= tables
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from pneumonode.db.session import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
     with database.engine.connect() as connection:
-        assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
-        )
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
     Database.open(database.url).dispose()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -224,3 +225,29 @@ def test_the_real_loop_learns_real_lesions(shared_data: Path, tmp_path: Path) ->
     history = train(config, progress=False).history
     start, end = history[0]["train_dice"], history[-1]["train_dice"]
     assert end > 0.5 and end > start + 0.3, [round(h["train_dice"], 3) for h in history]
+
+
+def test_training_can_start_from_a_checkpoints_weights(
+    shared_data: Path, tmp_path: Path, tiny_checkpoint: Callable[..., Path]
+) -> None:
+    """--init-weights: continue from a shipped model (here one whose head says "nothing")."""
+    from pneumonode.model.checkpoint import load_checkpoint
+
+    data = positives_subset(shared_data, tmp_path / "pos", 8)
+    config = TrainConfig(
+        data=data,
+        out=tmp_path / "run",
+        encoder="efficientnet-b0",
+        size=64,
+        epochs=1,
+        batch_size=4,
+        workers=0,
+        val_fraction=0.25,
+        lr=1e-9,  # the weights barely move: what comes out is what went in
+        init_weights=tiny_checkpoint(bias=-20.0),
+    )
+    result = train(config, progress=False)
+    assert result.checkpoint is not None
+    model, _ = load_checkpoint(result.checkpoint)
+    bias = model.segmentation_head[0].bias.detach()
+    assert float(bias.mean()) == pytest.approx(-20.0, abs=0.01)

@@ -29,6 +29,7 @@ from pneumonode.model.checkpoint import (
     CheckpointConfig,
     InputSpec,
     PostProcessing,
+    load_checkpoint,
     save_checkpoint,
 )
 from pneumonode.model.data import (
@@ -246,7 +247,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         config.encoder,
         encoder_weights=config.encoder_weights,
         decoder_interpolation=config.decoder_interpolation,
-    ).to(device)
+    )
+    if config.init_weights is not None:
+        initial, _ = load_checkpoint(
+            config.init_weights,
+            architecture=Architecture(
+                encoder=config.encoder, decoder_interpolation=config.decoder_interpolation
+            ),
+        )
+        model.load_state_dict(initial.state_dict())
+        log.info("starting from the weights of %s", config.init_weights)
+    model = model.to(device)
     loss_fn = BceFocalDiceLoss(
         config.bce_weight, config.dice_weight, config.focal_gamma, config.pos_weight
     ).to(device)

@@ -22,6 +22,11 @@ class TrainConfig(BaseModel):
     encoder: str = "efficientnet-b4"
     decoder_interpolation: Literal["bilinear", "nearest"] = "bilinear"
     encoder_weights: str | None = None
+    init_weights: Path | None = Field(
+        default=None,
+        description="start from this checkpoint's weights (ours or a seed .pth), e.g. to train "
+        "the shipped model further; the optimiser starts fresh",
+    )
     size: int = Field(default=512, ge=32, le=2048)
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=8, ge=1)
