@@ -302,3 +302,13 @@ def test_token_generated_once_and_known_defaults_refused(tmp_path: Path) -> None
             resolve_token(Settings(data_dir=tmp_path, api_token=SecretStr(weak)))
     dev = resolve_token(Settings(data_dir=tmp_path, api_token=SecretStr("changeme"), dev_mode=True))
     assert dev.value == "changeme"
+
+
+def test_a_skipped_study_says_why(api: Api, tmp_path: Path) -> None:
+    from dicom_factory import basic_text_sr
+
+    report = basic_text_sr(tmp_path / "report.dcm")
+    storescu([report], api.node.port)
+    page = api.get("/api/studies").json()  # type: ignore[attr-defined]
+    skipped = [item for item in page["items"] if item["badge"] == "skipped"]
+    assert len(skipped) == 1 and skipped[0]["skip_reason"].startswith("not a radiograph")

@@ -51,6 +51,7 @@ class StudySummary(_Out):
     pending: int = Field(description="images still pending, queued or running")
     failed: int
     skipped: int
+    skip_reason: str | None = Field(description="why images were skipped (one of the reasons)")
     badge: Badge = Field(description="the study at a glance, most urgent first")
 
 

@@ -68,6 +68,7 @@ def _summary(row: StudyRow) -> StudySummary:
         pending=row.pending,
         failed=row.failed,
         skipped=row.skipped,
+        skip_reason=row.skip_reason,
         badge=row.badge,  # type: ignore[arg-type]
     )
 

@@ -211,6 +211,7 @@ class StudyRow:
     pending: int
     failed: int
     skipped: int
+    skip_reason: str | None = None  # one of the reasons, when images were skipped
 
     @property
     def badge(self) -> str:
@@ -242,6 +243,7 @@ def _study_counts() -> Subquery:
             ),
             func.count(func.distinct(case((Job.state == "failed", Instance.id)))).label("failed"),
             func.count(func.distinct(case((skipped, Instance.id)))).label("skipped"),
+            func.max(Instance.skip_reason).label("skip_reason"),
         )
         .outerjoin(Job, Job.instance_id == Instance.id)
         .outerjoin(Result, Result.job_id == Job.id)
@@ -297,4 +299,5 @@ def _study_row(row: Any) -> StudyRow:
         pending=int(row.pending),
         failed=int(row.failed),
         skipped=int(row.skipped),
+        skip_reason=row.skip_reason,
     )

@@ -99,7 +99,8 @@ export default function Worklist() {
             {page?.items.map((study) => (
               <tr key={study.study_uid} className="border-t border-slate-200 hover:bg-slate-50" data-study={study.study_uid}>
                 <td className="px-3 py-2">
-                  <Badge value={study.badge} title={study.skipped ? `${study.skipped} skipped` : undefined} />
+                  <Badge value={study.badge} title={study.skipped ? `${study.skipped} skipped: ${study.skip_reason}` : undefined} />
+                  {study.badge === "skipped" && <span className="ml-2 text-xs text-slate-700">{study.skip_reason}</span>}
                 </td>
                 <td className="px-3 py-2">{study.patient_id || "—"}</td>
                 <td className="px-3 py-2">{study.accession_number || "—"}</td>
