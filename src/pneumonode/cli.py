@@ -413,6 +413,27 @@ def _load_predictor(settings: Settings, args: argparse.Namespace) -> Predictor:
         raise CliError(str(exc)) from None
 
 
+def _write_predictions(
+    out: Path, predictor: Predictor, summary: list[dict[str, Any]], failed: int, total: int
+) -> int:
+    """Write ``predictions.json`` and return the exit code (all failed: 1, some: 3)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.json").write_text(
+        json.dumps(
+            {
+                "model": predictor.config.name,
+                "version": predictor.config.version,
+                "note": predictor.config.intended_use,
+                "predictions": summary,
+            },
+            indent=2,
+        )
+    )
+    if failed == total:
+        return EXIT_ERROR
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
 def _verdict(finding: Any) -> str:
     area = (
         f"{finding.area_mm2:.0f} mm²"
@@ -450,20 +471,7 @@ def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
         finding = prediction.finding
         summary.append({"file": str(path), **dataclasses.asdict(finding)})
         print(f"{path.name}: {_verdict(finding)}")
-    (args.out / "predictions.json").write_text(
-        json.dumps(
-            {
-                "model": predictor.config.name,
-                "version": predictor.config.version,
-                "note": predictor.config.intended_use,
-                "predictions": summary,
-            },
-            indent=2,
-        )
-    )
-    if failed == len(args.files):
-        return EXIT_ERROR
-    return EXIT_PARTIAL if failed else EXIT_OK
+    return _write_predictions(args.out, predictor, summary, failed, len(args.files))
 
 
 def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
@@ -652,21 +660,7 @@ def _cmd_predict_dicom(settings: Settings, args: argparse.Namespace) -> int:
         finding = analysis.prediction.finding
         summary.append({"file": str(path), "results": str(folder), **dataclasses.asdict(finding)})
         print(f"{path.name}: {_verdict(finding)} -> {files.folder}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "predictions.json").write_text(
-        json.dumps(
-            {
-                "model": predictor.config.name,
-                "version": predictor.config.version,
-                "note": predictor.config.intended_use,
-                "predictions": summary,
-            },
-            indent=2,
-        )
-    )
-    if failed == len(args.files):
-        return EXIT_ERROR
-    return EXIT_PARTIAL if failed else EXIT_OK
+    return _write_predictions(args.out, predictor, summary, failed, len(args.files))
 
 
 RESULT_COLUMNS = (

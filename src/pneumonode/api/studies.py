@@ -57,20 +57,7 @@ DATE = r"^\d{8}$"
 
 
 def _summary(row: StudyRow) -> StudySummary:
-    return StudySummary(
-        study_uid=row.study_uid,
-        patient_id=row.patient_id,
-        accession_number=row.accession_number,
-        study_date=row.study_date,
-        received_at=row.received_at,
-        images=row.images,
-        positives=row.positives,
-        pending=row.pending,
-        failed=row.failed,
-        skipped=row.skipped,
-        skip_reason=row.skip_reason,
-        badge=row.badge,  # type: ignore[arg-type]
-    )
+    return StudySummary.model_validate(row)  # fields and the badge property, by attribute
 
 
 @router.get("/studies", response_model=StudyPage, responses=BAD)
