@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pneumonode import __version__
 from pneumonode.config import ConfigFileError, Settings
+from pneumonode.logs import configure_logging
 
 if TYPE_CHECKING:
     from pneumonode.api.security import ApiToken
@@ -252,6 +253,11 @@ def _build_parser() -> argparse.ArgumentParser:
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
     echo.add_argument("destination", metavar="AE@host:port")
     echo.add_argument("--timeout", type=float, default=30.0)
+    echo.add_argument(
+        "--tls",
+        action="store_true",
+        help="over DICOM TLS (PNEUMONODE_TLS_* certificates; implied for tls_destinations)",
+    )
 
     send = sub.add_parser(
         "send",
@@ -262,6 +268,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("files", nargs="+", type=Path, metavar="FILE")
     send.add_argument("--to", required=True, metavar="AE@host:port", dest="destination")
+    send.add_argument(
+        "--tls",
+        action="store_true",
+        help="over DICOM TLS (the node's own retries use TLS for tls_destinations only)",
+    )
 
     resend = sub.add_parser(
         "resend",
@@ -602,7 +613,12 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if everything:
         _require_model(settings)
         token = _api_token(settings)
-    run_node(settings, _open_database(settings), with_worker=everything, token=token)
+    from pneumonode.dicom_node.tls import TlsConfigError
+
+    try:
+        run_node(settings, _open_database(settings), with_worker=everything, token=token)
+    except TlsConfigError as exc:
+        raise CliError(str(exc)) from None
     return EXIT_OK
 
 
@@ -740,8 +756,16 @@ def _destination(text: str) -> Destination:
 
 def _cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.dicom_node.scu import echo
+    from pneumonode.dicom_node.tls import TlsConfigError, TlsSettings
 
-    result = echo(_destination(args.destination), settings.ae_title, args.timeout)
+    destination = _destination(args.destination)
+    tls = None
+    if args.tls or str(destination) in settings.tls_destinations:
+        try:
+            tls = TlsSettings.from_settings(settings).client_context()
+        except TlsConfigError as exc:
+            raise CliError(str(exc)) from None
+    result = echo(destination, settings.ae_title, args.timeout, tls)
     if not result.ok:
         raise CliError(result.reason)
     print(result.reason)
@@ -792,7 +816,12 @@ def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             unreadable += 1
-    attempt_deliveries(database, ids, RetryPolicy.from_settings(settings))
+    policy = RetryPolicy.from_settings(settings)
+    if args.tls:
+        policy = dataclasses.replace(
+            policy, tls_destinations=policy.tls_destinations | {destination}
+        )
+    attempt_deliveries(database, ids, policy)
     failed = _print_deliveries(database, ids, f"sent to {destination}:") + unreadable
     if failed == 0:
         return EXIT_OK
@@ -933,14 +962,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = str(exc).strip().splitlines()
         print(f"error: invalid configuration: {' '.join(first[:3])}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # echo/send/resend: their outcome is our one line on stderr
+    configure_logging(settings, quiet_network=args.command in ("echo", "send", "resend"))
     # pydicom's value validation warnings quote values, which may be patient data
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    quiet = max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
-    for noisy in ("alembic", "pynetdicom", "highdicom"):
-        logging.getLogger(noisy).setLevel(quiet)
     inference_defaults = {
         "device": settings.device,
         "precision": settings.inference_precision,

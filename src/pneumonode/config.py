@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         default=1, ge=0, le=3, description="Deflate level of the PNGs we write, 0 (fastest) to 3."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one readable line per event; json: one JSON object per line "
+        "(for log shippers).",
+    )
 
     # --- DICOM listener -------------------------------------------------------------------
     ae_title: str = Field(default="PNEUMONODE", description="Our AE title (called AE).")
@@ -85,9 +90,55 @@ class Settings(BaseSettings):
         "with 0xA700 (out of resources) and new associations are rejected.",
     )
     max_associations: int = Field(default=16, ge=1, description="Concurrent associations.")
+    max_instance_mb: int = Field(
+        default=2048,
+        ge=1,
+        description="Largest object one C-STORE may bring; a larger one is deleted and "
+        "answered 0xA700 (out of resources).",
+    )
     network_timeout: float = Field(default=60.0, gt=0, description="Seconds of silence allowed.")
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="Seconds SIGTERM waits for in-flight transfers."
+    )
+
+    # --- DICOM TLS (PS3.15 Annex B.9, BCP 195 profile) ------------------------------------
+    dicom_tls_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="A second listener port that speaks DICOM TLS (2762 is the registered "
+        "one); unset: no TLS listener.",
+    )
+    dicom_plaintext: bool = Field(
+        default=True,
+        description="Listen on dicom_port without TLS; false (with dicom_tls_port): TLS only.",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="Our certificate (PEM, chain allowed): the TLS listener's, and our client "
+        "certificate when we send over TLS.",
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="The private key of tls_cert_file (PEM, not encrypted)."
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) that peers' certificates must chain to, both ways; "
+        "unset: the system's CAs.",
+    )
+    tls_require_peer_cert: bool = Field(
+        default=True,
+        description="The TLS listener requires a client certificate that chains to "
+        "tls_ca_file (mutual authentication, as dcmtk's storescp does by default).",
+    )
+    tls_check_hostname: bool = Field(
+        default=True,
+        description="When sending over TLS, the peer's certificate must name the host we "
+        "connect to.",
+    )
+    tls_destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Destinations (of 'destinations') that are sent to over TLS (comma separated).",
     )
 
     # --- Sending results --------------------------------------------------------------------
@@ -160,6 +211,11 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(
         default=512, ge=1, description="Largest DICOM file the API's upload accepts."
     )
+    upload_rate_per_minute: int = Field(
+        default=120,
+        ge=1,
+        description="Uploads one client address may make per minute; more get HTTP 429.",
+    )
 
     # --- Database -------------------------------------------------------------------------
     database_url: str | None = Field(
@@ -176,7 +232,9 @@ class Settings(BaseSettings):
             raise ValueError(f"need 0 <= low < high <= 100, got {low}, {high}")
         return value
 
-    @field_validator("allowed_peers", "destinations", "sc_destinations", mode="before")
+    @field_validator(
+        "allowed_peers", "destinations", "sc_destinations", "tls_destinations", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -204,6 +262,24 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"sc_destinations must be listed in destinations too: {', '.join(unknown)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        unknown = [d for d in self.tls_destinations if d not in self.destinations]
+        if unknown:
+            raise ValueError(
+                f"tls_destinations must be listed in destinations too: {', '.join(unknown)}"
+            )
+        if self.dicom_tls_port is not None:
+            if self.tls_cert_file is None or self.tls_key_file is None:
+                raise ValueError("dicom_tls_port needs tls_cert_file and tls_key_file")
+            if self.dicom_plaintext and self.dicom_tls_port == self.dicom_port:
+                raise ValueError("dicom_tls_port must differ from dicom_port")
+        elif not self.dicom_plaintext:
+            raise ValueError("dicom_plaintext is off but no dicom_tls_port is set")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
     @model_validator(mode="after")

@@ -101,6 +101,7 @@ class ApiServer:
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",
+            log_config=None,  # through our handlers (and their format), not uvicorn's own
             access_log=False,
         )
         self.server = uvicorn.Server(config)

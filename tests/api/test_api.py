@@ -259,6 +259,28 @@ def test_an_oversize_upload_is_413(
     assert response.status_code == 413 and "upload limit" in response.json()["detail"]
 
 
+def test_uploads_over_the_rate_limit_get_429_and_nothing_is_stored(
+    node_factory: Callable[..., RunningNode], siim_sample_dicoms: list[Path]
+) -> None:
+    node = node_factory(upload_rate_per_minute=2)
+    app = create_app(node.settings, node.database, ApiToken(TOKEN, "settings"))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(app) as client:
+        answers = [
+            client.post(
+                "/api/upload",
+                headers=auth,
+                files=[("files", (path.name, path.read_bytes(), "application/dicom"))],
+            )
+            for path in siim_sample_dicoms[:3]
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert 1 <= int(answers[2].headers["Retry-After"]) <= 60
+        assert "more than 2 uploads a minute" in answers[2].json()["detail"]
+        assert client.get("/api/studies", headers=auth).status_code == 200  # reads are not limited
+    assert len(_jobs(node)) == 2
+
+
 def test_metrics_in_prometheus_text(api: Api) -> None:
     response = api.client.get("/metrics")
     assert response.status_code == 200

@@ -285,6 +285,20 @@ def test_disk_watermark_refuses_then_recovers(node, siim_sample_dicoms) -> None:
     assert storescu(siim_sample_dicoms[1:3], node.port).returncode == 0
 
 
+def test_an_object_over_the_size_limit_is_refused_and_deleted(
+    node_factory, siim_sample_dicoms, tmp_path
+) -> None:
+    node = node_factory(max_instance_mb=1)
+    big = save(make_dx(synthetic_chest(1200, 1000, 16, seed=3), 16), tmp_path / "big.dcm")
+    assert big.stat().st_size > 1024 * 1024
+    status = store_one(node.port, big)
+    assert status.Status == 0xA700 and status.ErrorComment.startswith("too large")
+    refused = events(node.database, "instance.refused")[-1]
+    assert refused.detail is not None and refused.detail["limit"] == 1024 * 1024
+    assert not spooled(node) and not incoming(node)
+    assert store_one(node.port, siim_sample_dicoms[0]).Status == 0x0000  # smaller: fine
+
+
 def test_database_down_answers_out_of_resources_and_keeps_no_file(node, siim_sample_dicoms) -> None:
     receiver = node.listener.receiver
     working = receiver.database

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
 from pneumonode import __version__
 from pneumonode.api import actions, health, studies, system
 from pneumonode.api.deps import ApiState
+from pneumonode.api.limits import RateLimiter
 from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings
 from pneumonode.db.session import Database
@@ -58,6 +61,27 @@ def create_app(settings: Settings, database: Database, token: ApiToken) -> FastA
             {"detail": "database unavailable, try again shortly"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
+
+    uploads = RateLimiter(settings.upload_rate_per_minute)
+
+    @app.middleware("http")
+    async def _upload_rate(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # before the body is read: a refused upload costs us no disk
+        if request.method == "POST" and request.url.path == "/api/upload":
+            client = request.client.host if request.client else "unknown"
+            wait = uploads.retry_after(client)
+            if wait > 0:
+                return JSONResponse(
+                    {
+                        "detail": f"more than {uploads.per_minute} uploads a minute from "
+                        f"{client}; retry in {math.ceil(wait)} s"
+                    },
+                    status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                    headers={"Retry-After": str(math.ceil(wait))},
+                )
+        return await call_next(request)
 
     app.include_router(health.router)
     app.include_router(studies.router)

@@ -11,10 +11,11 @@ retried only on request (``pneumonode resend``).
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.peers import parse_destination
 from pneumonode.dicom_node.scu import Failure, SendOutcome, send_files
+from pneumonode.dicom_node.tls import TlsConfigError, TlsSettings
 
 __all__ = [
     "DeliveryLoop",
@@ -50,6 +52,8 @@ class RetryPolicy:
     max_seconds: float = 600.0
     calling_ae: str = "PNEUMONODE"
     timeout: float = 60.0
+    tls: TlsSettings | None = None
+    tls_destinations: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -59,7 +63,15 @@ class RetryPolicy:
             max_seconds=settings.send_backoff_max_seconds,
             calling_ae=settings.ae_title,
             timeout=settings.network_timeout,
+            tls=TlsSettings.from_settings(settings),
+            tls_destinations=frozenset(settings.tls_destinations),
         )
+
+    def tls_context(self, destination: str) -> ssl.SSLContext | None:
+        """The client context for ``destination`` when it is one we send to over TLS."""
+        if destination not in self.tls_destinations:
+            return None
+        return (self.tls or TlsSettings(None, None, None)).client_context()
 
     def delay(self, attempts: int) -> float:
         return float(min(self.base_seconds * 2 ** max(attempts - 1, 0), self.max_seconds))
@@ -161,12 +173,19 @@ def attempt_deliveries(database: Database, ids: Iterable[int], policy: RetryPoli
         destination = parse_destination(destination_text)
         paths = [Path(row.path) for row in rows]
         missing = [p for p in paths if not p.is_file()]
-        outcomes = {
-            o.path: o
-            for o in send_files(
-                [p for p in paths if p.is_file()], destination, policy.calling_ae, policy.timeout
-            )
-        }
+        present = [p for p in paths if p.is_file()]
+        try:
+            tls = policy.tls_context(destination_text)
+        except TlsConfigError as exc:  # the certificates changed on disk since the start
+            outcomes = {
+                p: SendOutcome(p, False, failure=Failure.PERMANENT, reason=str(exc))
+                for p in present
+            }
+        else:
+            outcomes = {
+                o.path: o
+                for o in send_files(present, destination, policy.calling_ae, policy.timeout, tls)
+            }
         for path in missing:
             outcomes[path] = SendOutcome(
                 path, False, failure=Failure.PERMANENT, reason="file no longer exists"

@@ -7,6 +7,7 @@ work is done by ``InstanceReceiver`` (storage) and the audit repository (associa
 from __future__ import annotations
 
 import logging
+import ssl
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ from pneumonode.dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_s
 from pneumonode.dicom_node.peers import PeerPolicy
 from pneumonode.dicom_node.receive import InstanceReceiver, Status
 from pneumonode.dicom_node.spool import Spool
+from pneumonode.dicom_node.tls import TlsSettings
 from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
 
 __all__ = ["Listener"]
@@ -86,15 +88,22 @@ def handle_requested(
     event.assoc.kill()  # as pynetdicom does: wait until the rejection has gone out
 
 
+def _over_tls(event: evt.Event) -> bool:
+    transport = getattr(getattr(event.assoc, "dul", None), "socket", None)
+    return isinstance(getattr(transport, "socket", None), ssl.SSLSocket)
+
+
 def handle_accepted(event: evt.Event, database: Database) -> None:
     calling_ae, address = _requestor(event)
-    log.info("association accepted from %s at %s", calling_ae, address)
+    tls = _over_tls(event)
+    log.info("association accepted from %s at %s%s", calling_ae, address, " (TLS)" if tls else "")
     _audit(
         database,
         "association.accepted",
-        "association accepted",
+        "association accepted" + (" over TLS" if tls else ""),
         calling_ae=calling_ae,
         peer_address=address,
+        detail={"tls": tls},
     )
 
 
@@ -132,13 +141,29 @@ def handle_echo(event: evt.Event) -> int:
     return 0x0000
 
 
-def handle_store(event: evt.Event, receiver: InstanceReceiver) -> Any:
+def handle_store(event: evt.Event, receiver: InstanceReceiver, max_bytes: int) -> Any:
     """C-STORE: hand the chunked-received file to the receiver; never raises."""
     try:
         request = cast(C_STORE, event.request)
         calling_ae, address = _requestor(event)
+        received = Path(event.dataset_path)
+        size = received.stat().st_size
+        if size > max_bytes:
+            received.unlink(missing_ok=True)
+            reason = f"object of {size} bytes is larger than the limit of {max_bytes} bytes"
+            log.warning("refused a C-STORE from %s: %s", calling_ae, reason)
+            _audit(
+                receiver.database,
+                "instance.refused",
+                f"refused: {reason}",
+                calling_ae=calling_ae[:16],
+                peer_address=address,
+                detail={"size": size, "limit": max_bytes},
+            )
+            # Error Comment is an LO: 64 characters at most
+            return Status(0xA700, f"too large: {size} > limit {max_bytes} bytes").as_dataset()
         status = receiver.receive(
-            Path(event.dataset_path),
+            received,
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_uid=str(request.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),
@@ -152,7 +177,8 @@ def handle_store(event: evt.Event, receiver: InstanceReceiver) -> Any:
 
 
 class Listener:
-    """Our Storage SCP on ``settings.dicom_host:dicom_port``."""
+    """Our Storage SCP on ``settings.dicom_host:dicom_port`` (plaintext) and, when
+    ``dicom_tls_port`` is set, the same service over DICOM TLS on that port."""
 
     def __init__(self, settings: Settings, database: Database, receiver: InstanceReceiver) -> None:
         self.settings = settings
@@ -160,7 +186,10 @@ class Listener:
         self.receiver = receiver
         self.spool: Spool = receiver.spool
         self.policy = PeerPolicy.from_settings(settings.allowed_peers, settings.accept_any_peer)
-        self.server: ThreadedAssociationServer | None = None
+        self.servers: dict[str, ThreadedAssociationServer] = {}  # "plain" / "tls"
+        self.tls_context: ssl.SSLContext | None = None
+        if settings.dicom_tls_port is not None:  # refuse bad certificates before listening
+            self.tls_context = TlsSettings.from_settings(settings).server_context()
         self._sweeper_stop = threading.Event()
         self._previous_tempdir: str | None = None
 
@@ -201,18 +230,46 @@ class Listener:
             (evt.EVT_ABORTED, handle_aborted, [self.database]),
             (evt.EVT_CONN_CLOSE, handle_closed),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.receiver]),
+            (
+                evt.EVT_C_STORE,
+                handle_store,
+                [self.receiver, self.settings.max_instance_mb * 1024 * 1024],
+            ),
         ]
-        address = (self.settings.dicom_host, self.settings.dicom_port)
-        self.server = ae.start_server(address, block=False, evt_handlers=handlers)
+        host = self.settings.dicom_host
+        if self.settings.dicom_plaintext:
+            server = ae.start_server(
+                (host, self.settings.dicom_port), block=False, evt_handlers=handlers
+            )
+            assert server is not None  # not blocking: returns the running server
+            self.servers["plain"] = server
+            log.info("listening as %s on %s:%d", self.settings.ae_title, host, self.port)
+        if self.tls_context is not None and self.settings.dicom_tls_port is not None:
+            server = ae.start_server(
+                (host, self.settings.dicom_tls_port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=self.tls_context,
+            )
+            assert server is not None
+            self.servers["tls"] = server
+            log.info("listening as %s on %s:%d (TLS)", self.settings.ae_title, host, self.tls_port)
         threading.Thread(target=self._sweep_loop, name="spool-sweeper", daemon=True).start()
-        log.info("listening as %s on %s:%d", self.settings.ae_title, *address[:1], self.port)
+
+    def _port(self, kind: str) -> int:
+        server = self.servers.get(kind)
+        if server is None:
+            raise RuntimeError(f"the {kind} listener is not running")
+        return int(server.server_address[1])
 
     @property
     def port(self) -> int:
-        if self.server is None:
-            raise RuntimeError("the listener is not started")
-        return int(self.server.server_address[1])
+        """The plaintext port (the real one when the settings asked for port 0)."""
+        return self._port("plain")
+
+    @property
+    def tls_port(self) -> int:
+        return self._port("tls")
 
     def _sweep_loop(self) -> None:
         interval = max(5.0, self.settings.network_timeout)
@@ -221,21 +278,23 @@ class Listener:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let transfers in flight finish for ``grace`` seconds, then abort."""
-        if self.server is None:
+        if not self.servers:
             return
-        server, self.server = self.server, None
+        servers = list(self.servers.values())
+        self.servers = {}
         grace = self.settings.shutdown_grace if grace is None else grace
-        server.shutdown()  # no new associations; running ones carry on
+        for server in servers:
+            server.shutdown()  # no new associations; running ones carry on
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            running = server.active_associations
+            running = [a for server in servers for a in server.active_associations]
             for association in running:
                 if not association.is_established:  # connected, but never asked for anything
                     association.abort()
             if not any(a.is_established for a in running):
                 break
             time.sleep(0.05)
-        for association in server.active_associations:
+        for association in (a for server in servers for a in server.active_associations):
             log.warning("aborting an association still running after %.0f s", grace)
             association.abort()
         self._sweeper_stop.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,18 @@ def _new_ae(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
-def _associate(ae: AE, destination: Destination) -> tuple[Association, bool]:
-    """Request an association; also says whether the TCP connection was made at all."""
+def _associate(
+    ae: AE, destination: Destination, tls: ssl.SSLContext | None
+) -> tuple[Association, bool]:
+    """Request an association (over TLS with a context); also says whether the connection was
+    made at all (for TLS: the handshake too)."""
     connected: list[bool] = []
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+        tls_args=(tls, destination.host) if tls is not None else None,
     )
     return assoc, bool(connected)
 
@@ -73,7 +78,7 @@ def _contexts_refused(assoc: Association) -> bool:
 
 
 def _association_failure(
-    assoc: Association, destination: Destination, connected: bool
+    assoc: Association, destination: Destination, connected: bool, tls: bool = False
 ) -> tuple[Failure, str]:
     if assoc.is_rejected:
         rejection = getattr(assoc.acceptor, "primitive", None)
@@ -85,24 +90,39 @@ def _association_failure(
         reason = f"{destination} rejected the association ({what}: {why or diagnostic})"
         return (Failure.PERMANENT if permanent else Failure.TRANSIENT), reason
     if not connected:
-        return Failure.TRANSIENT, f"cannot connect to {destination} (refused or unreachable)"
+        return (
+            Failure.TRANSIENT,
+            f"cannot connect to {destination} (refused, unreachable or TLS handshake failed)",
+        )
     if _contexts_refused(assoc):
         return (
             Failure.PERMANENT,
             f"{destination} accepted none of the proposed SOP classes and transfer syntaxes",
         )
     if assoc.is_aborted:
+        if tls:  # TLS 1.3: a refused client certificate shows only after the handshake
+            return (
+                Failure.TRANSIENT,
+                f"{destination} aborted the association (over TLS: did it refuse our certificate?)",
+            )
         return Failure.TRANSIENT, f"{destination} aborted the association"
     return Failure.TRANSIENT, f"{destination} did not answer the association request"
 
 
-def echo(destination: Destination, calling_ae: str, timeout: float = 30.0) -> EchoResult:
-    """C-ECHO ``destination``."""
+def echo(
+    destination: Destination,
+    calling_ae: str,
+    timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
+) -> EchoResult:
+    """C-ECHO ``destination`` (over TLS with a context)."""
     ae = _new_ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
-    assoc, connected = _associate(ae, destination)
+    assoc, connected = _associate(ae, destination, tls)
     if not assoc.is_established:
-        return EchoResult(False, _association_failure(assoc, destination, connected)[1])
+        return EchoResult(
+            False, _association_failure(assoc, destination, connected, tls is not None)[1]
+        )
     try:
         status = assoc.send_c_echo()
         code = int(status.Status) if "Status" in status else None
@@ -118,7 +138,11 @@ def _status_failure(code: int) -> Failure:
 
 
 def send_files(
-    paths: Sequence[Path], destination: Destination, calling_ae: str, timeout: float = 60.0
+    paths: Sequence[Path],
+    destination: Destination,
+    calling_ae: str,
+    timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
 ) -> list[SendOutcome]:
     """C-STORE each file over as few associations as possible (one per 128 contexts).
 
@@ -126,6 +150,7 @@ def send_files(
     transfer syntax. A dataset of odd length (an element value of odd length, which DICOM
     forbids) cannot travel as stored: a peer aborts on its odd last fragment, taking the rest
     of the association with it. Such a file is read and re-encoded, which pads the value.
+    With ``tls``, every association is made over DICOM TLS with that context.
     Never raises for network or peer problems: each file gets an outcome.
     """
     outcomes: dict[Path, SendOutcome] = {}
@@ -155,14 +180,14 @@ def send_files(
         for sop_class, syntax in batch:
             ae.add_requested_context(sop_class, syntax)
         batch_paths = [p for key in batch for p in contexts[key]]
-        assoc, connected = _associate(ae, destination)
+        assoc, connected = _associate(ae, destination, tls)
         if not assoc.is_established:
             if connected and _contexts_refused(assoc):  # each file: its context was refused
                 for key in batch:
                     for path in contexts[key]:
                         outcomes[path] = _store_one(assoc, path, key, set(), destination, False)
                 continue
-            failure, reason = _association_failure(assoc, destination, connected)
+            failure, reason = _association_failure(assoc, destination, connected, tls is not None)
             for path in batch_paths:
                 outcomes[path] = SendOutcome(path, False, failure=failure, reason=reason)
             continue

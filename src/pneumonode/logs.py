@@ -1,0 +1,53 @@
+"""Logging set-up: readable lines, or JSON lines for log shippers (``log_format``).
+
+What we log never carries patient data: messages name studies and instances by database id or
+UID at most, never by patient name, ID or birth date, and pydicom's value warnings are off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from pneumonode.config import Settings
+
+__all__ = ["JsonFormatter", "configure_logging"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, process, thread
+    and, for errors, the exception with its traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+            "thread": record.threadName,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings, *, quiet_network: bool = False) -> None:
+    """Root logging for a command; ``quiet_network``: pynetdicom only for critical errors (a
+    command whose outcome is its own one line on stderr)."""
+    handler = logging.StreamHandler()
+    formatter = JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    quiet = max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
+    for noisy in ("alembic", "pynetdicom", "highdicom"):
+        logging.getLogger(noisy).setLevel(quiet)
+    if quiet_network:
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
