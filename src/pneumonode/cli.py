@@ -637,8 +637,15 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     _require_model(settings)
     _open_database(settings).dispose()  # fail now, with one line, if it cannot be opened
     app = configure(settings)
+    quiet = []
+    if settings.log_format == "json":  # JSON lines only: no banner, no bare shutdown lines
+        import celery.apps.worker
+
+        quiet = ["--quiet"]
+        celery.apps.worker.safe_say = lambda msg, f=None: log.info(msg.strip())
     app.worker_main(
         [
+            *quiet,
             "worker",
             f"--concurrency={args.concurrency}",
             f"--pool={args.pool}",

@@ -38,14 +38,18 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(settings: Settings, *, quiet_network: bool = False) -> None:
     """Root logging for a command; ``quiet_network``: pynetdicom only for critical errors (a
     command whose outcome is its own one line on stderr)."""
-    handler = logging.StreamHandler()
-    formatter = JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    handler.setFormatter(formatter)
     root = logging.getLogger()
-    for old in list(root.handlers):
+    ours = [h for h in root.handlers if getattr(h, "pneumonode", False)]
+    for old in ours:
         root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(settings.log_level)
+    if not root.handlers:  # as logging.basicConfig: an embedding program's handlers stay alone
+        handler = logging.StreamHandler()
+        handler.pneumonode = True  # type: ignore[attr-defined]
+        json_lines = settings.log_format == "json"
+        handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+        root.addHandler(handler)
+        root.setLevel(settings.log_level)
+    logging.captureWarnings(True)  # library warnings as records, in the same format
     quiet = max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
     for noisy in ("alembic", "pynetdicom", "highdicom"):
         logging.getLogger(noisy).setLevel(quiet)

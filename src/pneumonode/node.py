@@ -24,6 +24,7 @@ from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import DeliveryLoop, RetryPolicy
+from pneumonode.dicom_node.scp import Listener
 from pneumonode.dicom_node.service import build_listener
 from pneumonode.worker.dispatch import Dispatcher
 
@@ -79,7 +80,8 @@ class WorkerProcess:
         process = self.process
         if process is None or process.poll() is not None:
             return
-        os.killpg(process.pid, signal.SIGTERM)
+        # to the main process only: it stops its pool children itself once their jobs are done
+        os.kill(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -121,8 +123,21 @@ class ApiServer:
         self._thread.join(timeout=10)
 
 
-def _token_banner(token: ApiToken) -> None:
-    if token.source == "generated":
+def _say(settings: Settings, text: str, level: int = logging.INFO) -> None:
+    """A start-up line for the operator: printed, or a log record when logs are JSON lines
+    (so that a log shipper reading the output sees nothing else)."""
+    if settings.log_format == "json":
+        log.log(level, text)
+    else:
+        print(text, flush=True)
+
+
+def _token_banner(settings: Settings, token: ApiToken) -> None:
+    if token.source != "generated":
+        return
+    if settings.log_format == "json":  # logs are shipped and kept: never a secret in them
+        _say(settings, f"API token generated; read it from {token.path}")
+    else:
         print(
             f"API token (shown once; kept in {token.path}, or set PNEUMONODE_API_TOKEN): "
             f"{token.value}",
@@ -131,34 +146,40 @@ def _token_banner(token: ApiToken) -> None:
 
 
 def _print_banner(
-    settings: Settings, port: int, worker: WorkerProcess | None, api: ApiServer | None
+    settings: Settings, listener: Listener, worker: WorkerProcess | None, api: ApiServer | None
 ) -> None:
-    print(
-        f"pneumonode listening as {settings.ae_title} on {settings.dicom_host}:{port} "
-        f"(data in {settings.data_dir})",
-        flush=True,
+    def say(text: str, level: int = logging.INFO) -> None:
+        _say(settings, text, level)
+
+    host = settings.dicom_host
+    where = [f"{host}:{listener.port}"] if "plain" in listener.servers else []
+    if "tls" in listener.servers:
+        where.append(f"{host}:{listener.tls_port} (TLS)")
+    say(
+        f"pneumonode listening as {settings.ae_title} on {' and '.join(where)} "
+        f"(data in {settings.data_dir})"
     )
     if settings.accept_any_peer:
-        print("warning: PNEUMONODE_ACCEPT_ANY_PEER is on: any calling AE is accepted", flush=True)
+        say(
+            "warning: PNEUMONODE_ACCEPT_ANY_PEER is on: any calling AE is accepted", logging.WARNING
+        )
     elif not settings.allowed_peers:
-        print(
+        say(
             "note: no peer is allowed yet; set PNEUMONODE_ALLOWED_PEERS=AE or AE@host "
-            "(comma separated) for your PACS and modalities",
-            flush=True,
+            "(comma separated) for your PACS and modalities"
         )
     else:
-        print(f"allowed peers: {', '.join(settings.allowed_peers)}", flush=True)
+        say(f"allowed peers: {', '.join(settings.allowed_peers)}")
     if settings.destinations:
-        print(f"results go to: {', '.join(settings.destinations)}", flush=True)
+        say(f"results go to: {', '.join(settings.destinations)}")
     else:
-        print("note: no destination for results; set PNEUMONODE_DESTINATIONS=AE@host:port")
+        say("note: no destination for results; set PNEUMONODE_DESTINATIONS=AE@host:port")
     if worker is not None:
-        print(f"worker process {worker.pid} (model {settings.model})", flush=True)
+        say(f"worker process {worker.pid} (model {settings.model})")
     if api is not None:
-        print(
+        say(
             f"API and web page: http://{settings.api_host}:{settings.api_port}/ "
-            f"(health: /health, API docs: /docs)",
-            flush=True,
+            f"(health: /health, API docs: /docs)"
         )
 
 
@@ -179,8 +200,8 @@ def run_api(settings: Settings, database: Database, token: ApiToken) -> None:
     api = ApiServer(settings, database, token)
     try:
         api.start()
-        _token_banner(token)
-        print(f"API on http://{settings.api_host}:{settings.api_port}/", flush=True)
+        _token_banner(settings, token)
+        _say(settings, f"API on http://{settings.api_host}:{settings.api_port}/")
         while not stop.wait(1.0):
             pass
     finally:
@@ -221,10 +242,10 @@ def run_node(
         deliveries.start()
         if api is not None:
             api.start()
-            _token_banner(token)  # type: ignore[arg-type]
+            _token_banner(settings, token)  # type: ignore[arg-type]
         if worker is not None:
             worker.start()
-        _print_banner(settings, listener.port, worker, api)
+        _print_banner(settings, listener, worker, api)
         while not stop.wait(1.0):
             pass
     finally:

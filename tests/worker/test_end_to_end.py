@@ -12,98 +12,35 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import generate_uid
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
+from node_processes import (
+    PNEUMONODE,
+    copies,
+    empty_postgres,
+    jobs_in,
+    node_env,
+    orthanc_series,
+    running,
+    wait_until,
+)
 from peers_harness import (
-    Orthanc,
     dciodvfy_errors,
     free_port,
     run_orthanc,
     run_storescp,
     storescu,
-    wait_for_port,
 )
 from pneumonode.db.models import AuditEvent, Delivery, DeliveryState, Job, JobState, Result
 from pneumonode.db.session import Database
 from pneumonode.model.predictor import Predictor
-
-PNEUMONODE = str(Path(sys.executable).parent / "pneumonode")
-
-
-@contextmanager
-def running(
-    args: list[str], env: dict[str, str], log: Path, port: int | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A pneumonode process; SIGTERM (graceful stop) at the end, SIGKILL if that hangs."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [PNEUMONODE, *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        if port is not None:
-            wait_for_port(port, timeout=60)
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def jobs_in(database: Database, state: str) -> int:
-    with database.session() as session:
-        return int(
-            session.scalar(select(func.count()).select_from(Job).where(Job.state == state)) or 0
-        )
-
-
-def node_env(data_dir: Path, model: Path, port: int, **extra: str) -> dict[str, str]:
-    return {
-        "PNEUMONODE_DATA_DIR": str(data_dir),
-        "PNEUMONODE_MODEL_PATH": str(model),
-        "PNEUMONODE_DICOM_PORT": str(port),
-        "PNEUMONODE_INFERENCE_BACKEND": "torch",
-        "PNEUMONODE_INFERENCE_PRECISION": "fp32",
-        "PNEUMONODE_DISPATCH_INTERVAL": "0.2",
-        **extra,
-    }
-
-
-def orthanc_series(pacs: Orthanc) -> dict[str, list[dict[str, object]]]:
-    """Modality -> instances' simplified tags, for everything Orthanc holds."""
-    found: dict[str, list[dict[str, object]]] = {}
-    for orthanc_id in pacs.rest("/instances"):  # type: ignore[union-attr]
-        tags = pacs.rest(f"/instances/{orthanc_id}/simplified-tags")
-        assert isinstance(tags, dict)
-        tags["_id"] = orthanc_id
-        found.setdefault(str(tags["Modality"]), []).append(tags)
-    return found
 
 
 @pytest.mark.integration
@@ -121,6 +58,8 @@ def test_a_pacs_sends_a_study_and_gets_seg_and_sr_back(
             port,
             PNEUMONODE_ALLOWED_PEERS="ORTHANC@127.0.0.1",
             PNEUMONODE_DESTINATIONS=pacs.destination,
+            PNEUMONODE_LOG_LEVEL="DEBUG",  # the most we would ever log
+            PNEUMONODE_LOG_FORMAT="json",
         )
         with running(["serve"], env, tmp_path / "serve.log", port):
             ids = [
@@ -167,6 +106,7 @@ def test_a_pacs_sends_a_study_and_gets_seg_and_sr_back(
             sr_file = tmp_path / "sr.dcm"
             sr_file.write_bytes(pacs.file(str(sr_tags["_id"])))
             assert dciodvfy_errors(sr_file) == []
+        assert_no_patient_data_in_log(tmp_path / "serve.log", siim_sample_dicoms)
         rows = json.loads(done.stdout)
         assert len(rows) == 10
         assert {row["status"] for row in rows} == {"done"}
@@ -174,20 +114,18 @@ def test_a_pacs_sends_a_study_and_gets_seg_and_sr_back(
         assert {row["sop_uid"] for row in rows} == set(sources)
 
 
-def _copies(sources: list[Path], count: int, folder: Path) -> list[Path]:
-    """``count`` distinct instances (new study/series/SOP UIDs) made from real SIIM files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    made = []
-    for index in range(count):
-        ds = pydicom.dcmread(sources[index % len(sources)])
-        ds.StudyInstanceUID = generate_uid()
-        ds.SeriesInstanceUID = generate_uid()
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = folder / f"copy{index:03d}.dcm"
-        ds.save_as(path)
-        made.append(path)
-    return made
+def assert_no_patient_data_in_log(log: Path, sources: list[Path]) -> None:
+    """The log is JSON lines, and no patient's name, ID or birth date is in it."""
+    lines = log.read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert len(records) > 50 and all({"time", "level", "message"} <= r.keys() for r in records)
+    text = log.read_text()
+    for path in sources:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in ("PatientID", "PatientName", "PatientBirthDate", "OtherPatientIDs"):
+            value = str(ds.get(keyword, "") or "")
+            if len(value) >= 4:  # shorter values (a sex, an age) say nothing about a person
+                assert value not in text, f"{keyword} of {path.name} is in the log"
 
 
 def _worker_pid(log: Path) -> int:
@@ -202,7 +140,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
     siim_sample_dicoms: list[Path], tiny_checkpoint: Callable[..., Path], tmp_path: Path
 ) -> None:
     port = free_port()
-    files = _copies(siim_sample_dicoms, 12, tmp_path / "in")
+    files = copies(siim_sample_dicoms, 12, tmp_path / "in")
     with run_storescp(tmp_path / "pacs") as pacs:
         env = node_env(
             tmp_path / "data",
@@ -268,7 +206,7 @@ def test_scaled_out_on_redis_and_postgresql_no_job_lost_or_done_twice(
     except redis.exceptions.ConnectionError as exc:
         pytest.skip(f"Redis at {broker} unavailable: {exc}")
     port = free_port()
-    files = _copies(siim_sample_dicoms, 100, tmp_path / "in")
+    files = copies(siim_sample_dicoms, 100, tmp_path / "in")
     with run_storescp(tmp_path / "pacs") as pacs:
         env = node_env(
             tmp_path / "data",
@@ -279,12 +217,7 @@ def test_scaled_out_on_redis_and_postgresql_no_job_lost_or_done_twice(
             PNEUMONODE_BROKER_URL=broker,
             PNEUMONODE_DATABASE_URL=postgres_server,
         )
-        engine = create_engine(postgres_server)
-        with engine.begin() as connection:  # an empty database for this run
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-        database = Database.open(postgres_server)
+        database = empty_postgres(postgres_server)
         with (
             running(["dicom-listen"], env, tmp_path / "listen.log", port),
             running(["worker"], env, tmp_path / "worker1.log"),
@@ -318,7 +251,7 @@ def test_pacs_down_while_sending_and_a_corrupt_image_in_the_study(
     """Orthanc is stopped while results are sent, then restarted: everything arrives. A corrupt
     image in the middle of the study fails alone, with its reason in the audit trail."""
     port = free_port()
-    files = _copies(siim_sample_dicoms, 6, tmp_path / "in")
+    files = copies(siim_sample_dicoms, 6, tmp_path / "in")
     broken = pydicom.dcmread(files[3])
     (frame,) = generate_frames(broken.PixelData, number_of_frames=1)
     broken.PixelData = encapsulate([frame[:2] + bytes(len(frame) - 2)])  # a JPEG of zeros

@@ -105,6 +105,12 @@ def context() -> PipelineContext:
     return _context
 
 
+@signals.setup_logging.connect
+def _keep_our_logging(**_: Any) -> None:
+    """The command line has set logging up (text or JSON lines); with a receiver of this
+    signal Celery leaves it alone and adds no handlers of its own."""
+
+
 @signals.worker_process_init.connect
 def _load_in_each_worker_process(**_: Any) -> None:
     """Load the model when a pool process starts, not when its first image arrives."""
