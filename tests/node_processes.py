@@ -99,12 +99,16 @@ def orthanc_series(pacs: Orthanc) -> dict[str, list[dict[str, object]]]:
     return found
 
 
-def copies(sources: list[Path], count: int, folder: Path) -> list[Path]:
-    """``count`` distinct instances (new study/series/SOP UIDs) made from real SIIM files."""
+def copies(sources: list[Path], count: int, folder: Path, pad_bytes: int = 0) -> list[Path]:
+    """``count`` distinct instances (new study/series/SOP UIDs) made from real SIIM files;
+    ``pad_bytes``: that much more in a private element (a bigger transfer, the same image)."""
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     for index in range(count):
         ds = pydicom.dcmread(sources[index % len(sources)])
+        if pad_bytes:
+            ds.add_new((0x0009, 0x0010), "LO", "PNEUMONODE TEST")
+            ds.add_new((0x0009, 0x1001), "OB", bytes(pad_bytes + pad_bytes % 2))
         ds.StudyInstanceUID = generate_uid()
         ds.SeriesInstanceUID = generate_uid()
         ds.SOPInstanceUID = generate_uid()

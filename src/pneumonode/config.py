@@ -176,10 +176,11 @@ class Settings(BaseSettings):
         "transport in <data_dir>/broker, no server). Scale out: redis://host:6379/0",
     )
     job_lease_seconds: float = Field(
-        default=600.0,
+        default=60.0,
         gt=0,
-        description="A running job whose worker gives no sign for this long is re-queued "
-        "(a worker killed mid-job); keep it well above the slowest image's processing time.",
+        description="A running job whose worker gives no sign of life for this long is "
+        "re-queued (a worker killed mid-job); workers renew the lease of what they run every "
+        "quarter of it. A queued job waits five leases before it is published again.",
     )
     dispatch_interval: float = Field(
         default=0.5, gt=0, description="Seconds between looks for jobs to queue or re-queue."

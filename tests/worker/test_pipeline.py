@@ -244,11 +244,40 @@ def test_dispatch_queues_pending_jobs_and_recovers_lost_ones(
     assert report.requeued_expired == 1 and published[-1] == ids[0]
     assert claim_job(node.database, ids[0], "other:2", lease_seconds=60) is not None
 
-    # a message the broker lost: queued for longer than a lease, published again
+    # a message the broker lost: queued for five leases, published again (not before)
     with node.database.session() as session:
-        session.get(Job, ids[1]).queued_at = utcnow() - timedelta(seconds=120)  # type: ignore[union-attr]
+        session.get(Job, ids[1]).queued_at = utcnow() - timedelta(seconds=240)  # type: ignore[union-attr]
+    assert dispatch_once(node.database, published.append, lease_seconds=60).requeued_stale == 0
+    with node.database.session() as session:
+        session.get(Job, ids[1]).queued_at = utcnow() - timedelta(seconds=301)  # type: ignore[union-attr]
     report = dispatch_once(node.database, published.append, lease_seconds=60)
     assert report.requeued_stale == 1 and published[-1] == ids[1]
+
+    # a dispatcher killed after marking jobs QUEUED, before publishing them: its first look
+    # after the restart publishes every queued job again, however young
+    published.clear()
+    report = dispatch_once(node.database, published.append, lease_seconds=60, republish_queued=True)
+    assert sorted(published) == sorted(ids[1:])
+
+
+def test_a_working_worker_keeps_its_lease_and_a_silent_one_loses_it(
+    node_factory: Callable[..., RunningNode],
+    siim_sample_dicoms: list[Path],
+    tiny_checkpoint: Callable[..., Path],
+) -> None:
+    node = node_factory(job_lease_seconds=30)
+    storescu(siim_sample_dicoms[:1], node.port)
+    (job_id,) = [job.id for job in _jobs(node.database)]
+    context = PipelineContext(
+        node.settings, node.database, Predictor.load(tiny_checkpoint(), backend="torch")
+    )
+    assert claim_job(node.database, job_id, context.worker_name, lease_seconds=30) is not None
+    with node.database.session() as session:  # as if the job had run for a while
+        session.get(Job, job_id).lease_until = utcnow() + timedelta(seconds=1)  # type: ignore[union-attr]
+    context.heartbeat()
+    with node.database.session() as session:
+        lease = session.get(Job, job_id).lease_until  # type: ignore[union-attr]
+    assert lease is not None and lease > utcnow() + timedelta(seconds=25)
 
 
 def test_a_failed_publish_leaves_the_job_pending(

@@ -8,8 +8,11 @@ look (``dispatch_once``) does three things:
    a publish that fails flips the job back to PENDING for the next look.
 2. RUNNING jobs whose lease ran out (their worker died, say killed -9 mid-job) go back to QUEUED
    and are published again. Should the old worker still finish, its result no longer counts.
-3. QUEUED jobs older than a lease are published again (a message the broker lost). A duplicate
-   message is harmless: the claim lets one run through and the rest return at once.
+3. QUEUED jobs older than five leases are published again (a message the broker lost: a Redis
+   restarted without persistence). The first look after a start publishes every QUEUED job
+   again: a dispatcher killed between marking jobs QUEUED and publishing them leaves no job
+   behind. A duplicate message is harmless: the claim lets one run through and the rest
+   return at once.
 
 The listener wakes the dispatcher when a job is created, so a new image is queued at once; the
 periodic look catches everything else.
@@ -59,10 +62,20 @@ def _publish_all(publish: Publish, ids: Sequence[int]) -> list[int]:
     return failed
 
 
+#: QUEUED this many leases: the broker may have lost the message
+STALE_LEASES = 5
+
+
 def dispatch_once(
-    database: Database, publish: Publish, lease_seconds: float, limit: int = 500
+    database: Database,
+    publish: Publish,
+    lease_seconds: float,
+    limit: int = 500,
+    *,
+    republish_queued: bool = False,
 ) -> DispatchReport:
-    """One look at the jobs table (see the module docstring)."""
+    """One look at the jobs table (see the module docstring); ``republish_queued``: publish
+    every QUEUED job again, however young (the first look after a start)."""
     now = utcnow()
     with database.session() as session:
         pending = list(
@@ -103,7 +116,12 @@ def dispatch_once(
             session.scalars(
                 select(Job)
                 .where(Job.state == JobState.QUEUED)
-                .where(Job.queued_at < now - timedelta(seconds=lease_seconds))
+                .where(
+                    Job.queued_at
+                    < now
+                    - timedelta(seconds=0 if republish_queued else STALE_LEASES * lease_seconds)
+                )
+                .where(Job.id.not_in(flipped + [job.id for job in expired]))
                 .limit(limit)
             )
         )
@@ -186,13 +204,17 @@ class Dispatcher:
 
     def _run(self) -> None:
         last_prune = 0.0
+        started = True  # the first successful look publishes every QUEUED job again
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
             if self._stop.is_set():
                 break
             try:
-                dispatch_once(self.database, self.publish, self.lease_seconds)
+                dispatch_once(
+                    self.database, self.publish, self.lease_seconds, republish_queued=started
+                )
+                started = False
             except SQLAlchemyError as exc:
                 log.error("dispatcher: database unavailable (%s)", type(exc).__name__)
             except Exception:

@@ -107,9 +107,22 @@ class PipelineContext:
             row.device = self.predictor.device[:32]
             row.backend = self.predictor.backend[:32]
             row.seen_at = utcnow()
+            # the lease of what we are running now runs on from here: only a silent worker
+            # (dead, frozen, cut off) loses its job
+            session.execute(
+                update(Job)
+                .where(Job.state == JobState.RUNNING)
+                .where(Job.worker == self.worker_name)
+                .values(
+                    lease_until=row.seen_at + timedelta(seconds=self.settings.job_lease_seconds)
+                )
+            )
 
-    def start_heartbeats(self, interval: float = 10.0) -> None:
-        """Refresh the heartbeat every ``interval`` seconds from a daemon thread."""
+    def start_heartbeats(self, interval: float | None = None) -> None:
+        """Refresh the heartbeat (and our running job's lease) from a daemon thread, every
+        ``interval`` seconds (default: four times per lease, at most every 10 s)."""
+        if interval is None:
+            interval = min(10.0, self.settings.job_lease_seconds / 4)
 
         def beat() -> None:
             while True:
