@@ -198,14 +198,16 @@ def resend_missing(topology: Topology, files: list[Path]) -> int:
     return len(missing)
 
 
-def assert_everything_done_once(topology: Topology, count: int, pacs: Orthanc) -> None:
+def assert_everything_done_once(
+    topology: Topology, count: int, pacs: Orthanc, timeout: float = 300
+) -> None:
     """``count`` instances, one job each, done with one job.done; every result delivered once
     and held by Orthanc."""
     db = topology.database
-    wait_until(lambda: jobs_in(db, JobState.DONE) == count, 300, f"{count} jobs done")
+    wait_until(lambda: jobs_in(db, JobState.DONE) == count, timeout, f"{count} jobs done")
     wait_until(
         lambda: topology.count(Delivery, Delivery.state == DeliveryState.SENT) == 2 * count,
-        300,
+        timeout,
         f"{2 * count} results delivered",
     )
     with db.session() as session:
@@ -256,7 +258,7 @@ def test_load_500_images_from_4_associations_into_the_scaled_topology(
             output, _ = sender.communicate(timeout=600)
             assert sender.returncode == 0, output[-2000:]
         received_s = time.monotonic() - began
-        assert_everything_done_once(topology, 500, pacs)
+        assert_everything_done_once(topology, 500, pacs, timeout=1200)
         total_s = time.monotonic() - began
         page = topology.api("/api/studies?limit=1")
         assert page["total"] == 500  # type: ignore[index]
