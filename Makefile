@@ -10,7 +10,7 @@ WEB_BUILD   := src/pneumonode/api/static/index.html
 WEB_MODULES := web/node_modules/.package-lock.json
 WEB_SOURCES := $(shell find web/src -type f) web/index.html web/vite.config.js web/package.json
 
-.PHONY: setup web run test lint typecheck unit bench clean
+.PHONY: setup web run test lint typecheck unit bench soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/end_to_end.py
+
+# Ten minutes of steady load: memory and latency over time (a table and bench/out/soak.png).
+soak: setup
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache web/node_modules src/pneumonode/api/static

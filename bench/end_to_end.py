@@ -16,10 +16,7 @@ adds <= 0.5 s per image at p50; throughput within 10% of inference-only throughp
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,54 +24,24 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.uid import generate_uid
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from peers_harness import free_port, run_storescp, storescu, wait_for_port  # noqa: E402
+from _common import bench_model, pct, running_node, siim_sources, with_new_uids
+from peers_harness import run_storescp, storescu  # tests/ is on sys.path via _common
 
 STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
 OVERHEAD_TARGET_S = 0.5
 THROUGHPUT_TARGET = 0.9
 
 
-def _model(path: Path | None, folder: Path) -> Path:
-    from pneumonode.config import SHIPPED_MODEL
-
-    if path is not None:
-        return path
-    if (SHIPPED_MODEL / "config.json").is_file():
-        return SHIPPED_MODEL
-    import torch
-
-    from pneumonode.model.checkpoint import CheckpointConfig, save_checkpoint
-    from pneumonode.model.network import build_unet
-
-    torch.manual_seed(0)
-    target = folder / "random-b4"
-    save_checkpoint(build_unet("efficientnet-b4"), target, CheckpointConfig(version="random"))
-    return target
-
-
 def _copies(count: int, folder: Path) -> list[Path]:
-    sources = sorted((REPO.parent / "shared" / "data" / "siim-sample" / "dicom").glob("*.dcm"))
-    if not sources:
-        sys.exit("bench: ../shared/data/siim-sample/dicom is missing")
+    sources = siim_sources()
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     for index in range(count):
-        ds = pydicom.dcmread(sources[index % len(sources)])
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds = with_new_uids(pydicom.dcmread(sources[index % len(sources)]))
         ds.save_as(folder / f"{index:04d}.dcm")
         made.append(folder / f"{index:04d}.dcm")
     return made
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def _run_node(
@@ -87,55 +54,33 @@ def _run_node(
     from pneumonode.db.models import Delivery, DeliveryState, Job, JobState
     from pneumonode.db.session import Database
 
-    port = free_port()
-    with run_storescp(work / "pacs") as pacs:
-        env = {
-            **os.environ,
-            "PNEUMONODE_DATA_DIR": str(work / "data"),
-            "PNEUMONODE_MODEL_PATH": str(model),
-            "PNEUMONODE_DICOM_PORT": str(port),
-            "PNEUMONODE_ALLOWED_PEERS": "STORESCU",
-            "PNEUMONODE_DESTINATIONS": pacs.destination,
-            "PNEUMONODE_LOG_LEVEL": "WARNING",
-        }
-        node = subprocess.Popen(
-            [str(Path(sys.executable).parent / "pneumonode"), "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "serve.log").open("wb"),
-            start_new_session=True,
-        )
-        try:
-            wait_for_port(port, timeout=60)
-            database = Database.open(f"sqlite:///{work / 'data' / 'pneumonode.sqlite3'}")
-            for done, path in enumerate(latency_files, start=1):  # the first one warms up
-                storescu([path], port)
-                _wait(database, done)
-            started = time.perf_counter()
-            storescu(burst_files, port, timeout=3600)
-            total = len(latency_files) + len(burst_files)
-            _wait(database, total)
-            elapsed = time.perf_counter() - started
-            with database.session() as session:
-                sent = session.scalar(
-                    select(func.count())
-                    .select_from(Delivery)
-                    .where(Delivery.state == DeliveryState.SENT)
-                )
-                if sent != 2 * total:
-                    sys.exit(f"bench: {sent} of {2 * total} results were delivered")
-                jobs = list(
-                    session.scalars(select(Job).where(Job.state == JobState.DONE).order_by(Job.id))
-                )
-                timings = [
-                    job.timings
-                    for job in jobs[1 : len(latency_files)]
-                    if job.timings and all(job.timings.get(s) is not None for s in STAGES)
-                ]
-            database.dispose()
-        finally:
-            os.killpg(node.pid, signal.SIGTERM)
-            node.wait(timeout=120)
+    with run_storescp(work / "pacs") as pacs, running_node(model, work, pacs.destination) as node:
+        database = Database.open(node.database_url)
+        for done, path in enumerate(latency_files, start=1):  # the first one warms up
+            storescu([path], node.port)
+            _wait(database, done)
+        started = time.perf_counter()
+        storescu(burst_files, node.port, timeout=3600)
+        total = len(latency_files) + len(burst_files)
+        _wait(database, total)
+        elapsed = time.perf_counter() - started
+        with database.session() as session:
+            sent = session.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(Delivery.state == DeliveryState.SENT)
+            )
+            if sent != 2 * total:
+                sys.exit(f"bench: {sent} of {2 * total} results were delivered")
+            jobs = list(
+                session.scalars(select(Job).where(Job.state == JobState.DONE).order_by(Job.id))
+            )
+            timings = [
+                job.timings
+                for job in jobs[1 : len(latency_files)]
+                if job.timings and all(job.timings.get(s) is not None for s in STAGES)
+            ]
+        database.dispose()
     stages = {stage: [float(t[stage]) for t in timings] for stage in STAGES}
     return stages, len(burst_files) / elapsed
 
@@ -199,7 +144,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pneumonode-e2e-"))
     try:
-        model = _model(args.model, work)
+        model = bench_model(args.model, work)
         files = _copies(args.latency_images + args.burst_images, work / "in")
         latency_files, burst_files = files[: args.latency_images], files[args.latency_images :]
         stages, node_rate = _run_node(model, latency_files, burst_files, work)
@@ -213,11 +158,11 @@ def main() -> int:
     )
     print(f"{'stage':<20}{'p50 s':>10}{'p95 s':>10}")
     for stage in STAGES:
-        print(f"{stage:<20}{_pct(stages[stage], 50):>10.3f}{_pct(stages[stage], 95):>10.3f}")
+        print(f"{stage:<20}{pct(stages[stage], 50):>10.3f}{pct(stages[stage], 95):>10.3f}")
     totals = [sum(v) for v in zip(*(stages[s] for s in STAGES), strict=True)]
     others = [t - i for t, i in zip(totals, stages["infer"], strict=True)]
-    print(f"{'total latency':<20}{_pct(totals, 50):>10.3f}{_pct(totals, 95):>10.3f}")
-    print(f"{'all but inference':<20}{_pct(others, 50):>10.3f}{_pct(others, 95):>10.3f}")
+    print(f"{'total latency':<20}{pct(totals, 50):>10.3f}{pct(totals, 95):>10.3f}")
+    print(f"{'all but inference':<20}{pct(others, 50):>10.3f}{pct(others, 95):>10.3f}")
     print(
         f"inference only (same model, same images): {infer_median:.3f} s/image, "
         f"{infer_rate:.2f} images/s"
@@ -225,7 +170,7 @@ def main() -> int:
     print(
         f"node throughput: {node_rate:.2f} images/s = {node_rate / infer_rate:.2f}x inference-only"
     )
-    overhead_ok = _pct(others, 50) <= OVERHEAD_TARGET_S
+    overhead_ok = pct(others, 50) <= OVERHEAD_TARGET_S
     rate_ok = node_rate / infer_rate >= THROUGHPUT_TARGET
     verdict = {True: "PASS", False: "FAIL"}
     print(f"target: all but inference <= {OVERHEAD_TARGET_S} s at p50: {verdict[overhead_ok]}")
