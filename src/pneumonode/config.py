@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     png_level: int = Field(
         default=1, ge=0, le=3, description="Deflate level of the PNGs we write, 0 (fastest) to 3."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR."
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="text: one readable line per event; json: one JSON object per line "
@@ -71,7 +73,9 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Listener bind address; 0.0.0.0 listens on every interface.",
     )
-    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    dicom_port: int = Field(
+        default=11112, ge=1, le=65535, description="Listener port (plaintext DICOM)."
+    )
     allowed_peers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Calling AE titles allowed to connect, each 'AE' or 'AE@host' "
@@ -152,7 +156,7 @@ class Settings(BaseSettings):
     send_backoff_seconds: float = Field(
         default=10.0, gt=0, description="First retry delay; doubles with each attempt."
     )
-    send_backoff_max_seconds: float = Field(default=600.0, gt=0)
+    send_backoff_max_seconds: float = Field(default=600.0, gt=0, description="Longest retry delay.")
     sc_destinations: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Destinations (of 'destinations') that also get a Secondary Capture with the "
@@ -200,7 +204,7 @@ class Settings(BaseSettings):
 
     # --- HTTP API ---------------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="API bind address.")
-    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_port: int = Field(default=8000, ge=1, le=65535, description="API and web page port.")
     api_token: SecretStr | None = Field(
         default=None,
         description="Bearer token of the API. Unset: one is generated at first start, printed "
