@@ -11,8 +11,9 @@ import logging
 from datetime import UTC, datetime
 
 from pneumonode.config import Settings
+from pneumonode.conversion.decode import RedactQuotedValues
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "PydicomValues", "configure_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -35,6 +36,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class PydicomValues(logging.Filter):
+    """pydicom's records (its child loggers too) and warnings with what they quote removed: a
+    corrupt dataset can put any value, a patient's name included, where pydicom quotes one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._redact = RedactQuotedValues()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if name == "pydicom" or name.startswith("pydicom.") or name == "py.warnings":
+            return self._redact.filter(record)
+        return True
+
+
 def configure_logging(settings: Settings, *, quiet_network: bool = False) -> None:
     """Root logging for a command; ``quiet_network``: pynetdicom only for critical errors (a
     command whose outcome is its own one line on stderr)."""
@@ -47,6 +63,7 @@ def configure_logging(settings: Settings, *, quiet_network: bool = False) -> Non
         handler.pneumonode = True  # type: ignore[attr-defined]
         json_lines = settings.log_format == "json"
         handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+        handler.addFilter(PydicomValues())
         root.addHandler(handler)
         root.setLevel(settings.log_level)
     logging.captureWarnings(True)  # library warnings as records, in the same format

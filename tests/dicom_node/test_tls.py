@@ -11,16 +11,19 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from conftest import RunningNode
 from peers_harness import dcmtk_env, free_port, run_storescp, storescu_args, tool
 from pneumonode.config import Settings
 from pneumonode.db.models import AuditEvent, Instance
 from tls_certs import Certificates, Pair, make_certificates
+
+if TYPE_CHECKING:
+    from conftest import RunningNode
 
 pytestmark = pytest.mark.integration
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -240,6 +241,16 @@ def dataset_bytes(path: Path) -> bytes:
     return path.read_bytes()[dataset_offset(path) :]
 
 
+def stage_medians(timings: list[dict[str, Any]]) -> dict[str, float]:
+    """Median seconds per pipeline stage (receive_to_queued, queue_wait, convert, infer, ...)."""
+    values: dict[str, list[float]] = {}
+    for entry in timings:
+        for stage, seconds in entry.items():
+            if isinstance(seconds, int | float):
+                values.setdefault(stage, []).append(float(seconds))
+    return {stage: round(statistics.median(v), 3) for stage, v in sorted(values.items())}
+
+
 def test_load_500_images_from_4_associations_into_the_scaled_topology(
     siim_sample_dicoms: list[Path],
     tiny_checkpoint: Callable[..., Path],
@@ -273,6 +284,7 @@ def test_load_500_images_from_4_associations_into_the_scaled_topology(
                 .group_by(Instance.id, Instance.received_at)
             ).all()
             workers = set(session.scalars(select(Job.worker)))
+            timings = [t for t in session.scalars(select(Job.timings)) if t]
     # received (stored and committed) -> the last of its results acknowledged by Orthanc
     latencies = sorted((sent - received).total_seconds() for received, sent in rows)
     assert len(latencies) == 500
@@ -288,6 +300,7 @@ def test_load_500_images_from_4_associations_into_the_scaled_topology(
         "latency_p95_s": round(latencies[int(0.95 * len(latencies)) - 1], 2),
         "latency_max_s": round(latencies[-1], 2),
         "cpu_cores": os.cpu_count(),
+        "stage_median_s": stage_medians(timings),
     }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "load.json").write_text(json.dumps(figures, indent=2) + "\n")

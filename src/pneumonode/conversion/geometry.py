@@ -59,6 +59,8 @@ class Letterbox:
         self._check(image, (self.source_rows, self.source_cols))
         if (self.scaled_rows, self.scaled_cols) == image.shape:
             return image
+        if image.dtype == np.int8:  # OpenCV resizes no signed 8-bit image; the values fit int16
+            return self.resize(image.astype(np.int16)).astype(np.int8)
         shrinking = self.scaled_rows < self.source_rows
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         resized: np.ndarray = cv2.resize(

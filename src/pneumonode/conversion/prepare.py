@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pneumonode.conversion.decode import DatasetSource, decode_stored_pixels
+from pneumonode.conversion.errors import UnsupportedImageError
 from pneumonode.conversion.geometry import Letterbox
 from pneumonode.conversion.png import encode_png
 from pneumonode.conversion.window import DisplayLUT, build_display_lut
@@ -65,13 +66,21 @@ def prepare_radiograph(
 
     Raises:
         ConversionError (a subclass naming what was wrong): not DICOM, no pixel data, multi-frame
-        or colour image, undecodable transfer syntax, corrupt pixel data.
+        or colour image, undecodable transfer syntax, corrupt pixel data, unusable LUT or window
+        attributes.
     """
     decoded = decode_stored_pixels(source, label)
     stored = decoded.stored
     letterbox = Letterbox.fit(stored.shape[0], stored.shape[1], size)
     scaled = letterbox.resize(stored)
-    lut = build_display_lut(decoded.dataset, scaled, percentiles)
+    try:
+        lut = build_display_lut(decoded.dataset, scaled, percentiles)
+    except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
+        # e.g. a RescaleIntercept that is text, a VOI LUT Sequence without usable data
+        raise UnsupportedImageError(
+            f"unusable Modality LUT, VOI LUT or window attributes ({type(exc).__name__})",
+            decoded.label,
+        ) from None
     pixels = letterbox.pad(lut.apply(scaled), 0)
     full_size = lut.apply(stored) if keep_source else None
     return PreparedImage(pixels, letterbox, lut, decoded.decoder, full_size)

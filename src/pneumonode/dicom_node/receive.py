@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import struct
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from pneumonode.conversion.decode import BoundedReader, keep_dicom_values_out_of_logs
 from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveOutcome,
@@ -34,6 +36,14 @@ __all__ = ["InstanceReceiver", "Status", "dataset_offset"]
 log = logging.getLogger(__name__)
 
 _PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # little / big endian
+#: Attributes recorded with each instance, and their column widths.
+_KEPT = {
+    "SeriesInstanceUID": 128,
+    "Modality": 16,
+    "PatientID": 64,
+    "AccessionNumber": 64,
+    "StudyDate": 8,
+}
 _HASH_CHUNK = 1 << 20
 
 
@@ -88,7 +98,8 @@ def _stored_hash(path: Path) -> str | None:
 
 def _read_header(path: Path) -> tuple[Dataset, bool]:
     """The dataset without its pixel data, and whether pixel data follows."""
-    with path.open("rb") as handle:
+    keep_dicom_values_out_of_logs()
+    with BoundedReader(io.FileIO(str(path), "rb")) as handle:  # no 4 GiB read for a bad length
         ds = dcmread(handle, stop_before_pixels=True)
         has_pixels = handle.read(4) in _PIXEL_DATA_TAGS
     return ds, has_pixels
@@ -135,10 +146,15 @@ class InstanceReceiver:
                 self._audit_refusal("free disk space below the watermark", **who)
                 return Status(OUT_OF_RESOURCES, "out of resources: disk space low")
             try:
+                # pydicom decodes a value when it is first read, and a malformed element (a
+                # length that does not fit its VR, an unknown VR) raises then: every value we
+                # use is read here, so that such a dataset is refused, not a processing failure
                 offset = dataset_offset(temp)
                 ds, has_pixels = _read_header(temp)
                 study_uid = _text(ds, "StudyInstanceUID", 128)
                 dataset_sop = _text(ds, "SOPInstanceUID", 128)
+                kept = {keyword: _text(ds, keyword, limit) for keyword, limit in _KEPT.items()}
+                reason = skip_reason(ds, sop_class_uid, has_pixel_data=has_pixels)
             except Exception as exc:  # pydicom raises many types on corrupt input
                 self._audit_refusal(f"unreadable dataset ({type(exc).__name__})", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset")
@@ -149,17 +165,16 @@ class InstanceReceiver:
             if dataset_sop != sop_uid:
                 self._audit_refusal("SOP Instance UID differs from the C-STORE request", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: SOP Instance UID mismatch")
-            reason = skip_reason(ds, sop_class_uid, has_pixel_data=has_pixels)
             item = ReceivedInstance(
                 study_uid=study_uid,
-                series_uid=_text(ds, "SeriesInstanceUID", 128),
+                series_uid=kept["SeriesInstanceUID"],
                 sop_uid=sop_uid,
                 sop_class_uid=sop_class_uid,
                 transfer_syntax_uid=transfer_syntax_uid,
-                modality=_text(ds, "Modality", 16),
-                patient_id=_text(ds, "PatientID", 64),
-                accession_number=_text(ds, "AccessionNumber", 64),
-                study_date=_text(ds, "StudyDate", 8),
+                modality=kept["Modality"],
+                patient_id=kept["PatientID"],
+                accession_number=kept["AccessionNumber"],
+                study_date=kept["StudyDate"],
                 path=str(self.spool.relative_path(study_uid, sop_uid)),
                 size_bytes=temp.stat().st_size - offset,
                 sha256=None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,7 +71,19 @@ def _associate(
         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
         tls_args=(tls, destination.host) if tls is not None else None,
     )
+    if assoc.is_established:
+        _no_delay(assoc)
     return assoc, bool(connected)
+
+
+def _no_delay(assoc: Association) -> None:
+    """Nagle's algorithm off (pynetdicom leaves it on): a C-STORE is several writes, then a
+    wait for the answer, and Nagle with delayed ACKs stalls each one by about 40 ms."""
+    transport = getattr(getattr(assoc, "dul", None), "socket", None)
+    sock = getattr(transport, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _contexts_refused(assoc: Association) -> bool:
@@ -90,10 +104,8 @@ def _association_failure(
         reason = f"{destination} rejected the association ({what}: {why or diagnostic})"
         return (Failure.PERMANENT if permanent else Failure.TRANSIENT), reason
     if not connected:
-        return (
-            Failure.TRANSIENT,
-            f"cannot connect to {destination} (refused, unreachable or TLS handshake failed)",
-        )
+        how = "refused or unreachable" + ("; or the TLS handshake failed" if tls else "")
+        return Failure.TRANSIENT, f"cannot connect to {destination} ({how})"
     if _contexts_refused(assoc):
         return (
             Failure.PERMANENT,

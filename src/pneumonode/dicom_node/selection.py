@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydicom import Dataset
 from pydicom.uid import (
     UID,
@@ -29,6 +31,17 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip().upper() if value is not None else ""
 
 
+_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def _shown(value: str, missing: str = "missing") -> str:
+    """A code string as it may appear in a reason (logged and audited): only a well-formed one.
+    A corrupt dataset can put anything in these elements, a patient's name included."""
+    if not value:
+        return missing
+    return value if _CODE_STRING.fullmatch(value) else "an invalid value"
+
+
 def is_own_output(ds: Dataset) -> bool:
     """True for objects this node created (SEG, SR, SC overlay) coming back to us."""
     return _text(ds, "Manufacturer") == MANUFACTURER.upper()
@@ -45,17 +58,17 @@ def skip_reason(ds: Dataset, sop_class_uid: str, *, has_pixel_data: bool) -> str
     modality = _text(ds, "Modality")
     if sop_class == SecondaryCaptureImageStorage:
         if modality not in ("CR", "DX"):
-            return f"secondary capture with modality {modality or 'missing'}, not CR/DX"
+            return f"secondary capture with modality {_shown(modality)}, not CR/DX"
     elif sop_class not in RADIOGRAPH_CLASSES:
         return f"not a radiograph ({sop_class.name or sop_class})"
     if not has_pixel_data:
         return "no pixel data"
     body_part = _text(ds, "BodyPartExamined")
     if body_part not in CHEST_BODY_PARTS:
-        return f"body part {body_part}, not CHEST"
+        return f"body part {_shown(body_part)}, not CHEST"
     view = _text(ds, "ViewPosition")
     if view not in FRONTAL_VIEWS:
-        return f"view position {view}, not frontal (PA/AP)"
+        return f"view position {_shown(view)}, not frontal (PA/AP)"
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
     except (TypeError, ValueError):
@@ -67,5 +80,5 @@ def skip_reason(ds: Dataset, sop_class_uid: str, *, has_pixel_data: bool) -> str
         photometric not in ("MONOCHROME1", "MONOCHROME2")
         or int(ds.get("SamplesPerPixel") or 1) != 1
     ):
-        return f"not monochrome ({photometric or 'no photometric interpretation'})"
+        return f"not monochrome ({_shown(photometric, 'no photometric interpretation')})"
     return None
