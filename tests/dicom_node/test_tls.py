@@ -7,6 +7,7 @@ certificates, and a stranger's CA whose certificate must be refused.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -114,6 +115,24 @@ def test_tls_listener_refuses_clients_without_a_trusted_certificate(
     good = tls_storescu(siim_sample_dicoms[:1], node.listener.tls_port, certs.client, certs.ca)
     assert good.returncode == 0, good.stderr
     assert len(stored(node)) == 1
+
+
+def test_a_client_that_connects_and_says_nothing_blocks_nobody(
+    node_factory: Callable[..., RunningNode],
+    certs: Certificates,
+    siim_sample_dicoms: list[Path],
+) -> None:
+    """The TLS handshake happens in the association's own thread, with the network timeout:
+    a peer that opens the TLS port and never speaks does not hold up the next one."""
+    node = tls_node(node_factory, certs)
+    silent = [socket.create_connection(("127.0.0.1", node.listener.tls_port)) for _ in range(3)]
+    try:
+        good = tls_storescu(siim_sample_dicoms[:1], node.listener.tls_port, certs.client, certs.ca)
+        assert good.returncode == 0, good.stderr
+        assert len(stored(node)) == 1
+    finally:
+        for sock in silent:
+            sock.close()
 
 
 def test_tls_only_listener_does_not_listen_in_clear(

@@ -7,6 +7,7 @@ work is done by ``InstanceReceiver`` (storage) and the audit repository (associa
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import tempfile
 import threading
@@ -176,6 +177,41 @@ def handle_store(event: evt.Event, receiver: InstanceReceiver, max_bytes: int) -
     return status.as_dataset()
 
 
+class TlsAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved out of the accept loop.
+
+    pynetdicom wraps each accepted socket in the thread that accepts connections, on a socket
+    without a timeout: one peer that connects to the TLS port and never speaks would hold up
+    every later connection. Here the handshake runs in the association's own thread, bounded
+    by the network timeout.
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock = cast(socket.socket, self.socket)
+        client, address = sock.accept()
+        return client, address
+
+    def process_request_thread(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
+        context = self.ssl_context
+        if context is None or not isinstance(request, socket.socket):
+            super().process_request_thread(request, client_address)
+            return
+        try:
+            request.settimeout(self.ae.network_timeout)
+            wrapped = context.wrap_socket(request, server_side=True)
+            wrapped.settimeout(None)  # as pynetdicom expects: it waits with select()
+        except (OSError, ValueError) as exc:
+            host = client_address[0] if isinstance(client_address, tuple) else client_address
+            log.warning("TLS handshake with %s failed: %s", host, type(exc).__name__)
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(wrapped, client_address)
+
+
 class Listener:
     """Our Storage SCP on ``settings.dicom_host:dicom_port`` (plaintext) and, when
     ``dicom_tls_port`` is set, the same service over DICOM TLS on that port."""
@@ -245,14 +281,17 @@ class Listener:
             self.servers["plain"] = server
             log.info("listening as %s on %s:%d", self.settings.ae_title, host, self.port)
         if self.tls_context is not None and self.settings.dicom_tls_port is not None:
-            server = ae.start_server(
+            tls_server = ae.make_server(
                 (host, self.settings.dicom_tls_port),
-                block=False,
                 evt_handlers=handlers,
                 ssl_context=self.tls_context,
+                server_class=TlsAssociationServer,
             )
-            assert server is not None
-            self.servers["tls"] = server
+            ae._servers.append(tls_server)  # as start_server does: shutdown() removes it there
+            threading.Thread(
+                target=tls_server.serve_forever, name="dicom-tls-acceptor", daemon=True
+            ).start()
+            self.servers["tls"] = tls_server
             log.info("listening as %s on %s:%d (TLS)", self.settings.ae_title, host, self.tls_port)
         threading.Thread(target=self._sweep_loop, name="spool-sweeper", daemon=True).start()
 
