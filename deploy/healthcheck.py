@@ -26,8 +26,11 @@ WORKER_SILENCE = timedelta(seconds=30)
 
 
 def check_listener(settings: Settings) -> str:
-    with socket.create_connection(("127.0.0.1", settings.dicom_port), timeout=TIMEOUT):
-        return f"{settings.ae_title} accepts connections on port {settings.dicom_port}"
+    """The plaintext port, or the TLS port of a TLS-only listener."""
+    port = settings.dicom_port if settings.dicom_plaintext else settings.dicom_tls_port
+    assert port is not None  # Settings refuses TLS-only without a TLS port
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
+        return f"{settings.ae_title} accepts connections on port {port}"
 
 
 def check_api(settings: Settings) -> str:

@@ -29,6 +29,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from peers_harness import free_port
 from pneumonode.config import ENV_PREFIX, Settings
 from pneumonode.dicom_node.peers import PeerRule, parse_destination
 
@@ -362,13 +363,6 @@ def healthcheck() -> ModuleType:
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_healthcheck_listener(healthcheck: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -378,6 +372,21 @@ def test_healthcheck_listener(healthcheck: ModuleType, monkeypatch: pytest.Monke
     monkeypatch.setenv("PNEUMONODE_DICOM_PORT", str(free_port()))
     assert healthcheck.main(["listener"]) == 1
     assert healthcheck.main(["nonsense"]) == 2
+
+
+def test_healthcheck_of_a_tls_only_listener_looks_at_the_tls_port(
+    healthcheck: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("cert", "key"):
+        (tmp_path / name).write_text("-")  # the healthcheck never reads them
+        monkeypatch.setenv(f"PNEUMONODE_TLS_{name.upper()}_FILE", str(tmp_path / name))
+    monkeypatch.setenv("PNEUMONODE_DICOM_PLAINTEXT", "false")
+    monkeypatch.setenv("PNEUMONODE_DICOM_PORT", str(free_port()))  # nothing there
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("PNEUMONODE_DICOM_TLS_PORT", str(server.getsockname()[1]))
+        assert healthcheck.main(["listener"]) == 0
 
 
 def test_healthcheck_worker(

@@ -111,6 +111,13 @@ def test_tls_listener_refuses_clients_without_a_trusted_certificate(
     anonymous = tls_storescu(siim_sample_dicoms[:1], node.listener.tls_port, None, certs.ca)
     assert anonymous.returncode != 0
     assert stored(node) == set()
+    with node.database.session() as session:
+        rejected = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "association.rejected")
+        ).all()
+    assert len(rejected) == 2  # who tried, in the audit trail
+    assert all(e.message.startswith("rejected: TLS handshake failed") for e in rejected)
+    assert {e.peer_address for e in rejected} == {"127.0.0.1"}
     # the listener is still fine for a client with a good certificate
     good = tls_storescu(siim_sample_dicoms[:1], node.listener.tls_port, certs.client, certs.ca)
     assert good.returncode == 0, good.stderr

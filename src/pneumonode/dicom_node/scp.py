@@ -12,6 +12,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -183,8 +184,10 @@ class TlsAssociationServer(ThreadedAssociationServer):
     pynetdicom wraps each accepted socket in the thread that accepts connections, on a socket
     without a timeout: one peer that connects to the TLS port and never speaks would hold up
     every later connection. Here the handshake runs in the association's own thread, bounded
-    by the network timeout.
+    by the network timeout. A failed handshake is reported to ``on_failure(host, reason)``.
     """
+
+    on_failure: Callable[[str, str], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock = cast(socket.socket, self.socket)
@@ -206,8 +209,11 @@ class TlsAssociationServer(ThreadedAssociationServer):
             wrapped.settimeout(None)  # as pynetdicom expects: it waits with select()
         except (OSError, ValueError) as exc:
             host = client_address[0] if isinstance(client_address, tuple) else client_address
-            log.warning("TLS handshake with %s failed: %s", host, type(exc).__name__)
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning("TLS handshake with %s failed: %s", host, reason)
             self.shutdown_request(request)
+            if self.on_failure is not None:
+                self.on_failure(str(host), str(reason))
             return
         super().process_request_thread(wrapped, client_address)
 
@@ -281,12 +287,13 @@ class Listener:
             self.servers["plain"] = server
             log.info("listening as %s on %s:%d", self.settings.ae_title, host, self.port)
         if self.tls_context is not None and self.settings.dicom_tls_port is not None:
-            tls_server = ae.make_server(
+            tls_server = ae.make_server(  # a TlsAssociationServer, as server_class says
                 (host, self.settings.dicom_tls_port),
                 evt_handlers=handlers,
                 ssl_context=self.tls_context,
                 server_class=TlsAssociationServer,
             )
+            cast(TlsAssociationServer, tls_server).on_failure = self._tls_refused
             ae._servers.append(tls_server)  # as start_server does: shutdown() removes it there
             threading.Thread(
                 target=tls_server.serve_forever, name="dicom-tls-acceptor", daemon=True
@@ -294,6 +301,15 @@ class Listener:
             self.servers["tls"] = tls_server
             log.info("listening as %s on %s:%d (TLS)", self.settings.ae_title, host, self.tls_port)
         threading.Thread(target=self._sweep_loop, name="spool-sweeper", daemon=True).start()
+
+    def _tls_refused(self, host: str, reason: str) -> None:
+        _audit(
+            self.database,
+            "association.rejected",
+            f"rejected: TLS handshake failed ({reason[:80]})",
+            peer_address=host,
+            detail={"tls": True},
+        )
 
     def _port(self, kind: str) -> int:
         server = self.servers.get(kind)
