@@ -64,6 +64,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         config["broker_transport"] = "pneumonode.worker.broker:FilesystemTransport"
+        config["broker_url"] = "filesystem://localhost//"  # a host, or kombu warns of none
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
