@@ -176,7 +176,7 @@ def attempt_deliveries(database: Database, ids: Iterable[int], policy: RetryPoli
         present = [p for p in paths if p.is_file()]
         try:
             tls = policy.tls_context(destination_text)
-        except TlsConfigError as exc:  # the certificates changed on disk since the start
+        except TlsConfigError as exc:  # unreadable certificates: no retry can help
             outcomes = {
                 p: SendOutcome(p, False, failure=Failure.PERMANENT, reason=str(exc))
                 for p in present

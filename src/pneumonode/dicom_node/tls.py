@@ -8,6 +8,7 @@ client without one; the allow-list of calling AE titles applies on top.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +69,15 @@ class TlsSettings:
         return context
 
     def client_context(self) -> ssl.SSLContext:
-        """The context we send with: verifies the peer; presents our certificate if we have one."""
-        context = self._load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-        context.check_hostname = self.check_hostname
-        context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        """The context we send with: verifies the peer; presents our certificate if we have one.
+        Made once per process and settings (files are read then: a renewed certificate takes
+        effect at the next start)."""
+        return _client_context(self)
+
+
+@functools.cache
+def _client_context(tls: TlsSettings) -> ssl.SSLContext:
+    context = tls._load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    context.check_hostname = tls.check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
