@@ -288,6 +288,18 @@ def _build_parser() -> argparse.ArgumentParser:
     deliveries.add_argument("--limit", type=_positive_int, default=100)
     deliveries.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    prune = sub.add_parser(
+        "prune",
+        help="delete old received images and result files (the audit trail stays)",
+        description="Delete the spooled DICOM file and the result files of every instance "
+        "received more than DAYS ago, except where a job is unfinished or a result still waits "
+        "for delivery. Database rows and the audit trail stay. Default: "
+        "PNEUMONODE_RETENTION_DAYS.",
+    )
+    prune.add_argument("--older-than", type=_days, metavar="DAYS", help="age in days, e.g. 30")
+    prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    prune.add_argument("--format", choices=("table", "json"), default="table")
+
     audit = sub.add_parser("audit", help="print the audit trail")
     audit.add_argument("--study", metavar="STUDY_UID")
     audit.add_argument("--sop", metavar="SOP_INSTANCE_UID")
@@ -296,6 +308,16 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=_positive_int, default=1000)
     audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
     return parser
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not days >= 0 or days == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}")
+    return days
 
 
 def _since(text: str) -> datetime:
@@ -500,9 +522,10 @@ def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     try:
         config = TrainConfig(**values)
     except ConfigError as exc:
-        raise CliError(
-            f"invalid training option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}"
-        ) from None
+        error = exc.errors()[0]
+        where = f"{error['loc'][0]}: " if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise CliError(f"invalid training option: {where}{message}") from None
     try:
         result = train(config, resume=args.resume, progress=not args.no_progress)
     except DatasetLayoutError as exc:
@@ -937,6 +960,26 @@ def _cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.retention import prune
+
+    days = args.older_than if args.older_than is not None else settings.retention_days
+    if not days and args.older_than is None:
+        raise CliError(
+            "no retention period: pass --older-than DAYS or set PNEUMONODE_RETENTION_DAYS"
+        )
+    database = _open_database(settings)
+    with tqdm(desc="pruning", unit="instance", disable=args.format == "json") as bar:
+        report = prune(
+            settings, database, timedelta(days=days), dry_run=args.dry_run, progress=bar.update
+        )
+    if args.format == "json":
+        print(json.dumps({**dataclasses.asdict(report), "cutoff": report.cutoff.isoformat()}))
+    else:
+        print(report.summary())
+    return EXIT_OK
+
+
 COMMANDS = {
     "info": _cmd_info,
     "convert": _cmd_convert,
@@ -957,6 +1000,7 @@ COMMANDS = {
     "resend": _cmd_resend,
     "deliveries": _cmd_deliveries,
     "audit": _cmd_audit,
+    "prune": _cmd_prune,
 }
 
 

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         description="Below this much free space on the spool's disk, C-STOREs are refused "
         "with 0xA700 (out of resources) and new associations are rejected.",
     )
+    retention_days: int = Field(
+        default=0,
+        ge=0,
+        description="Delete the received images and result files of instances older than this "
+        "many days, hourly (the database rows and audit trail stay; unfinished or undelivered "
+        "work is kept). 0 keeps everything. `pneumonode prune` does it by hand.",
+    )
     max_associations: int = Field(default=16, ge=1, description="Concurrent associations.")
     max_instance_mb: int = Field(
         default=2048,

@@ -26,6 +26,7 @@ from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import DeliveryLoop, RetryPolicy
 from pneumonode.dicom_node.scp import Listener
 from pneumonode.dicom_node.service import build_listener
+from pneumonode.retention import RetentionLoop
 from pneumonode.worker.dispatch import Dispatcher
 
 __all__ = ["ApiServer", "WorkerProcess", "run_api", "run_node"]
@@ -232,6 +233,7 @@ def run_node(
     )
     listener = build_listener(settings, database, on_job=dispatcher.wake)
     deliveries = DeliveryLoop(database, RetryPolicy.from_settings(settings))
+    retention = RetentionLoop(settings, database) if settings.retention_days else None
     worker = WorkerProcess(settings.config_file) if with_worker else None
     api = ApiServer(settings, database, token) if token is not None else None
     started: list[str] = []
@@ -240,6 +242,8 @@ def run_node(
         started.append("listener")
         dispatcher.start()
         deliveries.start()
+        if retention is not None:
+            retention.start()
         if api is not None:
             api.start()
             _token_banner(settings, token)  # type: ignore[arg-type]
@@ -255,6 +259,8 @@ def run_node(
             api.stop()
         dispatcher.stop()
         deliveries.stop()
+        if retention is not None:
+            retention.stop()
         if worker is not None:
             worker.stop(settings.shutdown_grace)
         for sig, handler in previous.items():

@@ -50,10 +50,15 @@ def rerun(job_id: IdPath, session: SessionDep) -> ActionOut:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no job with this id")
     if job.state in (JobState.RUNNING, JobState.QUEUED, JobState.PENDING):
         raise HTTPException(status.HTTP_409_CONFLICT, f"the job is {job.state} already")
+    instance = job.instance
+    if instance.pruned_at is not None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            "retention deleted this image; send it again from the PACS to run it again",
+        )
     job.state = JobState.PENDING
     job.error = None
     job.queued_at = job.started_at = job.finished_at = None
-    instance = job.instance
     audit(
         session,
         "job.rerun",

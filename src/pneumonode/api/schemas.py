@@ -114,6 +114,7 @@ class InstanceOut(_Out):
     result: ResultOut | None
     image_url: str | None
     overlay_url: str | None
+    pruned_at: datetime | None = None  # retention deleted the image and result files
 
 
 class AuditOut(_Out):

@@ -51,6 +51,7 @@ router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["studies"])
 
 Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": ProblemOut}}
+GONE: Responses = {410: {"model": ProblemOut}}
 BAD: Responses = {422: {"model": ProblemOut}, 401: {"model": ProblemOut}}
 PNG: dict[str, Any] = {"content": {"image/png": {}}, "description": "PNG image"}
 DATE = r"^\d{8}$"
@@ -95,7 +96,8 @@ def _instance_out(instance: Instance, session: Session) -> InstanceOut:
                 update={"deliveries": [DeliveryOut.model_validate(d) for d in deliveries]}
             )
     base = f"/api/instances/{instance.sop_uid}"
-    has_image = instance.status != "skipped" or instance.modality in ("CR", "DX")
+    kept = instance.pruned_at is None
+    has_image = kept and (instance.status != "skipped" or instance.modality in ("CR", "DX"))
     return InstanceOut(
         sop_uid=instance.sop_uid,
         series_uid=instance.series_uid,
@@ -108,7 +110,8 @@ def _instance_out(instance: Instance, session: Session) -> InstanceOut:
         job=JobOut.model_validate(job) if job is not None else None,
         result=result,
         image_url=f"{base}/image.png" if has_image else None,
-        overlay_url=f"{base}/overlay.png" if result is not None else None,
+        overlay_url=f"{base}/overlay.png" if result is not None and kept else None,
+        pruned_at=instance.pruned_at,
     )
 
 
@@ -140,6 +143,18 @@ def _instance(session: Session, sop_uid: str) -> Instance:
     instance = session.scalars(select(Instance).where(Instance.sop_uid == sop_uid)).first()
     if instance is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no instance with this SOP Instance UID")
+    return instance
+
+
+def _kept_instance(session: Session, sop_uid: str) -> Instance:
+    """The instance, when its files are still here (retention did not delete them)."""
+    instance = _instance(session, sop_uid)
+    if instance.pruned_at is not None:
+        when = instance.pruned_at.isoformat(timespec="seconds")
+        raise HTTPException(
+            status.HTTP_410_GONE,
+            f"retention deleted this image and its results on {when}; the PACS still has it",
+        )
     return instance
 
 
@@ -176,17 +191,17 @@ def _png(image: np.ndarray, level: int) -> Response:
 @router.get(
     "/instances/{sop_uid}/image.png",
     response_class=Response,
-    responses={200: PNG, **NOT_FOUND, **BAD},
+    responses={200: PNG, **NOT_FOUND, **GONE, **BAD},
 )
 def image(sop_uid: UidPath, session: SessionDep, settings: SettingsDep) -> Response:
     """The image as the model saw it (windowed, 8-bit), at the source's size."""
-    return _png(_grey(settings, _instance(session, sop_uid)), settings.png_level)
+    return _png(_grey(settings, _kept_instance(session, sop_uid)), settings.png_level)
 
 
 @router.get(
     "/instances/{sop_uid}/overlay.png",
     response_class=Response,
-    responses={200: PNG, **NOT_FOUND, **BAD},
+    responses={200: PNG, **NOT_FOUND, **GONE, **BAD},
 )
 def overlay(
     sop_uid: UidPath,
@@ -196,7 +211,7 @@ def overlay(
     outline: Annotated[bool, Query(description="draw the region's border")] = True,
 ) -> Response:
     """The image with the finding drawn on it (no finding: the plain image)."""
-    instance = _instance(session, sop_uid)
+    instance = _kept_instance(session, sop_uid)
     mask_path = _result_folder(settings, instance) / "mask.png"
     mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) if mask_path.is_file() else None
     if mask is None:

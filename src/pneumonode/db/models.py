@@ -130,6 +130,8 @@ class Instance(Base):
     times_received: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # when retention deleted the spooled file and the result files (the rows stay)
+    pruned_at: Mapped[datetime | None] = mapped_column(default=None)
 
     study: Mapped[Study] = relationship(back_populates="instances")
     job: Mapped[Job | None] = relationship(back_populates="instance")

@@ -156,6 +156,7 @@ def _instance_values(item: ReceivedInstance) -> dict[str, Any]:
         "peer_address": item.peer_address,
         "status": InstanceStatus.SKIPPED if item.skip_reason else InstanceStatus.RECEIVED,
         "skip_reason": item.skip_reason,
+        "pruned_at": None,
     }
 
 
@@ -239,13 +240,16 @@ def record_received_instance(
             ReceiveOutcome.RESENT_IDENTICAL, instance.id, job_id, job.state if job else None
         )
 
+    was_pruned = instance.pruned_at is not None
     instance.study_id = _study_id(session, item)
     for key, value in _instance_values(item).items():
         setattr(instance, key, value)
     audit(
         session,
         "instance.resent",
-        "re-sent with different content: kept the newer file",
+        "re-sent after retention deleted the stored file: stored again"
+        if was_pruned
+        else "re-sent with different content: kept the newer file",
         detail={**detail, "changed": True},
         **ids,
     )

@@ -39,6 +39,13 @@ function Viewer({ instance }) {
     };
   }, [instance.image_url, instance.overlay_url, hasOverlay, showOverlay, opacity, outline]);
 
+  if (instance.pruned_at)
+    return (
+      <p className="text-slate-700" data-pruned>
+        Image and result files deleted by the retention policy on{" "}
+        {new Date(instance.pruned_at).toLocaleString()}; the PACS keeps the original.
+      </p>
+    );
   if (!instance.image_url) return <p className="text-slate-700">No image to show.</p>;
   const id = instance.sop_uid;
   return (
