@@ -20,6 +20,7 @@ from pneumonode.model.data import (
     Sample,
     SegmentationDataset,
     balanced_sampler,
+    crop_window,
     discover_samples,
     split_samples,
 )
@@ -90,6 +91,44 @@ def test_augmentation_is_reproducible(shared_data: Path, tmp_path: Path) -> None
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
     a.epoch = 1
     assert not torch.equal(a[0][0], xa)  # another epoch, another draw
+
+
+def test_crop_windows_stay_inside_and_find_small_lesions() -> None:
+    mask = np.zeros((384, 384), np.uint8)
+    mask[300:306, 20:26] = 1  # 36 pixels: 0.02 % of the image
+    rng = np.random.default_rng(0)
+    windows = [crop_window(mask, 256, 1.0, rng) for _ in range(200)]
+    assert all(0 <= top <= 128 and 0 <= left <= 128 for top, left in windows)
+    assert all(mask[t : t + 256, c : c + 256].any() for t, c in windows)
+    assert len(set(windows)) > 50  # the lesion lands anywhere in the window, not always centred
+    uniform = [crop_window(mask, 256, 0.0, rng) for _ in range(400)]
+    hit = np.mean([mask[t : t + 256, c : c + 256].any() for t, c in uniform])
+    assert 0.05 < hit < 0.6  # lesion_share 0: windows ignore where the lesion is
+    assert crop_window(np.zeros((64, 64), np.uint8), 64, 1.0, rng) == (0, 0)
+    with pytest.raises(ValueError, match="larger than the image"):
+        crop_window(mask, 400, 0.5, rng)
+
+
+def test_cropped_training_items_are_reproducible_windows(shared_data: Path, tmp_path: Path) -> None:
+    samples = discover_samples(positives_subset(shared_data, tmp_path / "pos", 2))
+    whole = SegmentationDataset(samples, 128)
+    cropped = SegmentationDataset(samples, 128, seed=5, crop=64, crop_lesion_share=1.0)
+    x, y = cropped[0]
+    assert x.shape == (1, 64, 64) and y.shape == (1, 64, 64) and y.sum() > 0
+    full_x, _ = whole[0]
+    positions = [
+        (t, c)
+        for t in range(65)
+        for c in range(65)
+        if torch.equal(full_x[:, t : t + 64, c : c + 64], x)
+    ]
+    assert positions  # a window of the whole image, not a resized copy
+    again = SegmentationDataset(samples, 128, seed=5, crop=64, crop_lesion_share=1.0)
+    assert torch.equal(again[0][0], x)
+    with pytest.raises(ValueError, match="crop must be within"):
+        SegmentationDataset(samples, 128, crop=256)
+    with pytest.raises(ValueError, match="must not exceed size"):
+        TrainConfig(data=tmp_path, out=tmp_path, size=128, crop=256)
 
 
 def test_balanced_sampler_draws_the_positive_share() -> None:
@@ -195,6 +234,9 @@ def test_train_and_evaluate_cli(
     assert "siim_score" in capsys.readouterr().out
     assert main(["train", "--data", str(data), "--out", str(out), "--size", "8"]) == 1
     assert "invalid training option: size" in capsys.readouterr().err
+    crop = ["--size", "128", "--crop", "256"]
+    assert main(["train", "--data", str(data), "--out", str(out), *crop]) == 1
+    assert "invalid training option: crop (256) must not exceed" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--out", str(out)]) == 1
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "SegmentationDataset",
     "augmentations",
     "balanced_sampler",
+    "crop_window",
     "discover_samples",
     "split_samples",
 ]
@@ -153,8 +154,36 @@ def augmentations(seed: int) -> tuple[A.Compose, A.Compose]:
     return positive, negative
 
 
+def crop_window(
+    mask: np.ndarray, crop: int, lesion_share: float, rng: np.random.Generator
+) -> tuple[int, int]:
+    """Top-left corner of a ``crop`` x ``crop`` window inside ``mask``'s square.
+
+    With probability ``lesion_share`` (when the mask has any lesion) the window holds a lesion
+    pixel chosen at random, placed anywhere inside it; otherwise the window is uniform. Images
+    of mostly small lesions would else give mostly empty crops.
+    """
+    height, width = mask.shape
+    if crop > min(height, width):
+        raise ValueError(f"crop {crop} is larger than the image ({height} x {width})")
+    ys, xs = np.nonzero(mask)
+    if len(ys) and rng.random() < lesion_share:
+        pick = int(rng.integers(len(ys)))
+        top = int(ys[pick]) - int(rng.integers(crop))
+        left = int(xs[pick]) - int(rng.integers(crop))
+    else:
+        top = int(rng.integers(height - crop + 1))
+        left = int(rng.integers(width - crop + 1))
+    return min(max(top, 0), height - crop), min(max(left, 0), width - crop)
+
+
 class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """(image, mask) tensors of shape (1, size, size): image float32 in [0, 1], mask 0/1."""
+    """(image, mask) tensors of shape (1, size, size): image float32 in [0, 1], mask 0/1.
+
+    With ``crop``, each item is a random ``crop`` x ``crop`` window of the (augmented) size x
+    size image instead (see ``crop_window``): training at a high resolution for the cost of a
+    small one; the fully convolutional net is then run on the whole image.
+    """
 
     def __init__(
         self,
@@ -163,11 +192,17 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         augment: bool = False,
         seed: int = 0,
         cache: bool = False,
+        crop: int | None = None,
+        crop_lesion_share: float = 0.7,
     ):
+        if crop is not None and not 0 < crop <= size:
+            raise ValueError(f"crop must be within 1..{size}, got {crop}")
         self.samples = list(samples)
         self.size = size
         self.augment = augment
         self.seed = seed
+        self.crop = crop
+        self.crop_lesion_share = crop_lesion_share
         self.epoch = 0
         self._pipelines = augmentations(seed) if augment else None
         # Decoded model-space pixels, kept per process when ``cache`` is on (2 x size^2 bytes
@@ -204,6 +239,11 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             pipeline.set_random_seed(self.seed + 100_003 * self.epoch + index)
             out = pipeline(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+        if self.crop is not None and self.crop < self.size:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            top, left = crop_window(mask, self.crop, self.crop_lesion_share, rng)
+            image = image[top : top + self.crop, left : left + self.crop]
+            mask = mask[top : top + self.crop, left : left + self.crop]
         x = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
         y = torch.from_numpy((mask > 0).astype(np.float32))[None]
         return x, y

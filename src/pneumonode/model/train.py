@@ -230,7 +230,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         out / "split.json", train_samples, val_samples, seed=config.seed, data=str(config.data)
     )
     train_set = SegmentationDataset(
-        train_samples, config.size, augment=config.augment, seed=config.seed, cache=config.cache
+        train_samples,
+        config.size,
+        augment=config.augment,
+        seed=config.seed,
+        cache=config.cache,
+        crop=config.crop,
+        crop_lesion_share=config.crop_lesion_share,
     )
     val_set = SegmentationDataset(val_samples, config.size, augment=False, cache=config.cache)
     draws = config.samples_per_epoch or len(train_samples)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pneumonode import __version__
 
@@ -28,6 +28,15 @@ class TrainConfig(BaseModel):
         "the shipped model further; the optimiser starts fresh",
     )
     size: int = Field(default=512, ge=32, le=2048)
+    crop: int | None = Field(
+        default=None,
+        ge=32,
+        description="train on random crop x crop windows of the size x size images (validation "
+        "and inference see whole images): a high resolution for the cost of a small one",
+    )
+    crop_lesion_share: float = Field(
+        default=0.7, ge=0, le=1, description="share of crops placed over a lesion pixel"
+    )
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=8, ge=1)
     lr: float = Field(default=1e-3, gt=0)
@@ -62,3 +71,9 @@ class TrainConfig(BaseModel):
         default=True, description="keep decoded, resized images in memory (2 x size^2 B each)"
     )
     version: str = __version__
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> TrainConfig:
+        if self.crop is not None and self.crop > self.size:
+            raise ValueError(f"crop ({self.crop}) must not exceed size ({self.size})")
+        return self
