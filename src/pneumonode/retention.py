@@ -70,14 +70,6 @@ class PruneReport:
         )
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    instance_id: int
-    path: str
-    sop_uid: str
-    study_uid: str
-
-
 def _files(paths: Iterable[Path]) -> list[tuple[Path, int]]:
     """(file, size) of every regular file at or under ``paths``."""
     found = []
@@ -141,12 +133,11 @@ def prune(
         if not rows:
             return report
         after = rows[-1].id
-        candidates = [_Candidate(r.id, r.path, r.sop_uid, r.study_uid) for r in rows]
-        held = _held([c.instance_id for c in candidates], database)
+        held = _held([row.id for row in rows], database)
         report.held += len(held)
         events = []
-        for candidate in candidates:
-            if candidate.instance_id in held:
+        for candidate in rows:
+            if candidate.id in held:
                 continue
             spooled = settings.spool_dir / candidate.path
             results = (
@@ -171,7 +162,7 @@ def prune(
             with database.session() as session:
                 session.execute(
                     update(Instance)
-                    .where(Instance.id.in_([c.instance_id for c, _, _ in events]))
+                    .where(Instance.id.in_([c.id for c, _, _ in events]))
                     .values(pruned_at=stamp)
                 )
                 session.execute(
@@ -189,7 +180,7 @@ def prune(
                     ],
                 )
         if progress is not None:
-            progress(len(candidates))
+            progress(len(rows))
 
 
 class RetentionLoop:
