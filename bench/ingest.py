@@ -10,7 +10,8 @@ its SQLite row (WAL, synchronous=FULL) before it answers. Orthanc runs with Sync
 fdatasync per file; its SQLite index only syncs at WAL checkpoints). storescp does not fsync at
 all: the "storescp + sync" row adds one sync(2) after its run, a bound on what making its files
 durable would cost. The "pynetdicom bare" row is not a competitor but the floor of the framework
-we build on: pynetdicom's SCP with chunked receive and 128 KiB PDUs that only renames each file.
+our listener used before it got its own upper layer: pynetdicom's SCP with chunked receive and
+128 KiB PDUs that only renames each file.
 Storescp and Orthanc (both DCMTK) run with TCP_NODELAY=1 like the sender: without it Orthanc
 waits for a delayed ACK on every C-STORE (~22 images/s).
 

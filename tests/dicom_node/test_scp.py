@@ -379,8 +379,12 @@ def test_sigterm_finishes_transfers_in_flight(tmp_path, siim_sample_dicoms) -> N
     )
     try:
         wait_for_port(port)
-        big = save(make_dx(synthetic_chest(5000, 4000, 16, seed=9), 16), tmp_path / "big.dcm")
-        files = [big, *siim_sample_dicoms]
+        # several large objects, so that the association is still sending when SIGTERM lands
+        big = [
+            save(make_dx(synthetic_chest(5000, 4000, 16, seed=9 + i), 16), tmp_path / f"big{i}.dcm")
+            for i in range(4)
+        ]
+        files = [*big, *siim_sample_dicoms]
         args = storescu_command(files, port)
         sender = subprocess.Popen(
             args,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from pneumonode.db.models import (
@@ -80,14 +80,20 @@ class KnownInstance:
     path: str
 
 
+# The receive path's statements, built once: building a statement per call (and its cache key)
+# costs more than running it on SQLite.
+_FIND_KNOWN = select(Instance.id, Instance.sha256, Instance.path).where(
+    Instance.sop_uid == bindparam("sop_uid")
+)
+_FIND_STUDY = select(Study.id).where(Study.study_uid == bindparam("study_uid"))
+_INSERT_STUDY = insert(Study).returning(Study.id)
+_INSERT_INSTANCE = insert(Instance).returning(Instance.id)
+_INSERT_JOB = insert(Job).returning(Job.id)
+_INSERT_AUDIT = insert(AuditEvent)
+
+
 def find_known_instance(session: Session, sop_uid: str) -> KnownInstance | None:
-    row = (
-        session.connection()
-        .execute(
-            select(Instance.id, Instance.sha256, Instance.path).where(Instance.sop_uid == sop_uid)
-        )
-        .first()
-    )
+    row = session.connection().execute(_FIND_KNOWN, {"sop_uid": sop_uid}).first()
     return KnownInstance(row.id, row.sha256, row.path) if row is not None else None
 
 
@@ -128,19 +134,16 @@ class ReceiveRecord:
 
 def _study_id(session: Session, item: ReceivedInstance) -> int:
     connection = session.connection()  # Core statements: no ORM bookkeeping on the hot path
-    study_id = connection.scalar(select(Study.id).where(Study.study_uid == item.study_uid))
+    study_id = connection.scalar(_FIND_STUDY, {"study_uid": item.study_uid})
     if study_id is not None:
         return int(study_id)
-    return connection.execute(
-        insert(Study)
-        .values(
-            study_uid=item.study_uid,
-            patient_id=item.patient_id,
-            accession_number=item.accession_number,
-            study_date=item.study_date,
-        )
-        .returning(Study.id)
-    ).scalar_one()
+    values = {
+        "study_uid": item.study_uid,
+        "patient_id": item.patient_id,
+        "accession_number": item.accession_number,
+        "study_date": item.study_date,
+    }
+    return int(connection.execute(_INSERT_STUDY, values).scalar_one())
 
 
 def _instance_values(item: ReceivedInstance) -> dict[str, Any]:
@@ -190,34 +193,32 @@ def record_received_instance(
     if known is None:  # the common case, in as few statements as possible
         connection = session.connection()
         study_id = _study_id(session, item)
-        instance_id = connection.execute(
-            insert(Instance)
-            .values(
-                study_id=study_id,
-                sop_uid=item.sop_uid,
-                times_received=1,
-                received_at=now,
-                updated_at=now,
-                **_instance_values(item),
-            )
-            .returning(Instance.id)
-        ).scalar_one()
+        values = {
+            "study_id": study_id,
+            "sop_uid": item.sop_uid,
+            "times_received": 1,
+            "received_at": now,
+            "updated_at": now,
+            **_instance_values(item),
+        }
+        instance_id = connection.execute(_INSERT_INSTANCE, values).scalar_one()
         events = [dict(kind="instance.received", message="instance stored", detail=detail)]
         job_id = None
         if item.skip_reason:
             events.append(dict(kind="instance.skipped", message=f"skipped: {item.skip_reason}"))
         else:
-            job_id = connection.execute(
-                insert(Job)
-                .values(instance_id=instance_id, state=JobState.PENDING, attempts=0, created_at=now)
-                .returning(Job.id)
-            ).scalar_one()
+            job_values = {
+                "instance_id": instance_id,
+                "state": JobState.PENDING,
+                "attempts": 0,
+                "created_at": now,
+            }
+            job_id = connection.execute(_INSERT_JOB, job_values).scalar_one()
             events.append(
                 dict(kind="job.created", message=f"job {job_id} created", detail={"job_id": job_id})
             )
         connection.execute(
-            insert(AuditEvent),
-            [{"at": now, "detail": None, **ids, **event} for event in events],
+            _INSERT_AUDIT, [{"at": now, "detail": None, **ids, **event} for event in events]
         )
         state = None if job_id is None else JobState.PENDING
         return ReceiveRecord(ReceiveOutcome.NEW, instance_id, job_id, state)

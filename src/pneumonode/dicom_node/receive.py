@@ -158,7 +158,7 @@ class InstanceReceiver:
             except Exception as exc:  # pydicom raises many types on corrupt input
                 self._audit_refusal(f"unreadable dataset ({type(exc).__name__})", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset")
-            synced = self.spool.start_sync(temp)  # fsync runs while we parse and query
+            synced = self.spool.start_sync(temp)  # the disk works while we query the database
             if not study_uid:
                 self._audit_refusal("no Study Instance UID", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: no Study Instance UID")
@@ -191,7 +191,8 @@ class InstanceReceiver:
         self, temp: Path, offset: int, item: ReceivedInstance, synced: Future[None]
     ) -> Status:
         """Spool the file and record it in one database transaction; the file is durable
-        before the transaction commits, and removed again if the commit fails."""
+        before the transaction commits, and removed again if the commit fails. The fsyncs of
+        the file and of its folder run while the transaction's statements do."""
         final = self.spool.root / item.path
         placed = False  # a new file of ours is in the spool
         try:
@@ -206,10 +207,15 @@ class InstanceReceiver:
                             old = known.sha256 or _stored_hash(self.spool.root / known.path)
                             item = replace(item, sha256=new)
                             unchanged = new == old and final.is_file()
+                        folder_synced = None
                         if not unchanged and not placed:
-                            self.spool.commit(temp, item.study_uid, item.sop_uid, synced)
+                            _, folder_synced = self.spool.place(
+                                temp, item.study_uid, item.sop_uid, synced
+                            )
                             placed = known is None
                         record = record_received_instance(session, item, known, unchanged=unchanged)
+                        if folder_synced is not None:
+                            folder_synced.result()  # the file is durable: the row may commit
                     break
                 except IntegrityError:
                     if attempt == 1:

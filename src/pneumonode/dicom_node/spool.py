@@ -86,12 +86,15 @@ class Spool:
         """fsync ``temp`` in the background (the disk works while the caller parses)."""
         return _SYNC_POOL.submit(_fsync_file, temp)
 
-    def commit(
+    def place(
         self, temp: Path, study_uid: str, sop_uid: str, synced: Future[None] | None = None
-    ) -> Path:
-        """Make ``temp`` (in the same filesystem) durable at its final place; returns the
-        path relative to the spool root. An existing file of the same instance is replaced.
-        ``synced`` is ``start_sync(temp)`` when the caller started the fsync earlier."""
+    ) -> tuple[Path, Future[None]]:
+        """Rename ``temp`` (in the same filesystem, fsynced: ``synced`` is ``start_sync(temp)``
+        when the caller started that earlier) to its final place, replacing an existing file of
+        the same instance. Returns the path relative to the spool root and the fsync of its
+        folder, running in the background: the new name is durable once that has finished, so
+        the caller can do other work first (a database transaction that must not commit before
+        it)."""
         relative = self.relative_path(study_uid, sop_uid)
         final = self.root / relative
         if synced is None:
@@ -103,7 +106,13 @@ class Spool:
             study_dir.mkdir(parents=True, exist_ok=True)
             _fsync_dir(self.root)
         temp.replace(final)
-        _fsync_dir(study_dir)
+        return relative, _SYNC_POOL.submit(_fsync_dir, study_dir)
+
+    def commit(self, temp: Path, study_uid: str, sop_uid: str) -> Path:
+        """``place``, and wait until the file survives a power cut; returns the path relative
+        to the spool root."""
+        relative, folder_synced = self.place(temp, study_uid, sop_uid)
+        folder_synced.result()
         return relative
 
     def free_bytes(self) -> int:

@@ -1,0 +1,777 @@
+"""The listener's DICOM upper layer (PS3.8): associations, P-DATA, and the DIMSE services we
+provide (Verification and Storage), one thread per association with blocking reads.
+
+Why our own and not pynetdicom's acceptor: pynetdicom runs two reactor threads per association
+that hand every PDU and primitive through queues polled with 1 ms sleeps, so each C-STORE costs
+a few milliseconds of waiting whatever the object's size; that caps small-object ingest at about
+half of Orthanc's rate on a 2-core machine. Here one thread reads a PDU, writes its dataset
+fragments straight into the spool file and, after the last fragment, calls the handler and
+answers: no queue, no sleep. pynetdicom still sends our results (``scu.py``).
+
+What is supported, as an acceptor only:
+
+* A-ASSOCIATE-RQ with any number of presentation contexts; each is accepted with the first of
+  the requestor's transfer syntaxes we support for its abstract syntax, or refused (abstract
+  syntax or transfer syntaxes not supported). User information: maximum length, implementation
+  class UID and version name are read and answered; SCP/SCU role selection, asynchronous
+  operations, extended negotiation and user identity are ignored (the defaults apply: the
+  requestor is the SCU, one operation at a time), as the standard allows.
+* A-ASSOCIATE-RJ for a wrong protocol version or application context, and for whatever
+  ``Services.check`` refuses (called AE title, calling AE title, disk space, too many
+  associations).
+* P-DATA-TF: commands in Implicit VR Little Endian, C-ECHO-RQ and C-STORE-RQ answered; any other
+  command gets "unrecognised operation" (0x0211). Datasets stream to a file in ``incoming``,
+  behind a File Meta Information we write; the dataset bytes are kept as received.
+* A-RELEASE, A-ABORT, a peer that disappears, and silence longer than the network timeout
+  (then we abort). A C-STORE cut short leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import select
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydicom.uid import generate_uid
+
+__all__ = [
+    "Acceptor",
+    "AssociationInfo",
+    "RejectionError",
+    "Services",
+    "StoreRequest",
+    "encode_file_meta",
+]
+
+log = logging.getLogger(__name__)
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+#: Implementation Class UID: a fixed UID under pydicom's root, derived from our name.
+IMPLEMENTATION_CLASS_UID = str(generate_uid(entropy_srcs=["pneumonode DICOM upper layer"]))
+
+# PDU types
+A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
+P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
+
+# A-ABORT source / reason
+ABORT_SERVICE_USER, ABORT_PROVIDER = 0x00, 0x02
+REASON_NOT_SPECIFIED, REASON_UNRECOGNISED_PDU, REASON_UNEXPECTED_PDU = 0x00, 0x01, 0x02
+REASON_INVALID_PARAMETER = 0x06
+
+# Presentation context results
+CONTEXT_ACCEPTED, ABSTRACT_SYNTAX_REFUSED, TRANSFER_SYNTAXES_REFUSED = 0x00, 0x03, 0x04
+
+# DIMSE command fields and statuses
+C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
+NO_DATASET = 0x0101
+UNRECOGNISED_OPERATION = 0x0211
+
+#: Longest PDU other than P-DATA we read (an A-ASSOCIATE-RQ with hundreds of contexts).
+_MAX_CONTROL_PDU = 4 * 1024 * 1024
+#: Longest command set we collect.
+_MAX_COMMAND = 64 * 1024
+_PDU_HEADER = struct.Struct(">BBI")
+_ELEMENT_HEADER = struct.Struct("<HHI")
+
+
+class RejectionError(Exception):
+    """Raised by ``Services.check`` to reject an association: A-ASSOCIATE-RJ (result, source,
+    diagnostic), with ``reason`` for the audit trail."""
+
+    def __init__(self, reason: str, result: int, source: int, diagnostic: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = (result, source, diagnostic)
+
+
+@dataclass
+class AssociationInfo:
+    """What a requestor asked for, and what we agreed."""
+
+    address: str
+    port: int
+    called_ae: str = ""
+    calling_ae: str = ""
+    peer_max_pdu: int = 0  # 0: no limit
+    peer_implementation_uid: str = ""
+    peer_implementation_version: str = ""
+    tls: bool = False
+    #: accepted presentation context id -> (abstract syntax, transfer syntax)
+    contexts: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """A C-STORE request whose dataset has been received into ``path`` (a DICOM file)."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    size: int  # dataset bytes received (after the File Meta Information)
+    message_id: int
+
+
+class Services(Protocol):
+    """What the listener does with associations and messages; each call must not raise
+    (``check`` raises ``RejectionError`` to refuse)."""
+
+    def check(self, info: AssociationInfo, active: int) -> None: ...
+    def rejected(self, info: AssociationInfo, rejection: RejectionError) -> None: ...
+    def accepted(self, info: AssociationInfo) -> None: ...
+    def aborted(self, info: AssociationInfo) -> None: ...
+    def store(self, info: AssociationInfo, request: StoreRequest) -> tuple[int, str]: ...
+    def too_large(self, info: AssociationInfo, request: StoreRequest) -> tuple[int, str]: ...
+    def temporary_path(self) -> Path: ...
+    def tls_refused(self, host: str, reason: str) -> None: ...
+
+
+class _ClosedError(Exception):
+    """The peer closed the connection."""
+
+
+class _ProtocolError(Exception):
+    """The peer broke the protocol: abort with ``reason``."""
+
+    def __init__(self, message: str, reason: int = REASON_UNEXPECTED_PDU) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def _uid_bytes(uid: str) -> bytes:
+    data = uid.encode("ascii")
+    return data + b"\x00" if len(data) % 2 else data
+
+
+def _text_bytes(text: str) -> bytes:
+    data = text.encode("ascii", "replace")
+    return data + b" " if len(data) % 2 else data
+
+
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(value)) + value
+
+
+def _pdu(kind: int, body: bytes) -> bytes:
+    return _PDU_HEADER.pack(kind, 0, len(body)) + body
+
+
+def _implicit(group_element: int, value: bytes) -> bytes:
+    return _ELEMENT_HEADER.pack(0x0000, group_element, len(value)) + value
+
+
+def encode_command(elements: Iterable[tuple[int, bytes]]) -> bytes:
+    """A command set (group 0000, Implicit VR Little Endian) with its group length."""
+    body = b"".join(_implicit(element, value) for element, value in sorted(elements))
+    return _implicit(0x0000, struct.pack("<I", len(body))) + body
+
+
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str
+) -> bytes:
+    """Preamble, 'DICM' and File Meta Information (Explicit VR Little Endian)."""
+
+    def element(tag: int, vr: bytes, value: bytes) -> bytes:
+        if vr == b"OB":
+            return struct.pack("<HH2sHI", 0x0002, tag, vr, 0, len(value)) + value
+        return struct.pack("<HH2sH", 0x0002, tag, vr, len(value)) + value
+
+    elements = [
+        element(0x0001, b"OB", b"\x00\x01"),
+        element(0x0002, b"UI", _uid_bytes(sop_class_uid)),
+        element(0x0003, b"UI", _uid_bytes(sop_instance_uid)),
+        element(0x0010, b"UI", _uid_bytes(transfer_syntax_uid)),
+        element(0x0012, b"UI", _uid_bytes(IMPLEMENTATION_CLASS_UID)),
+        element(0x0013, b"SH", _text_bytes(_implementation_version())),
+    ]
+    if source_ae:
+        elements.append(element(0x0016, b"AE", _text_bytes(source_ae)))
+    body = b"".join(elements)
+    return b"\x00" * 128 + b"DICM" + element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _implementation_version() -> str:
+    from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
+
+    return IMPLEMENTATION_VERSION_NAME
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _items(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, memoryview]]:
+    """(type, value) of each item (1-byte type, 1 reserved, 2-byte big-endian length)."""
+    view = memoryview(data)
+    offset = start
+    while offset + 4 <= len(view):
+        kind, length = view[offset], struct.unpack_from(">H", view, offset + 2)[0]
+        end = offset + 4 + length
+        if end > len(view):
+            raise _ProtocolError("an item runs past the end of its PDU", REASON_INVALID_PARAMETER)
+        yield kind, view[offset + 4 : end]
+        offset = end
+    if offset != len(view):
+        raise _ProtocolError("trailing bytes after the last item", REASON_INVALID_PARAMETER)
+
+
+def _ascii(value: bytes | memoryview) -> str:
+    return bytes(value).decode("ascii", "replace").strip(" \x00")
+
+
+@dataclass
+class _AssociateRequest:
+    protocol_version: int
+    called_ae: str
+    calling_ae: str
+    application_context: str = ""
+    #: (context id, abstract syntax, proposed transfer syntaxes)
+    contexts: list[tuple[int, str, list[str]]] = field(default_factory=list)
+    max_pdu: int = 0
+    implementation_uid: str = ""
+    implementation_version: str = ""
+    raw_called: bytes = b""
+    raw_calling: bytes = b""
+
+
+def _parse_associate_rq(body: memoryview) -> _AssociateRequest:
+    if len(body) < 68:
+        raise _ProtocolError("A-ASSOCIATE-RQ too short", REASON_INVALID_PARAMETER)
+    request = _AssociateRequest(
+        protocol_version=struct.unpack_from(">H", body, 0)[0],
+        called_ae=_ascii(body[4:20]),
+        calling_ae=_ascii(body[20:36]),
+        raw_called=bytes(body[4:20]),
+        raw_calling=bytes(body[20:36]),
+    )
+    for kind, value in _items(body, 68):
+        if kind == 0x10:
+            request.application_context = _ascii(value)
+        elif kind == 0x20:
+            if len(value) < 4:
+                raise _ProtocolError("presentation context item too short")
+            abstract, syntaxes = "", []
+            for sub, sub_value in _items(value, 4):
+                if sub == 0x30:
+                    abstract = _ascii(sub_value)
+                elif sub == 0x40:
+                    syntaxes.append(_ascii(sub_value))
+            request.contexts.append((value[0], abstract, syntaxes))
+        elif kind == 0x50:
+            for sub, sub_value in _items(value):
+                if sub == 0x51 and len(sub_value) == 4:
+                    request.max_pdu = struct.unpack(">I", sub_value)[0]
+                elif sub == 0x52:
+                    request.implementation_uid = _ascii(sub_value)
+                elif sub == 0x55:
+                    request.implementation_version = _ascii(sub_value)
+    return request
+
+
+@dataclass
+class _Command:
+    field: int
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    has_dataset: bool
+
+
+def _parse_command(data: bytes) -> _Command:
+    """The elements we use of a command set (group 0000, Implicit VR Little Endian)."""
+    values: dict[int, bytes] = {}
+    offset = 0
+    while offset + 8 <= len(data):
+        group, element, length = _ELEMENT_HEADER.unpack_from(data, offset)
+        offset += 8
+        if group != 0x0000 or offset + length > len(data):
+            raise _ProtocolError("malformed command set", REASON_INVALID_PARAMETER)
+        values[element] = data[offset : offset + length]
+        offset += length
+
+    def number(element: int) -> int:
+        value = values.get(element, b"")
+        if len(value) != 2:
+            raise _ProtocolError(f"command element (0000,{element:04X}) missing or malformed")
+        return int(struct.unpack("<H", value)[0])
+
+    return _Command(
+        field=number(0x0100),
+        message_id=number(0x0110) if 0x0110 in values else 0,
+        sop_class_uid=_ascii(values.get(0x0002, b"")),
+        sop_instance_uid=_ascii(values.get(0x1000, b"")),
+        has_dataset=number(0x0800) != NO_DATASET,
+    )
+
+
+# --- one association ------------------------------------------------------------------------
+
+
+class _Store:
+    """The dataset of one C-STORE, arriving in fragments."""
+
+    def __init__(self, path: Path | None, command: _Command, context_id: int) -> None:
+        self.path = path
+        self.command = command
+        self.context_id = context_id
+        self.size = 0
+        self.fd: int | None = None
+        if path is not None:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(self, data: memoryview) -> None:
+        self.size += len(data)
+        if self.fd is not None:
+            os.write(self.fd, data)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def discard(self) -> None:
+        self.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+                log.info("discarded the partial dataset of an interrupted transfer")
+
+
+class Association:
+    """One association, run by ``run`` in its own thread."""
+
+    def __init__(
+        self,
+        acceptor: Acceptor,
+        sock: socket.socket,
+        address: tuple[str, int],
+    ) -> None:
+        self.acceptor = acceptor
+        self.sock = sock
+        self.info = AssociationInfo(address=address[0], port=address[1])
+        self.established = False
+        self._aborting = False
+        self._send_lock = threading.Lock()
+        self._buffer = bytearray(max(acceptor.max_pdu, 16_384) + 6)
+        self._command = bytearray()
+        self._command_context = 0
+        self._store: _Store | None = None
+
+    # -- life cycle
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("unexpected failure in an association; aborting it")
+            self._send_abort(ABORT_PROVIDER, REASON_NOT_SPECIFIED)
+            self._ended(aborted=True)
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.acceptor._forget(self)
+
+    def _run(self) -> None:
+        timeout = self.acceptor.network_timeout
+        if self.acceptor.ssl_context is not None and not self._handshake(timeout):
+            return
+        self.sock.settimeout(timeout)
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if not self._negotiate():
+                return
+            self._serve()
+        except _ClosedError:
+            if self.established and not self._aborting:
+                log.warning("peer %s closed the connection without release", self.info.address)
+            self._ended(aborted=self.established)
+        except TimeoutError:
+            log.warning("no data from %s for %.0f s: aborting", self.info.address, timeout)
+            self._send_abort(ABORT_PROVIDER, REASON_NOT_SPECIFIED)
+            self._ended(aborted=self.established)
+        except _ProtocolError as exc:
+            log.warning("protocol error from %s: %s; aborting", self.info.address, exc)
+            self._send_abort(ABORT_PROVIDER, exc.reason)
+            self._ended(aborted=self.established)
+        except OSError as exc:
+            if not self._aborting:
+                log.warning("connection to %s failed: %s", self.info.address, exc.strerror)
+            self._ended(aborted=self.established)
+
+    def _handshake(self, timeout: float) -> bool:
+        context = self.acceptor.ssl_context
+        assert context is not None
+        try:
+            self.sock.settimeout(timeout)
+            self.sock = context.wrap_socket(self.sock, server_side=True)
+            self.info.tls = True
+            return True
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning("TLS handshake with %s failed: %s", self.info.address, reason)
+            self.acceptor.services.tls_refused(self.info.address, str(reason))
+            return False
+
+    def _ended(self, aborted: bool) -> None:
+        """Clean up after the association ends (released, aborted or dropped)."""
+        if self._store is not None:
+            self._store.discard()
+            self._store = None
+        was_established, self.established = self.established, False
+        if aborted and was_established:
+            self.acceptor.services.aborted(self.info)
+
+    def abort(self) -> None:
+        """Abort from another thread (shutdown): A-ABORT, then unblock the reader."""
+        self._aborting = True
+        self._send_abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    # -- reading and writing PDUs
+
+    def _recv_into(self, view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise _ClosedError()
+            got += n
+
+    def _read_pdu(self) -> tuple[int, memoryview]:
+        header = memoryview(self._buffer)[:6]
+        self._recv_into(header)
+        kind, _, length = _PDU_HEADER.unpack(header)
+        limit = self.acceptor.max_pdu if kind == P_DATA_TF else _MAX_CONTROL_PDU
+        if length > limit:
+            raise _ProtocolError(f"PDU of {length} bytes is longer than our maximum {limit}")
+        if length + 6 > len(self._buffer):
+            body = memoryview(bytearray(length))
+        else:
+            body = memoryview(self._buffer)[6 : 6 + length]
+        self._recv_into(body)
+        return kind, body
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def _send_abort(self, source: int, reason: int) -> None:
+        with contextlib.suppress(OSError):
+            self._send(_pdu(A_ABORT, bytes([0, 0, source, reason])))
+
+    # -- association establishment
+
+    def _negotiate(self) -> bool:
+        kind, body = self._read_pdu()
+        if kind != A_ASSOCIATE_RQ:
+            known = A_ASSOCIATE_RQ <= kind <= A_ABORT
+            reason = REASON_UNEXPECTED_PDU if known else REASON_UNRECOGNISED_PDU
+            raise _ProtocolError(f"expected an A-ASSOCIATE-RQ, got PDU type {kind:#04x}", reason)
+        request = _parse_associate_rq(body)
+        info = self.info
+        info.called_ae, info.calling_ae = request.called_ae, request.calling_ae
+        info.peer_max_pdu = request.max_pdu
+        info.peer_implementation_uid = request.implementation_uid
+        info.peer_implementation_version = request.implementation_version
+        try:
+            if not request.protocol_version & 0x0001:
+                raise RejectionError("protocol version not supported", 0x01, 0x02, 0x02)
+            if request.application_context != APPLICATION_CONTEXT:
+                raise RejectionError("application context not supported", 0x01, 0x01, 0x02)
+            self.acceptor.services.check(info, self.acceptor.active_count())
+        except RejectionError as rejection:
+            self.acceptor.services.rejected(info, rejection)
+            with contextlib.suppress(OSError):
+                self._send(_pdu(A_ASSOCIATE_RJ, bytes([0, *rejection.code])))
+                self._await_close()
+            return False
+        self._send(self._associate_ac(request))
+        self.established = True
+        self.acceptor.services.accepted(info)
+        return True
+
+    def _await_close(self) -> None:
+        """After a rejection: give the requestor a moment to close first (as it should)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            ready, _, _ = select.select([self.sock], [], [], 1.0)
+            if ready:
+                self.sock.recv(1024)
+
+    def _associate_ac(self, request: _AssociateRequest) -> bytes:
+        supported = self.acceptor.supported
+        items = [_item(0x10, _uid_bytes(APPLICATION_CONTEXT))]
+        for context_id, abstract, proposed in request.contexts:
+            accepted_syntaxes = supported.get(abstract)
+            chosen = ""
+            if accepted_syntaxes is None:
+                result = ABSTRACT_SYNTAX_REFUSED
+            else:
+                chosen = next((ts for ts in proposed if ts in accepted_syntaxes), "")
+                result = CONTEXT_ACCEPTED if chosen else TRANSFER_SYNTAXES_REFUSED
+            if chosen:
+                self.info.contexts[context_id] = (abstract, chosen)
+            syntax = chosen or (proposed[0] if proposed else IMPLICIT_VR_LITTLE_ENDIAN)
+            body = bytes([context_id, 0, result, 0]) + _item(0x40, _uid_bytes(syntax))
+            items.append(_item(0x21, body))
+        user = (
+            _item(0x51, struct.pack(">I", self.acceptor.max_pdu))
+            + _item(0x52, _uid_bytes(IMPLEMENTATION_CLASS_UID))
+            + _item(0x55, _implementation_version().encode("ascii"))
+        )
+        items.append(_item(0x50, user))
+        # the AE title fields echo the request's, byte for byte (PS3.8 9.3.3)
+        head = struct.pack(">HH", 0x0001, 0) + request.raw_called + request.raw_calling
+        return _pdu(A_ASSOCIATE_AC, head + b"\x00" * 32 + b"".join(items))
+
+    # -- data transfer
+
+    def _serve(self) -> None:
+        while True:
+            kind, body = self._read_pdu()
+            if kind == P_DATA_TF:
+                self._p_data(body)
+            elif kind == A_RELEASE_RQ:
+                if self._store is not None:
+                    raise _ProtocolError("A-RELEASE-RQ in the middle of a dataset")
+                self._send(_pdu(A_RELEASE_RP, b"\x00" * 4))
+                self.established = False
+                self._linger()
+                return
+            elif kind == A_ABORT:
+                log.info("association from %s aborted by the peer", self.info.address)
+                self._ended(aborted=True)
+                return
+            elif kind in (A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP):
+                raise _ProtocolError(f"unexpected PDU type {kind:#04x}")
+            else:
+                raise _ProtocolError(f"unknown PDU type {kind:#04x}", REASON_UNRECOGNISED_PDU)
+
+    def _linger(self) -> None:
+        """After A-RELEASE-RP: the requestor closes the connection."""
+        with contextlib.suppress(OSError, TimeoutError):
+            self.sock.settimeout(5.0)
+            while self.sock.recv(4096):
+                pass
+
+    def _p_data(self, body: memoryview) -> None:
+        offset = 0
+        while offset < len(body):
+            if offset + 6 > len(body):
+                raise _ProtocolError("truncated PDV item", REASON_INVALID_PARAMETER)
+            length = struct.unpack_from(">I", body, offset)[0]
+            end = offset + 4 + length
+            if length < 2 or end > len(body):
+                raise _ProtocolError("PDV item length out of range", REASON_INVALID_PARAMETER)
+            context_id, control = body[offset + 4], body[offset + 5]
+            if context_id not in self.info.contexts:
+                raise _ProtocolError(f"PDV on presentation context {context_id} not accepted")
+            data = body[offset + 6 : end]
+            offset = end
+            if control & 0x01:
+                self._command_fragment(context_id, data, last=bool(control & 0x02))
+            else:
+                self._dataset_fragment(context_id, data, last=bool(control & 0x02))
+
+    def _command_fragment(self, context_id: int, data: memoryview, last: bool) -> None:
+        if self._store is not None:
+            raise _ProtocolError("a command started before the previous dataset ended")
+        if self._command and context_id != self._command_context:
+            raise _ProtocolError("command fragments on different presentation contexts")
+        self._command_context = context_id
+        self._command += data
+        if len(self._command) > _MAX_COMMAND:
+            raise _ProtocolError("command set too long", REASON_INVALID_PARAMETER)
+        if not last:
+            return
+        command = _parse_command(bytes(self._command))
+        self._command.clear()
+        if command.has_dataset:
+            path = None
+            if command.field == C_STORE_RQ:
+                path = self.acceptor.services.temporary_path()
+            self._store = _Store(path, command, context_id)
+            if path is not None:
+                abstract, syntax = self.info.contexts[context_id]
+                meta = encode_file_meta(
+                    command.sop_class_uid or abstract,
+                    command.sop_instance_uid,
+                    syntax,
+                    self.info.calling_ae,
+                )
+                assert self._store.fd is not None
+                os.write(self._store.fd, meta)
+        else:
+            self._answer(context_id, command, None)
+
+    def _dataset_fragment(self, context_id: int, data: memoryview, last: bool) -> None:
+        store = self._store
+        if store is None or context_id != store.context_id:
+            raise _ProtocolError("dataset fragment without its command")
+        limit = self.acceptor.max_object_bytes
+        if store.fd is not None and store.size + len(data) > limit:
+            store.discard()  # keep reading, answer "too large" at the end
+            store.fd, store.path = None, None
+        store.write(data)
+        if last:
+            self._store = None
+            store.close()
+            self._answer(context_id, store.command, store)
+
+    def _answer(self, context_id: int, command: _Command, store: _Store | None) -> None:
+        comment = ""
+        if command.field == C_CANCEL_RQ:
+            return  # nothing runs asynchronously: nothing to cancel
+        if command.field == C_ECHO_RQ:
+            status = 0x0000
+        elif command.field == C_STORE_RQ and store is not None:
+            abstract, syntax = self.info.contexts[context_id]
+            request = StoreRequest(
+                path=store.path if store.path is not None else Path(),
+                sop_class_uid=command.sop_class_uid or abstract,
+                sop_instance_uid=command.sop_instance_uid,
+                transfer_syntax_uid=syntax,
+                size=store.size,
+                message_id=command.message_id,
+            )
+            if store.path is None:
+                status, comment = self.acceptor.services.too_large(self.info, request)
+            else:
+                status, comment = self.acceptor.services.store(self.info, request)
+        else:
+            status = UNRECOGNISED_OPERATION
+        self._send_command(context_id, self._response(command, status, comment))
+
+    def _response(self, command: _Command, status: int, comment: str) -> bytes:
+        elements = [
+            (0x0100, struct.pack("<H", command.field | 0x8000)),
+            (0x0120, struct.pack("<H", command.message_id)),
+            (0x0800, struct.pack("<H", NO_DATASET)),
+            (0x0900, struct.pack("<H", status)),
+        ]
+        if command.sop_class_uid:
+            elements.append((0x0002, _uid_bytes(command.sop_class_uid)))
+        if command.field == C_STORE_RQ and command.sop_instance_uid:
+            elements.append((0x1000, _uid_bytes(command.sop_instance_uid)))
+        if comment:
+            elements.append((0x0902, _text_bytes(comment[:64])))
+        return encode_command(elements)
+
+    def _send_command(self, context_id: int, command: bytes) -> None:
+        """P-DATA-TF PDU(s) carrying a command, fragmented to the peer's maximum length."""
+        peer_max = self.info.peer_max_pdu
+        step = len(command) if not peer_max else max(1, min(len(command), peer_max - 6))
+        pdus = []
+        for start in range(0, len(command), step):
+            chunk = command[start : start + step]
+            control = 0x03 if start + step >= len(command) else 0x01
+            pdv = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
+            pdus.append(_pdu(P_DATA_TF, pdv))
+        self._send(b"".join(pdus))
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class Acceptor:
+    """Listens on one address and runs each association in its own thread."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        services: Services,
+        supported: dict[str, frozenset[str]],
+        *,
+        max_pdu: int,
+        network_timeout: float,
+        max_object_bytes: int,
+        ssl_context: ssl.SSLContext | None = None,
+        name: str = "dicom",
+    ) -> None:
+        self.services = services
+        self.supported = supported
+        self.max_pdu = max_pdu
+        self.network_timeout = network_timeout
+        self.max_object_bytes = max_object_bytes
+        self.ssl_context = ssl_context
+        self.name = name
+        self._lock = threading.Lock()
+        self._associations: set[Association] = set()
+        self._stopping = threading.Event()
+        self._counter = itertools.count(1)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind(address)
+            self._socket.listen(64)
+        except OSError:
+            self._socket.close()
+            raise
+        self.address: tuple[str, int] = self._socket.getsockname()[:2]
+        self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-acceptor")
+
+    def start(self) -> None:
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                ready, _, _ = select.select([self._socket], [], [], 0.2)
+                if not ready:
+                    continue
+                sock, address = self._socket.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                log.exception("accepting a connection failed")
+                continue
+            association = Association(self, sock, address)
+            with self._lock:
+                self._associations.add(association)
+            threading.Thread(
+                target=association.run,
+                name=f"{self.name}-association-{next(self._counter)}",
+                daemon=True,
+            ).start()
+        with contextlib.suppress(OSError):
+            self._socket.close()
+
+    def _forget(self, association: Association) -> None:
+        with self._lock:
+            self._associations.discard(association)
+
+    def active_count(self) -> int:
+        """Associations established (or being negotiated), this one included."""
+        with self._lock:
+            return len(self._associations)
+
+    @property
+    def associations(self) -> list[Association]:
+        with self._lock:
+            return list(self._associations)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket: new connections are refused from now on."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._socket.close()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)

@@ -1,0 +1,244 @@
+"""Our DICOM upper layer (dicom_node/upper.py) against pynetdicom as the requestor, and raw bytes
+where a well-behaved peer cannot go: negotiation, fragmentation, protocol errors, timeouts."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+)
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    Verification,
+)
+from sqlalchemy import select
+
+from peers_harness import echoscu
+from pneumonode.db.models import AuditEvent
+from pneumonode.dicom_node.receive import dataset_offset
+
+pytestmark = pytest.mark.integration
+
+
+def _requestor(*contexts: tuple[str, list[str]]) -> AE:
+    ae = AE(ae_title="STORESCU")
+    for abstract, syntaxes in contexts:
+        ae.add_requested_context(abstract, syntaxes)
+    return ae
+
+
+def _recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_each_context_gets_the_first_transfer_syntax_we_support(node) -> None:
+    ae = _requestor(
+        (CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian]),
+        ("1.2.3.4.5.6", [ExplicitVRLittleEndian]),  # not a storage class we know
+        (ComputedRadiographyImageStorage, ["1.2.3.999"]),  # a transfer syntax nobody knows
+        (Verification, [JPEGBaseline8Bit]),  # Verification takes uncompressed syntaxes only
+        (Verification, [ImplicitVRLittleEndian]),
+    )
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")
+    assert assoc.is_established
+    try:
+        accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+        assert accepted == {
+            (CTImageStorage, JPEG2000Lossless),
+            (Verification, ImplicitVRLittleEndian),
+        }
+        refused = sorted((cx.abstract_syntax, cx.result) for cx in assoc.rejected_contexts)
+        assert refused == sorted(
+            [
+                ("1.2.3.4.5.6", 0x03),  # abstract syntax not supported
+                (ComputedRadiographyImageStorage, 0x04),  # transfer syntaxes not supported
+                (Verification, 0x04),
+            ]
+        )
+        assert assoc.acceptor.maximum_length == node.settings.max_pdu
+        assert assoc.acceptor.implementation_version_name.startswith("PNEUMONODE")
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_a_dataset_split_over_many_small_pdus_arrives_intact(
+    node_factory, siim_sample_dicoms: list[Path]
+) -> None:
+    node = node_factory(max_pdu=16_384)
+    path = siim_sample_dicoms[0]
+    meta = pydicom.filereader.read_file_meta_info(path)
+    ae = _requestor((meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID]))
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+    finally:
+        assoc.release()
+    [stored] = node.spool.glob("*/*.dcm")
+    sent = path.read_bytes()[dataset_offset(path) :]
+    assert len(sent) > 5 * 16_384  # really fragmented
+    assert stored.read_bytes()[dataset_offset(stored) :] == sent
+    written = pydicom.filereader.read_file_meta_info(stored)
+    assert written.TransferSyntaxUID == meta.TransferSyntaxUID
+    assert written.MediaStorageSOPInstanceUID == meta.MediaStorageSOPInstanceUID
+    assert written.SourceApplicationEntityTitle == "STORESCU"
+
+
+def test_an_unknown_pdu_gets_an_abort_and_the_listener_carries_on(node) -> None:
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(b"\x09\x00" + struct.pack(">I", 4) + b"\x00" * 4)
+        reply = _recv_all(sock)
+    assert reply[:1] == b"\x07"  # A-ABORT
+    assert reply[8:10] == b"\x02\x01"  # from the provider: unrecognised PDU
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(b"\x04\x00" + struct.pack(">I", 8) + b"\x00" * 8)  # P-DATA first
+        assert _recv_all(sock)[:1] == b"\x07"
+    assert echoscu(node.port).returncode == 0
+
+
+def _associate_rq(context: str = "1.2.840.10008.3.1.1.1", version: int = 1) -> bytes:
+    """A minimal A-ASSOCIATE-RQ (Verification) from STORESCU to PNEUMONODE."""
+
+    def item(kind: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(value)) + value
+
+    proposed = item(0x30, Verification.encode() + b"\x00") + item(0x40, b"1.2.840.10008.1.2\x00")
+    items = (
+        item(0x10, context.encode())
+        + item(0x20, bytes([1, 0, 0, 0]) + proposed)
+        + item(0x50, item(0x51, struct.pack(">I", 16_384)))
+    )
+    body = struct.pack(">HH", version, 0) + b"PNEUMONODE".ljust(16) + b"STORESCU".ljust(16)
+    body += b"\x00" * 32 + items
+    return b"\x01\x00" + struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("request_pdu", "source_reason", "why"),
+    [
+        (_associate_rq(context="1.2.3.4"), b"\x01\x02", "application context"),
+        (_associate_rq(version=2), b"\x02\x02", "protocol version"),
+    ],
+)
+def test_a_wrong_protocol_version_or_application_context_is_rejected(
+    node_factory, request_pdu: bytes, source_reason: bytes, why: str
+) -> None:
+    node = node_factory()
+    assert _associate_rq()[:1] == b"\x01"
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(request_pdu)
+        reply = _recv_all(sock)
+    assert reply[:1] == b"\x03"  # A-ASSOCIATE-RJ
+    assert reply[7:8] == b"\x01" and reply[8:10] == source_reason  # permanent
+    with node.database.session() as session:
+        [event] = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "association.rejected")
+        ).all()
+    assert why in event.message and event.calling_ae == "STORESCU"
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:  # the right one works
+        sock.sendall(_associate_rq())
+        sock.settimeout(10)
+        assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+
+
+def test_silence_is_aborted_after_the_network_timeout(node_factory) -> None:
+    node = node_factory(network_timeout=1.0)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        reply = _recv_all(sock)
+    assert reply[:1] == b"\x07"  # A-ABORT, then the connection is closed
+    assert 0.9 < time.monotonic() - started < 8
+    assert echoscu(node.port).returncode == 0
+
+
+def test_associations_over_the_limit_are_rejected_as_busy(node_factory) -> None:
+    node = node_factory(max_associations=1)
+    first = _requestor((Verification, [ImplicitVRLittleEndian]))
+    held = first.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")
+    assert held.is_established
+    try:
+        second = _requestor((Verification, [ImplicitVRLittleEndian]))
+        refused = second.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")
+        assert refused.is_rejected
+        assert (refused.acceptor.primitive.result, refused.acceptor.primitive.diagnostic) == (
+            0x02,  # transient
+            0x02,  # local limit exceeded
+        )
+    finally:
+        held.release()
+    with node.database.session() as session:
+        kinds = session.scalars(select(AuditEvent.message)).all()
+    assert any("more than 1 associations" in message for message in kinds)
+    assert echoscu(node.port).returncode == 0
+
+
+def test_a_peer_that_vanishes_mid_dataset_leaves_nothing(
+    node, siim_sample_dicoms: list[Path]
+) -> None:
+    """Half of a C-STORE (command, then part of the dataset), then the socket closes."""
+    path = siim_sample_dicoms[0]
+    meta = pydicom.filereader.read_file_meta_info(path)
+    ae = _requestor((meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID]))
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")
+    assert assoc.is_established
+    sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+    context_id = assoc.accepted_contexts[0].context_id
+    command = _store_command(
+        str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID)
+    )
+    half = path.read_bytes()[dataset_offset(path) :][:50_000]
+    for control, data in ((0x03, command), (0x00, half)):
+        pdv = struct.pack(">IBB", len(data) + 2, context_id, control) + data
+        sock.sendall(b"\x04\x00" + struct.pack(">I", len(pdv)) + pdv)
+    deadline = time.monotonic() + 10
+    incoming = node.spool / ".incoming"
+    while not any(incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any(incoming.iterdir()), "the partial dataset never reached the spool"
+    sock.shutdown(socket.SHUT_RDWR)
+    assoc.abort()
+    while any(incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(incoming.iterdir()) and not list(node.spool.glob("*/*.dcm"))
+    with node.database.session() as session:
+        aborted = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "association.aborted")
+        ).all()
+    assert len(aborted) == 1
+    assert echoscu(node.port).returncode == 0
+
+
+def _store_command(sop_class: str, sop_instance: str) -> bytes:
+    """A C-STORE-RQ command set, Implicit VR Little Endian, as pynetdicom would encode it."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = Dataset()
+    ds.AffectedSOPClassUID = sop_class
+    ds.CommandField = 0x0001
+    ds.MessageID = 7
+    ds.Priority = 0
+    ds.CommandDataSetType = 0x0000
+    ds.AffectedSOPInstanceUID = sop_instance
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True
+    write_dataset(body, ds)
+    encoded = body.getvalue()
+    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(encoded)) + encoded
