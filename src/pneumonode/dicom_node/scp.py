@@ -72,6 +72,19 @@ class ListenerServices:
     def database(self) -> Database:
         return self.receiver.database  # tests swap the receiver's database
 
+    def _audit_peer(
+        self, info: AssociationInfo, kind: str, message: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """An audit event naming the peer (calling AE title and address)."""
+        _audit(
+            self.database,
+            kind,
+            message,
+            calling_ae=info.calling_ae[:16],
+            peer_address=info.address,
+            detail=detail,
+        )
+
     def check(self, info: AssociationInfo, active: int) -> None:
         """Accept or reject an association request (called AE, calling AE, address, load, disk)."""
         reason, rejection = None, REJECT_CALLING_AE
@@ -89,13 +102,11 @@ class ListenerServices:
 
     def rejected(self, info: AssociationInfo, rejection: RejectionError) -> None:
         log.warning("rejecting association: %s", rejection.reason)
-        _audit(
-            self.database,
+        self._audit_peer(
+            info,
             "association.rejected",
             f"rejected: {rejection.reason}",
-            calling_ae=info.calling_ae[:16],
-            peer_address=info.address,
-            detail={"called_ae": info.called_ae[:16]},
+            {"called_ae": info.called_ae[:16]},
         )
 
     def accepted(self, info: AssociationInfo) -> None:
@@ -105,23 +116,15 @@ class ListenerServices:
             info.address,
             " (TLS)" if info.tls else "",
         )
-        _audit(
-            self.database,
+        self._audit_peer(
+            info,
             "association.accepted",
             "association accepted" + (" over TLS" if info.tls else ""),
-            calling_ae=info.calling_ae,
-            peer_address=info.address,
-            detail={"tls": info.tls},
+            {"tls": info.tls},
         )
 
     def aborted(self, info: AssociationInfo) -> None:
-        _audit(
-            self.database,
-            "association.aborted",
-            "association aborted",
-            calling_ae=info.calling_ae,
-            peer_address=info.address,
-        )
+        self._audit_peer(info, "association.aborted", "association aborted")
 
     def temporary_path(self) -> Path:
         return self.receiver.spool.incoming / f"{uuid.uuid4().hex}.part"
@@ -149,13 +152,8 @@ class ListenerServices:
         size, limit = request.size, self.max_bytes
         reason = f"object of {size} bytes is larger than the limit of {limit} bytes"
         log.warning("refused a C-STORE from %s: %s", info.calling_ae, reason)
-        _audit(
-            self.database,
-            "instance.refused",
-            f"refused: {reason}",
-            calling_ae=info.calling_ae[:16],
-            peer_address=info.address,
-            detail={"size": request.size, "limit": self.max_bytes},
+        self._audit_peer(
+            info, "instance.refused", f"refused: {reason}", {"size": size, "limit": limit}
         )
         # Error Comment is an LO: 64 characters at most
         return 0xA700, f"too large: {size} > limit {limit} bytes"
