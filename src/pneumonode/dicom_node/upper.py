@@ -44,6 +44,8 @@ from typing import Protocol
 
 from pydicom.uid import generate_uid
 
+from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
+
 __all__ = [
     "Acceptor",
     "AssociationInfo",
@@ -197,18 +199,12 @@ def encode_file_meta(
         element(0x0003, b"UI", _uid_bytes(sop_instance_uid)),
         element(0x0010, b"UI", _uid_bytes(transfer_syntax_uid)),
         element(0x0012, b"UI", _uid_bytes(IMPLEMENTATION_CLASS_UID)),
-        element(0x0013, b"SH", _text_bytes(_implementation_version())),
+        element(0x0013, b"SH", _text_bytes(IMPLEMENTATION_VERSION_NAME)),
     ]
     if source_ae:
         elements.append(element(0x0016, b"AE", _text_bytes(source_ae)))
     body = b"".join(elements)
     return b"\x00" * 128 + b"DICM" + element(0x0000, b"UL", struct.pack("<I", len(body))) + body
-
-
-def _implementation_version() -> str:
-    from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
-
-    return IMPLEMENTATION_VERSION_NAME
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -533,7 +529,7 @@ class Association:
         user = (
             _item(0x51, struct.pack(">I", self.acceptor.max_pdu))
             + _item(0x52, _uid_bytes(IMPLEMENTATION_CLASS_UID))
-            + _item(0x55, _implementation_version().encode("ascii"))
+            + _item(0x55, IMPLEMENTATION_VERSION_NAME.encode("ascii"))
         )
         items.append(_item(0x50, user))
         # the AE title fields echo the request's, byte for byte (PS3.8 9.3.3)
