@@ -195,6 +195,19 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Like serve, without the worker: run `pneumonode worker` elsewhere against "
         "the same broker (PNEUMONODE_BROKER_URL) and database (PNEUMONODE_DATABASE_URL).",
     )
+    dispatch = sub.add_parser(
+        "dispatch",
+        help="run only the dispatcher that queues received images (serve and dicom-listen "
+        "start one themselves)",
+        description="Look for received images every PNEUMONODE_DISPATCH_INTERVAL seconds and "
+        "publish their jobs to the broker; re-queue jobs whose worker died. Until SIGTERM.",
+    )
+    dispatch.add_argument(
+        "--wake-stdin",
+        action="store_true",
+        help="also look whenever a byte arrives on stdin, and stop when stdin ends (how "
+        "serve and dicom-listen run it)",
+    )
     sub.add_parser(
         "api",
         help="run only the HTTP API and web page (scale-out)",
@@ -645,6 +658,13 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.node import run_dispatcher
+
+    run_dispatcher(settings, _open_database(settings), wake_stdin=args.wake_stdin)
+    return EXIT_OK
+
+
 def _cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.node import run_api
 
@@ -990,6 +1010,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "serve": _cmd_serve,
     "dicom-listen": _cmd_serve,
+    "dispatch": _cmd_dispatch,
     "worker": _cmd_worker,
     "api": _cmd_api,
     "package-model": _cmd_package_model,

@@ -10,6 +10,7 @@ wherever the model should run, against a shared broker and database.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -29,23 +30,34 @@ from pneumonode.dicom_node.service import build_listener
 from pneumonode.retention import RetentionLoop
 from pneumonode.worker.dispatch import Dispatcher
 
-__all__ = ["ApiServer", "WorkerProcess", "run_api", "run_node"]
+__all__ = [
+    "ApiServer",
+    "DispatcherProcess",
+    "WorkerProcess",
+    "run_api",
+    "run_dispatcher",
+    "run_node",
+]
 
 log = logging.getLogger(__name__)
 
 
-class WorkerProcess:
-    """A ``pneumonode worker`` child process, started again whenever it exits unasked."""
+class _Supervised:
+    """A ``pneumonode`` child process, started again whenever it exits unasked."""
 
-    def __init__(self, config_file: Path | None, concurrency: int = 1, restart_delay: float = 2.0):
+    name = "child"
+
+    def __init__(
+        self, config_file: Path | None, arguments: list[str], restart_delay: float = 2.0
+    ) -> None:
         self.command = [sys.executable, "-m", "pneumonode"]
         if config_file is not None:
             self.command += ["--config", str(config_file)]
-        self.command += ["worker", "--concurrency", str(concurrency)]
+        self.command += arguments
         self.restart_delay = restart_delay
         self.process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor")
+        self._thread = threading.Thread(target=self._supervise, name=f"{self.name}-supervisor")
         self._thread.daemon = True
 
     @property
@@ -56,16 +68,20 @@ class WorkerProcess:
         self._spawn()
         self._thread.start()
 
+    def _popen(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, start_new_session=True)
+
     def _spawn(self) -> None:
-        self.process = subprocess.Popen(self.command, start_new_session=True)
-        log.info("worker process %d started", self.process.pid)
+        self.process = self._popen()
+        log.info("%s process %d started", self.name, self.process.pid)
 
     def _supervise(self) -> None:
         while not self._stop.is_set():
             process = self.process
             if process is not None and process.poll() is not None and not self._stop.is_set():
                 log.warning(
-                    "worker process %d exited (%s); starting another",
+                    "%s process %d exited (%s); starting another",
+                    self.name,
                     process.pid,
                     process.returncode,
                 )
@@ -74,21 +90,87 @@ class WorkerProcess:
                 self._spawn()
             self._stop.wait(0.5)
 
-    def stop(self, grace: float) -> None:
-        """SIGTERM (Celery's warm shutdown: the job in hand finishes), then SIGKILL after grace."""
+    def _stop_supervising(self) -> subprocess.Popen[bytes] | None:
+        """Stop restarting; the process still running, if any."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         process = self.process
-        if process is None or process.poll() is not None:
-            return
-        # to the main process only: it stops its pool children itself once their jobs are done
-        os.kill(process.pid, signal.SIGTERM)
+        return process if process is not None and process.poll() is None else None
+
+    def _kill_after(self, process: subprocess.Popen[bytes], grace: float) -> None:
         try:
             process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            log.warning("worker process %d did not stop in %.0f s; killing it", process.pid, grace)
+            log.warning(
+                "%s process %d did not stop in %.0f s; killing it", self.name, process.pid, grace
+            )
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+class WorkerProcess(_Supervised):
+    """A ``pneumonode worker`` child process."""
+
+    name = "worker"
+
+    def __init__(self, config_file: Path | None, concurrency: int = 1, restart_delay: float = 2.0):
+        super().__init__(config_file, ["worker", "--concurrency", str(concurrency)], restart_delay)
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM (Celery's warm shutdown: the job in hand finishes), then SIGKILL after grace."""
+        process = self._stop_supervising()
+        if process is None:
+            return
+        # to the main process only: it stops its pool children itself once their jobs are done
+        os.kill(process.pid, signal.SIGTERM)
+        self._kill_after(process, grace)
+
+
+class DispatcherProcess(_Supervised):
+    """A ``pneumonode dispatch --wake-stdin`` child process, woken through its stdin.
+
+    Its own process, so that publishing jobs never takes the listener's GIL (see
+    ``pneumonode.worker.dispatch``). A wake is one byte written without blocking: a full pipe
+    already holds a wake. When this process ends, killed -9 included, the pipe closes and the
+    dispatcher makes its last look and exits.
+    """
+
+    name = "dispatcher"
+
+    def __init__(self, config_file: Path | None, restart_delay: float = 2.0) -> None:
+        super().__init__(config_file, ["dispatch", "--wake-stdin"], restart_delay)
+
+    def _popen(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, bufsize=0, start_new_session=True
+        )
+        assert process.stdin is not None
+        os.set_blocking(process.stdin.fileno(), False)
+        return process
+
+    def _spawn(self) -> None:
+        previous = self.process
+        super()._spawn()
+        if previous is not None and previous.stdin is not None:
+            previous.stdin.close()
+
+    def wake(self, _job_id: int | None = None) -> None:
+        """Look for new jobs now (the listener calls this when it creates one)."""
+        process = self.process
+        if process is None or process.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):  # full, or the process is gone
+            process.stdin.write(b"\x01")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Close its stdin: it queues what is still pending, then exits."""
+        process = self._stop_supervising()
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        self._kill_after(process, grace)
 
 
 class ApiServer:
@@ -211,10 +293,10 @@ def run_api(settings: Settings, database: Database, token: ApiToken) -> None:
             signal.signal(sig, handler)
 
 
-def run_node(
-    settings: Settings, database: Database, *, with_worker: bool, token: ApiToken | None = None
-) -> None:
-    """Start the listener, dispatcher, delivery loop (a worker, the API); block until a signal."""
+def run_dispatcher(settings: Settings, database: Database, *, wake_stdin: bool = False) -> None:
+    """Only the dispatcher (``pneumonode dispatch``): look for jobs every
+    ``dispatch_interval`` seconds and, with ``wake_stdin``, at once whenever a byte arrives on
+    stdin; block until a signal or the end of stdin, then make a last look."""
     from pneumonode.worker.tasks import celery_config, configure, process_job_task
 
     stop, previous = _until_signalled()
@@ -231,6 +313,31 @@ def run_node(
         interval=settings.dispatch_interval,
         processed_folder=options.get("processed_folder"),
     )
+
+    def read_wakes() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(sys.stdin.fileno(), 4096):
+                dispatcher.wake()
+        stop.set()  # the process that started us is stopping, or gone
+
+    dispatcher.start()
+    if wake_stdin:
+        threading.Thread(target=read_wakes, name="dispatch-wakes", daemon=True).start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        dispatcher.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_node(
+    settings: Settings, database: Database, *, with_worker: bool, token: ApiToken | None = None
+) -> None:
+    """Start the listener, dispatcher, delivery loop (a worker, the API); block until a signal."""
+    stop, previous = _until_signalled()
+    dispatcher = DispatcherProcess(settings.config_file)
     listener = build_listener(settings, database, on_job=dispatcher.wake)
     deliveries = DeliveryLoop(database, RetryPolicy.from_settings(settings))
     retention = RetentionLoop(settings, database) if settings.retention_days else None

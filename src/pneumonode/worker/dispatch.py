@@ -14,22 +14,28 @@ look (``dispatch_once``) does three things:
    behind. A duplicate message is harmless: the claim lets one run through and the rest
    return at once.
 
-The listener wakes the dispatcher when a job is created, so a new image is queued at once; the
-periodic look catches everything else.
+The listener wakes the dispatcher when a job is created, so a new image is queued at once: a
+look on a wake does only step 1 (one UPDATE ... RETURNING), the periodic look does all three.
+
+The dispatcher runs in its own process (``DispatcherProcess`` in ``pneumonode.node`` starts
+``pneumonode dispatch`` and wakes it through a pipe), not beside the listener: publishing a
+Celery message costs about a millisecond of Python, and in the listener's process that
+millisecond would be taken, under the GIL, from the association receiving the next image.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from pneumonode.db.models import Job, JobState, utcnow
 from pneumonode.db.repository import audit
@@ -66,6 +72,49 @@ def _publish_all(publish: Publish, ids: Sequence[int]) -> list[int]:
 STALE_LEASES = 5
 
 
+def _requeue_expired(session: Session, now: datetime, limit: int) -> list[int]:
+    """RUNNING jobs whose lease ran out go back to QUEUED (audited); returns their ids."""
+    expired = list(
+        session.scalars(
+            select(Job)
+            .where(Job.state == JobState.RUNNING)
+            .where(Job.lease_until < now)
+            .limit(limit)
+        )
+    )
+    for job in expired:
+        audit(
+            session,
+            "job.requeued",
+            f"job {job.id} re-queued: its worker gave no sign within the lease",
+            detail={"job_id": job.id, "worker": job.worker},
+        )
+        # back to the queue: a late finish by the old worker no longer counts
+        job.state = JobState.QUEUED
+        job.queued_at = now
+        job.lease_until = None
+    return [job.id for job in expired]
+
+
+def _refresh_stale(
+    session: Session, now: datetime, queued_before: datetime, exclude: list[int], limit: int
+) -> list[int]:
+    """QUEUED jobs queued before ``queued_before`` (their message may be lost) get a new
+    queued_at; returns their ids, to publish again."""
+    stale = list(
+        session.scalars(
+            select(Job)
+            .where(Job.state == JobState.QUEUED)
+            .where(Job.queued_at < queued_before)
+            .where(Job.id.not_in(exclude))
+            .limit(limit)
+        )
+    )
+    for job in stale:
+        job.queued_at = now
+    return [job.id for job in stale]
+
+
 def dispatch_once(
     database: Database,
     publish: Publish,
@@ -73,62 +122,42 @@ def dispatch_once(
     limit: int = 500,
     *,
     republish_queued: bool = False,
+    full: bool = True,
 ) -> DispatchReport:
     """One look at the jobs table (see the module docstring); ``republish_queued``: publish
-    every QUEUED job again, however young (the first look after a start)."""
+    every QUEUED job again, however young (the first look after a start); ``full=False``: only
+    queue the PENDING jobs (a look on a wake)."""
     now = utcnow()
+    expired_ids: list[int] = []
+    stale_ids: list[int] = []
     with database.session() as session:
-        pending = list(
-            session.scalars(
-                select(Job.id).where(Job.state == JobState.PENDING).order_by(Job.id).limit(limit)
-            )
+        # one statement: two dispatchers never both flip (and publish) the same job
+        oldest = (
+            select(Job.id)
+            .where(Job.state == JobState.PENDING)
+            .order_by(Job.id)
+            .limit(limit)
+            .scalar_subquery()
         )
-        flipped: list[int] = []
-        for job_id in pending:
-            done: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        flipped = sorted(
+            session.scalars(
                 update(Job)
-                .where(Job.id == job_id)
+                .where(Job.id.in_(oldest))
                 .where(Job.state == JobState.PENDING)
                 .values(state=JobState.QUEUED, queued_at=now)
-            )
-            if done.rowcount == 1:
-                flipped.append(job_id)
-        expired = list(
-            session.scalars(
-                select(Job)
-                .where(Job.state == JobState.RUNNING)
-                .where(Job.lease_until < now)
-                .limit(limit)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
             )
         )
-        for job in expired:
-            audit(
+        if full:
+            expired_ids = _requeue_expired(session, now, limit)
+            stale_ids = _refresh_stale(
                 session,
-                "job.requeued",
-                f"job {job.id} re-queued: its worker gave no sign within the lease",
-                detail={"job_id": job.id, "worker": job.worker},
+                now,
+                now - timedelta(seconds=0 if republish_queued else STALE_LEASES * lease_seconds),
+                flipped + expired_ids,
+                limit,
             )
-            # back to the queue: a late finish by the old worker no longer counts
-            job.state = JobState.QUEUED
-            job.queued_at = now
-            job.lease_until = None
-        stale = list(
-            session.scalars(
-                select(Job)
-                .where(Job.state == JobState.QUEUED)
-                .where(
-                    Job.queued_at
-                    < now
-                    - timedelta(seconds=0 if republish_queued else STALE_LEASES * lease_seconds)
-                )
-                .where(Job.id.not_in(flipped + [job.id for job in expired]))
-                .limit(limit)
-            )
-        )
-        for job in stale:
-            job.queued_at = now
-        expired_ids = [job.id for job in expired]
-        stale_ids = [job.id for job in stale]
 
     failed = _publish_all(publish, flipped)
     if failed:
@@ -198,27 +227,38 @@ class Dispatcher:
         self._wake.set()
 
     def stop(self) -> None:
+        """Stop after one last look (what the listener received last is queued)."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
         last_prune = 0.0
+        last_full = -math.inf
         started = True  # the first successful look publishes every QUEUED job again
-        while not self._stop.is_set():
-            self._wake.wait(self.interval)
+        while True:
+            self._wake.wait(max(0.0, last_full + self.interval - time.monotonic()))
             self._wake.clear()
-            if self._stop.is_set():
-                break
+            stopping = self._stop.is_set()
+            full = started or time.monotonic() - last_full >= self.interval
             try:
                 dispatch_once(
-                    self.database, self.publish, self.lease_seconds, republish_queued=started
+                    self.database,
+                    self.publish,
+                    self.lease_seconds,
+                    republish_queued=started,
+                    full=full and not stopping,
                 )
-                started = False
+                if full:
+                    started, last_full = False, time.monotonic()
             except SQLAlchemyError as exc:
                 log.error("dispatcher: database unavailable (%s)", type(exc).__name__)
+                last_full = time.monotonic()  # the next try after an interval, not at once
             except Exception:
                 log.exception("dispatcher failed; trying again")
+                last_full = time.monotonic()
+            if stopping:
+                break
             if time.monotonic() - last_prune > 3600:
                 last_prune = time.monotonic()
                 prune_processed(self.processed_folder)
