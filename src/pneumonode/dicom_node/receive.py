@@ -28,7 +28,8 @@ from pneumonode.db.repository import (
     record_received_instance,
 )
 from pneumonode.db.session import Database
-from pneumonode.dicom_node.selection import skip_reason
+from pneumonode.dicom_node.header import read_header, tags_for
+from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
 from pneumonode.dicom_node.spool import Spool
 
 __all__ = ["InstanceReceiver", "Status", "dataset_offset"]
@@ -45,6 +46,8 @@ _KEPT = {
     "StudyDate": 8,
 }
 _HASH_CHUNK = 1 << 20
+#: What ``receive`` reads from a dataset.
+_HEADER_TAGS = tags_for(("StudyInstanceUID", "SOPInstanceUID", *_KEPT, *SELECTION_KEYWORDS))
 
 
 @dataclass(frozen=True)
@@ -96,13 +99,19 @@ def _stored_hash(path: Path) -> str | None:
         return None  # the stored file is gone or damaged: keep the new one
 
 
-def _read_header(path: Path) -> tuple[Dataset, bool]:
-    """The dataset without its pixel data, and whether pixel data follows."""
+def _read_header(path: Path) -> tuple[Dataset, bool, int]:
+    """The attributes ``receive`` uses (at least), whether pixel data follows them, and the
+    dataset's offset in the file. A quick walk of the elements (``header.read_header``) where
+    it can; pydicom where the walk leaves the file to it."""
     keep_dicom_values_out_of_logs()
+    header = read_header(path, _HEADER_TAGS)
+    if header is not None:
+        return header.dataset, header.has_pixel_data, header.offset
+    offset = dataset_offset(path)
     with BoundedReader(io.FileIO(str(path), "rb")) as handle:  # no 4 GiB read for a bad length
         ds = dcmread(handle, stop_before_pixels=True)
         has_pixels = handle.read(4) in _PIXEL_DATA_TAGS
-    return ds, has_pixels
+    return ds, has_pixels, offset
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
@@ -149,8 +158,7 @@ class InstanceReceiver:
                 # pydicom decodes a value when it is first read, and a malformed element (a
                 # length that does not fit its VR, an unknown VR) raises then: every value we
                 # use is read here, so that such a dataset is refused, not a processing failure
-                offset = dataset_offset(temp)
-                ds, has_pixels = _read_header(temp)
+                ds, has_pixels, offset = _read_header(temp)
                 study_uid = _text(ds, "StudyInstanceUID", 128)
                 dataset_sop = _text(ds, "SOPInstanceUID", 128)
                 kept = {keyword: _text(ds, keyword, limit) for keyword, limit in _KEPT.items()}

@@ -15,7 +15,7 @@ from pydicom.uid import (
 
 from pneumonode.identity import MANUFACTURER
 
-__all__ = ["is_own_output", "skip_reason"]
+__all__ = ["SELECTION_KEYWORDS", "is_own_output", "skip_reason"]
 
 RADIOGRAPH_CLASSES = {
     ComputedRadiographyImageStorage,
@@ -23,6 +23,16 @@ RADIOGRAPH_CLASSES = {
     DigitalXRayImageStorageForProcessing,
 }
 FRONTAL_VIEWS = {"PA", "AP", ""}
+#: Every attribute ``skip_reason`` reads: the listener reads only these (and what it records).
+SELECTION_KEYWORDS = (
+    "Manufacturer",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "NumberOfFrames",
+    "PhotometricInterpretation",
+    "SamplesPerPixel",
+)
 CHEST_BODY_PARTS = {"CHEST", ""}
 
 

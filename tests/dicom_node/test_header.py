@@ -1,0 +1,183 @@
+"""The listener's quick header read gives what pydicom gives, or hands the file to pydicom."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicom_factory import basic_text_sr, make_dx, save, synthetic_chest
+from pneumonode.dicom_node.header import read_header, tags_for
+from pneumonode.dicom_node.receive import dataset_offset
+from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
+
+KEYWORDS = (
+    "StudyInstanceUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "AccessionNumber",
+    "StudyDate",
+    *SELECTION_KEYWORDS,
+)
+KEEP = tags_for(KEYWORDS)
+
+
+def _values(ds: Dataset) -> dict[str, str]:
+    """Each keyword's value as pydicom converts it, or the error converting it raises."""
+    values = {}
+    for keyword in KEYWORDS:
+        try:
+            values[keyword] = repr(ds.get(keyword))
+        except Exception as exc:
+            values[keyword] = f"raises {type(exc).__name__}"
+    return values
+
+
+def _pydicom(path: Path) -> tuple[dict[str, str], bool, int]:
+    with path.open("rb") as handle:
+        ds = dcmread(handle, stop_before_pixels=True)
+        has_pixels = handle.read(4) == b"\xe0\x7f\x10\x00"
+    return _values(ds), has_pixels, dataset_offset(path)
+
+
+def assert_same_as_pydicom(path: Path) -> None:
+    header = read_header(path, KEEP)
+    assert header is not None, f"{path.name} was left to pydicom"
+    assert (_values(header.dataset), header.has_pixel_data, header.offset) == _pydicom(path)
+
+
+def test_real_files_read_as_pydicom_reads_them(
+    siim_sample_dicoms: list[Path], format_refs: Path
+) -> None:
+    for path in [*siim_sample_dicoms, *sorted(format_refs.rglob("*.dcm"))]:
+        assert_same_as_pydicom(path)
+
+
+def _chest(**attributes: object) -> Dataset:
+    ds = make_dx(synthetic_chest(32, 24, 12), 12)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _coded(value: str, nested: Sequence | None = None) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "99TEST", value
+    if nested is not None:
+        item.ContentSequence = nested
+    return item
+
+
+def _sequence(undefined: bool) -> Sequence:
+    """Two items, the second holding a nested sequence; undefined lengths throughout or not."""
+    inner = Sequence([_coded("INNER")])
+    outer = Sequence([_coded("A"), _coded("B", inner)])
+    for seq in (inner, outer):
+        for item in seq:
+            item.is_undefined_length_sequence_item = undefined
+    return outer
+
+
+def _with_sequences(ds: Dataset, undefined: bool) -> Dataset:
+    # before, between and after the attributes kept
+    ds.ReferencedStudySequence = _sequence(undefined)  # (0008,1110)
+    ds.ProcedureCodeSequence = _sequence(undefined)  # (0008,1032)
+    ds.RequestAttributesSequence = _sequence(undefined)  # (0040,0275)
+    for keyword in ("ReferencedStudySequence", "ProcedureCodeSequence"):
+        ds[keyword].is_undefined_length = undefined
+    ds.RequestAttributesSequence.is_undefined_length = undefined
+    return ds
+
+
+VARIANTS = {
+    "explicit VR": lambda: _chest(),
+    "implicit VR": lambda: _chest(),
+    "undefined-length sequences": lambda: _with_sequences(_chest(), undefined=True),
+    "defined-length sequences": lambda: _with_sequences(_chest(), undefined=False),
+    "UTF-8 patient ID": lambda: _chest(SpecificCharacterSet="ISO_IR 192", PatientID="MÜLLER-Ø7"),
+    "Latin-1 patient ID": lambda: _chest(SpecificCharacterSet="ISO_IR 100", PatientID="Åsa-ß"),
+    "lateral, knee, multi-frame": lambda: _chest(
+        ViewPosition="LL", BodyPartExamined="KNEE", NumberOfFrames="2"
+    ),
+    "values padded and empty": lambda: _chest(Modality="DX ", ViewPosition="", StudyDate=""),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_encodings_and_structures_read_as_pydicom_reads_them(variant: str, tmp_path: Path) -> None:
+    ds = VARIANTS[variant]()
+    ds.add_new(0x00091010, "LO", "PRIVATE CREATOR")  # a private block among the elements
+    ds.add_new(0x00091011, "OB", b"\x00\x01" * 300)
+    if variant == "implicit VR":
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = save(ds, tmp_path / "in.dcm")
+    assert_same_as_pydicom(path)
+
+
+def test_no_pixel_data_is_told(tmp_path: Path) -> None:
+    path = basic_text_sr(tmp_path / "sr.dcm")
+    header = read_header(path, KEEP)
+    assert header is not None and not header.has_pixel_data
+    assert_same_as_pydicom(path)
+
+
+def test_a_deflated_dataset_is_left_to_pydicom(tmp_path: Path) -> None:
+    ds = _chest()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = save(ds, tmp_path / "deflated.dcm")
+    assert read_header(path, KEEP) is None
+    assert dcmread(path).PatientID == "TEST-0001"  # a file pydicom reads: the fallback works
+
+
+def test_the_selection_reads_only_its_keywords() -> None:
+    """``receive`` keeps only SELECTION_KEYWORDS for ``skip_reason``: it must decide the same."""
+    cases = [
+        _chest(),
+        _chest(ViewPosition="LL"),
+        _chest(BodyPartExamined="KNEE"),
+        _chest(NumberOfFrames="3"),
+        _chest(PhotometricInterpretation="RGB", SamplesPerPixel=3),
+        _chest(Manufacturer="pneumonode"),
+        _chest(Modality="MR"),
+    ]
+    for ds in cases:
+        kept = Dataset({tag: ds[tag] for tag in tags_for(SELECTION_KEYWORDS) if tag in ds})
+        for sop_class in (ds.SOPClassUID, "1.2.840.10008.5.1.4.1.1.7"):
+            assert skip_reason(kept, sop_class, has_pixel_data=True) == skip_reason(
+                ds, sop_class, has_pixel_data=True
+            )
+
+
+def test_damaged_headers_never_disagree_with_pydicom(
+    siim_sample_dicoms: list[Path], tmp_path: Path
+) -> None:
+    """Bytes flipped in the header and truncations: where the quick read gives an answer, it is
+    pydicom's answer; where it cannot tell, it leaves the file to pydicom."""
+    rng = random.Random(7)
+    original = siim_sample_dicoms[0].read_bytes()
+    pixels = original.find(b"\xe0\x7f\x10\x00")
+    answered = 0
+    for trial in range(300):
+        data = bytearray(original)
+        if trial % 10 == 0:
+            data = data[: rng.randrange(132, pixels + 16)]
+        else:
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(132, pixels + 12)] = rng.randrange(256)
+        path = tmp_path / f"damaged-{trial}.dcm"
+        path.write_bytes(bytes(data))
+        header = read_header(path, KEEP)
+        if header is None:
+            continue
+        answered += 1
+        try:
+            expected = _pydicom(path)
+        except Exception as exc:
+            pytest.fail(f"trial {trial}: pydicom refuses ({exc!r}) what the quick read accepts")
+        assert (_values(header.dataset), header.has_pixel_data, header.offset) == expected
+    assert answered > 100  # most damage lands in values: those files still get the quick read
