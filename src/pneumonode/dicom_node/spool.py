@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["Spool", "safe_component"]
+__all__ = ["Spool", "Syncs", "safe_component"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class Syncs:
+    """fsyncs running in the background; ``result`` waits for them all (and raises the first
+    failure)."""
+
+    def __init__(self, futures: list[Future[None]]) -> None:
+        self.futures = futures
+
+    def result(self) -> None:
+        for future in self.futures:
+            future.result()
+
+
 class Spool:
     """Where received instances are kept."""
 
@@ -88,25 +100,29 @@ class Spool:
 
     def place(
         self, temp: Path, study_uid: str, sop_uid: str, synced: Future[None] | None = None
-    ) -> tuple[Path, Future[None]]:
+    ) -> tuple[Path, Syncs]:
         """Rename ``temp`` (in the same filesystem, fsynced: ``synced`` is ``start_sync(temp)``
         when the caller started that earlier) to its final place, replacing an existing file of
-        the same instance. Returns the path relative to the spool root and the fsync of its
-        folder, running in the background: the new name is durable once that has finished, so
-        the caller can do other work first (a database transaction that must not commit before
+        the same instance. Returns the path relative to the spool root and the fsyncs of the
+        folders that changed (the study's; the spool's too when the study's folder is new),
+        running in the background: the new name is durable once they have finished, so the
+        caller can do other work first (a database transaction that must not commit before
         it)."""
         relative = self.relative_path(study_uid, sop_uid)
         final = self.root / relative
+        study_dir = final.parent
+        new_folder = not study_dir.is_dir()
+        if new_folder:
+            study_dir.mkdir(parents=True, exist_ok=True)
         if synced is None:
             _fsync_file(temp)
         else:
             synced.result()
-        study_dir = final.parent
-        if not study_dir.is_dir():
-            study_dir.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.root)
         temp.replace(final)
-        return relative, _SYNC_POOL.submit(_fsync_dir, study_dir)
+        syncs = [_SYNC_POOL.submit(_fsync_dir, study_dir)]
+        if new_folder:
+            syncs.append(_SYNC_POOL.submit(_fsync_dir, self.root))
+        return relative, Syncs(syncs)
 
     def commit(self, temp: Path, study_uid: str, sop_uid: str) -> Path:
         """``place``, and wait until the file survives a power cut; returns the path relative
