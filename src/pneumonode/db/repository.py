@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from pneumonode.db.models import (
@@ -92,8 +92,12 @@ _INSERT_JOB = insert(Job).returning(Job.id)
 _INSERT_AUDIT = insert(AuditEvent)
 
 
-def find_known_instance(session: Session, sop_uid: str) -> KnownInstance | None:
-    row = session.connection().execute(_FIND_KNOWN, {"sop_uid": sop_uid}).first()
+def _connection(db: Session | Connection) -> Connection:
+    return db.connection() if isinstance(db, Session) else db
+
+
+def find_known_instance(db: Session | Connection, sop_uid: str) -> KnownInstance | None:
+    row = _connection(db).execute(_FIND_KNOWN, {"sop_uid": sop_uid}).first()
     return KnownInstance(row.id, row.sha256, row.path) if row is not None else None
 
 
@@ -132,8 +136,7 @@ class ReceiveRecord:
     job_state: str | None
 
 
-def _study_id(session: Session, item: ReceivedInstance) -> int:
-    connection = session.connection()  # Core statements: no ORM bookkeeping on the hot path
+def _study_id(connection: Connection, item: ReceivedInstance) -> int:
     study_id = connection.scalar(_FIND_STUDY, {"study_uid": item.study_uid})
     if study_id is not None:
         return int(study_id)
@@ -164,7 +167,7 @@ def _instance_values(item: ReceivedInstance) -> dict[str, Any]:
 
 
 def record_received_instance(
-    session: Session,
+    db: Session | Connection,
     item: ReceivedInstance,
     known: KnownInstance | None = None,
     *,
@@ -174,7 +177,9 @@ def record_received_instance(
 
     ``known`` is what ``find_known_instance`` returned for the SOP Instance UID; ``unchanged``
     says that the bytes equal the stored ones. Idempotent: identical bytes again create no job;
-    different bytes replace the record and put the job back to pending.
+    different bytes replace the record and put the job back to pending. ``db``: a session, or
+    a connection in a transaction (the listener's: Core statements only, unless it is a
+    re-send).
     """
     now = utcnow()
     ids = {
@@ -191,8 +196,8 @@ def record_received_instance(
         "sop_class": item.sop_class_uid,
     }
     if known is None:  # the common case, in as few statements as possible
-        connection = session.connection()
-        study_id = _study_id(session, item)
+        connection = _connection(db)
+        study_id = _study_id(connection, item)
         values = {
             "study_id": study_id,
             "sop_uid": item.sop_uid,
@@ -223,6 +228,22 @@ def record_received_instance(
         state = None if job_id is None else JobState.PENDING
         return ReceiveRecord(ReceiveOutcome.NEW, instance_id, job_id, state)
 
+    if isinstance(db, Session):
+        return _record_resent(db, item, known, unchanged, ids, detail)
+    with Session(bind=db) as session:  # joins the connection's transaction
+        record = _record_resent(session, item, known, unchanged, ids, detail)
+        session.flush()
+        return record
+
+
+def _record_resent(
+    session: Session,
+    item: ReceivedInstance,
+    known: KnownInstance,
+    unchanged: bool,
+    ids: dict[str, Any],
+    detail: dict[str, Any],
+) -> ReceiveRecord:
     instance = session.get(Instance, known.id)
     assert instance is not None
     instance.times_received += 1
@@ -242,7 +263,7 @@ def record_received_instance(
         )
 
     was_pruned = instance.pruned_at is not None
-    instance.study_id = _study_id(session, item)
+    instance.study_id = _study_id(session.connection(), item)
     for key, value in _instance_values(item).items():
         setattr(instance, key, value)
     audit(

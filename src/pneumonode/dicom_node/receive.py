@@ -206,8 +206,9 @@ class InstanceReceiver:
         try:
             for attempt in range(2):
                 try:
-                    with self.database.session() as session:
-                        known = find_known_instance(session, item.sop_uid)
+                    # a connection, not an ORM session: the new-instance path is Core only
+                    with self.database.engine.begin() as connection:
+                        known = find_known_instance(connection, item.sop_uid)
                         unchanged = False
                         if known is not None:  # a re-send: compare contents
                             source = final if placed else temp
@@ -221,7 +222,9 @@ class InstanceReceiver:
                                 temp, item.study_uid, item.sop_uid, synced
                             )
                             placed = known is None
-                        record = record_received_instance(session, item, known, unchanged=unchanged)
+                        record = record_received_instance(
+                            connection, item, known, unchanged=unchanged
+                        )
                         if folder_synced is not None:
                             folder_synced.result()  # the file is durable: the row may commit
                     break
