@@ -3,8 +3,10 @@
 pydicom's reader builds every element of the header in Python: for a chest radiograph that is
 about a millisecond, a quarter of the listener's time per image. Here the top-level elements are
 walked with ``struct`` (PS3.5 section 7), sequences of undefined length are skipped item by
-item, and only the raw values of the attributes asked for are kept, in a pydicom ``Dataset``:
-pydicom still converts each value when it is read, so a value means exactly what it would after
+item, and only the values of the attributes asked for are kept. A plain value (one value of
+printable ASCII in a text VR, in the default, Latin-1 or UTF-8 character set; digits in an IS; two
+bytes of US) is converted here, to what pydicom's value gives as text (``str(value).strip()``);
+every other value is converted by pydicom itself, so it means exactly what it would after
 ``dcmread``, and a malformed one raises the same way.
 
 Anything this walk does not handle the way pydicom would gives ``None``, and the caller reads
@@ -17,18 +19,20 @@ of order, a length past the end of the file, nesting deeper than 16 sequences, a
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
-from pydicom.dataset import Dataset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.tag import BaseTag
 
-__all__ = ["Header", "read_header", "tags_for"]
+__all__ = ["Header", "read_header"]
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _NOT_EXPLICIT_LE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})  # deflate, BE
@@ -50,6 +54,14 @@ _MAX_DEPTH = 16
 _MAX_KEPT = 4096
 _WINDOW = 1 << 16
 
+#: One value of printable ASCII (no backslash: that separates values), as read from the file.
+_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+_DIGITS = re.compile(rb" *[0-9]{1,9} *")
+_PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UI"})
+_CHARSET_TEXT_VRS = frozenset({"LO", "SH"})  # the VRs above that a character set changes
+#: Character sets in which printable ASCII means itself.
+_ASCII_CHARSETS = frozenset({b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 192"})
+
 _TAG_LENGTH = struct.Struct("<HHI")  # implicit VR, and items: group, element, 32-bit length
 _EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _U32 = struct.Struct("<I")
@@ -60,28 +72,18 @@ class _UnusualError(Exception):
 
 
 class Header:
-    """What ``read_header`` found: the kept attributes, pixel data, where the dataset starts."""
+    """What ``read_header`` found: the attributes' values (None when absent), whether pixel data
+    follows them, where the dataset starts in the file, its transfer syntax."""
 
-    __slots__ = ("dataset", "has_pixel_data", "offset", "transfer_syntax_uid")
+    __slots__ = ("has_pixel_data", "offset", "transfer_syntax_uid", "values")
 
     def __init__(
-        self, dataset: Dataset, has_pixel_data: bool, offset: int, transfer_syntax_uid: str
+        self, values: dict[str, Any], has_pixel_data: bool, offset: int, transfer_syntax_uid: str
     ) -> None:
-        self.dataset = dataset
+        self.values = values
         self.has_pixel_data = has_pixel_data
         self.offset = offset
         self.transfer_syntax_uid = transfer_syntax_uid
-
-
-def tags_for(keywords: Iterable[str]) -> frozenset[int]:
-    """The tags of DICOM keywords (KeyError for a keyword that is not one)."""
-    tags = set()
-    for keyword in keywords:
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise KeyError(keyword)
-        tags.add(int(tag))
-    return frozenset(tags)
 
 
 class _File:
@@ -202,20 +204,60 @@ def _file_meta(file: _File) -> tuple[int, str]:
     return position, syntax
 
 
-def read_header(path: Path, keep: frozenset[int]) -> Header | None:
-    """The attributes ``keep`` (top-level tags) of the DICOM file at ``path``, whether pixel
-    data follows them, the dataset's offset; ``None`` where pydicom must read it instead."""
+@functools.cache
+def _tags(keywords: tuple[str, ...]) -> dict[int, str]:
+    tags = {}
+    for keyword in keywords:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise KeyError(f"not a DICOM keyword: {keyword}")
+        tags[int(tag)] = keyword
+    return tags
+
+
+def read_header(path: Path, keywords: Sequence[str]) -> Header | None:
+    """The values of the top-level attributes ``keywords`` of the DICOM file at ``path``,
+    whether pixel data follows them, the dataset's offset; ``None`` where pydicom must read
+    the file instead. A value pydicom cannot convert raises what pydicom raises."""
+    keep = _tags(tuple(keywords))
     fd = os.open(path, os.O_RDONLY)
     try:
         file = _File(fd, os.fstat(fd).st_size)
-        return _read(file, keep)
+        found = _read(file, frozenset(keep))
     except (_UnusualError, struct.error, UnicodeDecodeError):
         return None
     finally:
         os.close(fd)
+    raws, charset, has_pixel_data, offset, syntax = found
+    encoding: str | list[str] = default_encoding
+    charset_bytes = (charset.value or b"").rstrip(b" ") if charset is not None else b""
+    if charset is not None:
+        encoding = convert_encodings(convert_raw_data_element(charset).value)
+    values: dict[str, Any] = dict.fromkeys(keywords)
+    for tag, raw in raws.items():
+        values[keep[tag]] = _value(raw, encoding, charset_bytes in _ASCII_CHARSETS)
+    return Header(values, has_pixel_data, offset, syntax)
 
 
-def _read(file: _File, keep: frozenset[int]) -> Header:
+def _value(raw: RawDataElement, encoding: str | list[str], ascii_charset: bool) -> Any:
+    """A plain value converted here; any other by pydicom."""
+    vr = raw.VR or dictionary_VR(raw.tag)
+    data = raw.value or b""
+    if vr == "UI":
+        data = data.rstrip(b"\x00")
+    if vr in _PLAIN_TEXT_VRS and (ascii_charset or vr not in _CHARSET_TEXT_VRS):
+        if _PLAIN.fullmatch(data):
+            return data.decode("ascii").strip()
+    elif vr == "IS" and _DIGITS.fullmatch(data):
+        return int(data)
+    elif vr == "US" and len(data) == 2:
+        return int.from_bytes(data, "little")
+    return convert_raw_data_element(raw, encoding=encoding).value
+
+
+def _read(
+    file: _File, keep: frozenset[int]
+) -> tuple[dict[int, RawDataElement], RawDataElement | None, bool, int, str]:
     offset, syntax = _file_meta(file)
     implicit = not _explicit(syntax)
     walk = _Walk(file, implicit)
@@ -224,7 +266,7 @@ def _read(file: _File, keep: frozenset[int]) -> Header:
         looks_explicit = 0x40 < data[at] < 0x5B and 0x40 < data[at + 1] < 0x5B
         if looks_explicit == implicit:
             raise _UnusualError
-    kept: dict[BaseTag, DataElement | RawDataElement] = {}
+    kept: dict[int, RawDataElement] = {}
     charset: RawDataElement | None = None
     position, previous, has_pixel_data = offset, -1, False
     while position < file.size:
@@ -248,13 +290,9 @@ def _read(file: _File, keep: frozenset[int]) -> Header:
                 implicit,
                 True,
             )
-            kept[BaseTag(tag)] = raw
+            if tag in keep:
+                kept[tag] = raw
             if tag == _SPECIFIC_CHARACTER_SET:
                 charset = raw
         position = walk.skip_value(vr, length, value, 0)
-    dataset = Dataset(kept)
-    encoding: str | list[str] = default_encoding
-    if charset is not None:
-        encoding = convert_encodings(convert_raw_data_element(charset).value)
-    dataset.set_original_encoding(implicit, True, encoding)
-    return Header(dataset, has_pixel_data, offset, syntax)
+    return kept, charset, has_pixel_data, offset, syntax

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -28,7 +29,7 @@ from pneumonode.db.repository import (
     record_received_instance,
 )
 from pneumonode.db.session import Database
-from pneumonode.dicom_node.header import read_header, tags_for
+from pneumonode.dicom_node.header import read_header
 from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
 from pneumonode.dicom_node.spool import Spool
 
@@ -47,7 +48,7 @@ _KEPT = {
 }
 _HASH_CHUNK = 1 << 20
 #: What ``receive`` reads from a dataset.
-_HEADER_TAGS = tags_for(("StudyInstanceUID", "SOPInstanceUID", *_KEPT, *SELECTION_KEYWORDS))
+_HEADER_KEYWORDS = ("StudyInstanceUID", "SOPInstanceUID", *_KEPT, *SELECTION_KEYWORDS)
 
 
 @dataclass(frozen=True)
@@ -99,23 +100,24 @@ def _stored_hash(path: Path) -> str | None:
         return None  # the stored file is gone or damaged: keep the new one
 
 
-def _read_header(path: Path) -> tuple[Dataset, bool, int]:
-    """The attributes ``receive`` uses (at least), whether pixel data follows them, and the
-    dataset's offset in the file. A quick walk of the elements (``header.read_header``) where
-    it can; pydicom where the walk leaves the file to it."""
+def _read_header(path: Path) -> tuple[dict[str, Any], bool, int]:
+    """The values of the attributes ``receive`` uses (None when absent), whether pixel data
+    follows them, and the dataset's offset in the file. A quick walk of the elements
+    (``header.read_header``) where it can; pydicom where the walk leaves the file to it. A
+    value that cannot be converted raises."""
     keep_dicom_values_out_of_logs()
-    header = read_header(path, _HEADER_TAGS)
+    header = read_header(path, _HEADER_KEYWORDS)
     if header is not None:
-        return header.dataset, header.has_pixel_data, header.offset
+        return header.values, header.has_pixel_data, header.offset
     offset = dataset_offset(path)
     with BoundedReader(io.FileIO(str(path), "rb")) as handle:  # no 4 GiB read for a bad length
         ds = dcmread(handle, stop_before_pixels=True)
         has_pixels = handle.read(4) in _PIXEL_DATA_TAGS
-    return ds, has_pixels, offset
+    return {keyword: ds.get(keyword) for keyword in _HEADER_KEYWORDS}, has_pixels, offset
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    value = ds.get(keyword)
+def _text(values: dict[str, Any], keyword: str, limit: int) -> str | None:
+    value = values.get(keyword)
     if value is None or value == "":
         return None
     return str(value).strip()[:limit] or None
@@ -155,14 +157,14 @@ class InstanceReceiver:
                 self._audit_refusal("free disk space below the watermark", **who)
                 return Status(OUT_OF_RESOURCES, "out of resources: disk space low")
             try:
-                # pydicom decodes a value when it is first read, and a malformed element (a
-                # length that does not fit its VR, an unknown VR) raises then: every value we
-                # use is read here, so that such a dataset is refused, not a processing failure
-                ds, has_pixels, offset = _read_header(temp)
-                study_uid = _text(ds, "StudyInstanceUID", 128)
-                dataset_sop = _text(ds, "SOPInstanceUID", 128)
-                kept = {keyword: _text(ds, keyword, limit) for keyword, limit in _KEPT.items()}
-                reason = skip_reason(ds, sop_class_uid, has_pixel_data=has_pixels)
+                # a malformed element (a length that does not fit its VR, an unknown VR)
+                # raises when its value is converted: every value we use is converted here,
+                # so that such a dataset is refused, not a processing failure
+                values, has_pixels, offset = _read_header(temp)
+                study_uid = _text(values, "StudyInstanceUID", 128)
+                dataset_sop = _text(values, "SOPInstanceUID", 128)
+                kept = {keyword: _text(values, keyword, limit) for keyword, limit in _KEPT.items()}
+                reason = skip_reason(values, sop_class_uid, has_pixel_data=has_pixels)
             except Exception as exc:  # pydicom raises many types on corrupt input
                 self._audit_refusal(f"unreadable dataset ({type(exc).__name__})", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset")

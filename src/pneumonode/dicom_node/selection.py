@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from typing import Any, Protocol
 
-from pydicom import Dataset
 from pydicom.uid import (
     UID,
     ComputedRadiographyImageStorage,
@@ -23,6 +23,14 @@ RADIOGRAPH_CLASSES = {
     DigitalXRayImageStorageForProcessing,
 }
 FRONTAL_VIEWS = {"PA", "AP", ""}
+
+
+class Attributes(Protocol):
+    """A dataset, or a mapping of keywords to values (the listener's quick header read)."""
+
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+
 #: Every attribute ``skip_reason`` reads: the listener reads only these (and what it records).
 SELECTION_KEYWORDS = (
     "Manufacturer",
@@ -36,7 +44,7 @@ SELECTION_KEYWORDS = (
 CHEST_BODY_PARTS = {"CHEST", ""}
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: Attributes, keyword: str) -> str:
     value = ds.get(keyword)
     return str(value).strip().upper() if value is not None else ""
 
@@ -52,15 +60,16 @@ def _shown(value: str, missing: str = "missing") -> str:
     return value if _CODE_STRING.fullmatch(value) else "an invalid value"
 
 
-def is_own_output(ds: Dataset) -> bool:
+def is_own_output(ds: Attributes) -> bool:
     """True for objects this node created (SEG, SR, SC overlay) coming back to us."""
     return _text(ds, "Manufacturer") == MANUFACTURER.upper()
 
 
-def skip_reason(ds: Dataset, sop_class_uid: str, *, has_pixel_data: bool) -> str | None:
+def skip_reason(ds: Attributes, sop_class_uid: str, *, has_pixel_data: bool) -> str | None:
     """Why ``ds`` is not processed, or None when it is a frontal chest radiograph.
 
-    ``ds`` may be read without its pixel data; ``has_pixel_data`` says whether it had some.
+    ``ds`` may be read without its pixel data (or be the values of SELECTION_KEYWORDS);
+    ``has_pixel_data`` says whether it had some.
     """
     sop_class = UID(sop_class_uid)
     if is_own_output(ds):
