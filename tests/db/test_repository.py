@@ -7,10 +7,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import bindparam, inspect, select, text
 
 from pneumonode.cli import main
-from pneumonode.db.models import AuditEvent, Job, JobState, Study
+from pneumonode.db.direct import Direct, direct_insert
+from pneumonode.db.models import AuditEvent, Job, JobState, Study, utcnow
 from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveOutcome,
@@ -150,3 +151,39 @@ def test_audit_cli_formats(
     table = capsys.readouterr().out
     assert "job.created" in table and "instance.received" not in table
     assert "PAT-1" not in table  # the table view never shows patient identifiers
+
+
+def test_direct_statements_store_what_sqlalchemy_would(database: Database) -> None:
+    """The listener's statements run on the DBAPI cursor: values (datetimes, JSON, enums) and
+    Python defaults arrive as the ORM reads them back, inside the connection's transaction."""
+    insert_study = direct_insert(Study.__table__, Study.id)  # type: ignore[arg-type]
+    insert_event = direct_insert(AuditEvent.__table__)  # type: ignore[arg-type]
+    find_study = Direct(select(Study.id).where(Study.study_uid == bindparam("study_uid")))
+    at = datetime(2026, 11, 28, 4, 5, 6, 789012, tzinfo=UTC)
+    with database.engine.begin() as connection:
+        study_id = insert_study.scalar(connection, {"study_uid": "9.8.7", "patient_id": "P-9"})
+        insert_event.many(
+            connection,
+            [
+                {"at": at, "kind": "instance.received", "message": "one", "detail": {"n": 1}},
+                {"kind": "job.created", "message": "two", "study_uid": "9.8.7"},
+            ],
+        )
+        assert find_study.scalar(connection, {"study_uid": "9.8.7"}) == study_id
+    try:
+        with database.engine.begin() as connection:  # rolled back: nothing stays
+            insert_study.scalar(connection, {"study_uid": "6.5.4"})
+            raise RuntimeError("abandon")
+    except RuntimeError:
+        pass
+    with database.session() as session:
+        study = session.get(Study, study_id)
+        assert study is not None and study.patient_id == "P-9" and study.study_date is None
+        assert abs((study.created_at - utcnow()).total_seconds()) < 60  # the Python default
+        events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+        assert [(e.kind, e.detail, e.study_uid) for e in events] == [
+            ("instance.received", {"n": 1}, None),
+            ("job.created", None, "9.8.7"),
+        ]
+        assert events[0].at == at
+        assert session.scalar(select(Study).where(Study.study_uid == "6.5.4")) is None

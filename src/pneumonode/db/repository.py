@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
+from pneumonode.db.direct import Direct, direct_insert
 from pneumonode.db.models import (
     AuditEvent,
     Instance,
@@ -80,16 +81,17 @@ class KnownInstance:
     path: str
 
 
-# The receive path's statements, built once: building a statement per call (and its cache key)
-# costs more than running it on SQLite.
-_FIND_KNOWN = select(Instance.id, Instance.sha256, Instance.path).where(
-    Instance.sop_uid == bindparam("sop_uid")
+# The receive path's statements, compiled once and run on the DBAPI cursor (see db.direct).
+_FIND_KNOWN = Direct(
+    select(Instance.id, Instance.sha256, Instance.path).where(
+        Instance.sop_uid == bindparam("sop_uid")
+    )
 )
-_FIND_STUDY = select(Study.id).where(Study.study_uid == bindparam("study_uid"))
-_INSERT_STUDY = insert(Study).returning(Study.id)
-_INSERT_INSTANCE = insert(Instance).returning(Instance.id)
-_INSERT_JOB = insert(Job).returning(Job.id)
-_INSERT_AUDIT = insert(AuditEvent)
+_FIND_STUDY = Direct(select(Study.id).where(Study.study_uid == bindparam("study_uid")))
+_INSERT_STUDY = direct_insert(Study.__table__, Study.id)  # type: ignore[arg-type]
+_INSERT_INSTANCE = direct_insert(Instance.__table__, Instance.id)  # type: ignore[arg-type]
+_INSERT_JOB = direct_insert(Job.__table__, Job.id)  # type: ignore[arg-type]
+_INSERT_AUDIT = direct_insert(AuditEvent.__table__)  # type: ignore[arg-type]
 
 
 def _connection(db: Session | Connection) -> Connection:
@@ -97,8 +99,8 @@ def _connection(db: Session | Connection) -> Connection:
 
 
 def find_known_instance(db: Session | Connection, sop_uid: str) -> KnownInstance | None:
-    row = _connection(db).execute(_FIND_KNOWN, {"sop_uid": sop_uid}).first()
-    return KnownInstance(row.id, row.sha256, row.path) if row is not None else None
+    row = _FIND_KNOWN.first(_connection(db), {"sop_uid": sop_uid})
+    return KnownInstance(*row) if row is not None else None
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class ReceiveRecord:
 
 
 def _study_id(connection: Connection, item: ReceivedInstance) -> int:
-    study_id = connection.scalar(_FIND_STUDY, {"study_uid": item.study_uid})
+    study_id = _FIND_STUDY.scalar(connection, {"study_uid": item.study_uid})
     if study_id is not None:
         return int(study_id)
     values = {
@@ -146,7 +148,7 @@ def _study_id(connection: Connection, item: ReceivedInstance) -> int:
         "accession_number": item.accession_number,
         "study_date": item.study_date,
     }
-    return int(connection.execute(_INSERT_STUDY, values).scalar_one())
+    return int(_INSERT_STUDY.scalar(connection, values))
 
 
 def _instance_values(item: ReceivedInstance) -> dict[str, Any]:
@@ -206,7 +208,7 @@ def record_received_instance(
             "updated_at": now,
             **_instance_values(item),
         }
-        instance_id = connection.execute(_INSERT_INSTANCE, values).scalar_one()
+        instance_id = _INSERT_INSTANCE.scalar(connection, values)
         events = [dict(kind="instance.received", message="instance stored", detail=detail)]
         job_id = None
         if item.skip_reason:
@@ -218,12 +220,12 @@ def record_received_instance(
                 "attempts": 0,
                 "created_at": now,
             }
-            job_id = connection.execute(_INSERT_JOB, job_values).scalar_one()
+            job_id = _INSERT_JOB.scalar(connection, job_values)
             events.append(
                 dict(kind="job.created", message=f"job {job_id} created", detail={"job_id": job_id})
             )
-        connection.execute(
-            _INSERT_AUDIT, [{"at": now, "detail": None, **ids, **event} for event in events]
+        _INSERT_AUDIT.many(
+            connection, [{"at": now, "detail": None, **ids, **event} for event in events]
         )
         state = None if job_id is None else JobState.PENDING
         return ReceiveRecord(ReceiveOutcome.NEW, instance_id, job_id, state)

@@ -199,7 +199,8 @@ def prune_processed(folder: str | None, older_than: float = 86_400.0) -> int:
 
 
 class Dispatcher:
-    """A thread that dispatches every ``interval`` seconds, or at once when woken."""
+    """A thread that dispatches every ``interval`` seconds, or when woken: at once, or, within
+    ``gap`` seconds of its last look, ``gap`` seconds after it."""
 
     def __init__(
         self,
@@ -208,12 +209,14 @@ class Dispatcher:
         *,
         lease_seconds: float,
         interval: float = 0.5,
+        gap: float = 0.05,
         processed_folder: str | None = None,
     ) -> None:
         self.database = database
         self.publish = publish
         self.lease_seconds = lease_seconds
         self.interval = interval
+        self.gap = gap
         self.processed_folder = processed_folder
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -234,11 +237,15 @@ class Dispatcher:
 
     def _run(self) -> None:
         last_prune = 0.0
-        last_full = -math.inf
+        last_full = last_look = -math.inf
         started = True  # the first successful look publishes every QUEUED job again
         while True:
             self._wake.wait(max(0.0, last_full + self.interval - time.monotonic()))
+            # a burst: the wakes of one gap share a look (one write transaction, not one per
+            # image, beside the listener's own)
+            self._stop.wait(max(0.0, last_look + self.gap - time.monotonic()))
             self._wake.clear()
+            last_look = time.monotonic()
             stopping = self._stop.is_set()
             full = started or time.monotonic() - last_full >= self.interval
             try:
