@@ -208,8 +208,16 @@ class Pneumonode(Receiver):
         self._spawn([str(program), "dicom-listen"], env)
         assert self.proc is not None
         # Not a port probe: a bare connect would show up as an association in our audit log.
+        # Ready: the listener, and the dispatcher process it starts (whose imports would
+        # otherwise take a core from the first second of the run)
         wait_until(
-            lambda: b"pneumonode listening as" in self.log.read_bytes(), self.proc, self.name, 60
+            lambda: all(
+                line in self.log.read_bytes()
+                for line in (b"pneumonode listening as", b"dispatcher ready")
+            ),
+            self.proc,
+            self.name,
+            60,
         )
 
     def received(self) -> tuple[int, str]:
@@ -565,18 +573,23 @@ def main(argv: list[str] | None = None) -> int:
             size = sum(p.stat().st_size for p in files) / len(files) / 1000
             print(f"{title} (~{size:.0f} kB each) ...", flush=True)
             results[title] = []
-            for kind in (Storescp, Orthanc, BarePynetdicom, Pneumonode):
-                runs, sync_times = [], []
-                for r in range(args.repeat):
+            kinds = (Storescp, Orthanc, BarePynetdicom, Pneumonode)
+            runs: dict[str, list[Run]] = {kind.name: [] for kind in kinds}
+            sync_times: dict[str, list[float]] = {kind.name: [] for kind in kinds}
+            # rounds, each receiver once per round: the disk of a shared machine changes
+            # speed over minutes, and every receiver should see the same mix of it
+            for r in range(args.repeat):
+                for kind in kinds:
                     work = tmp / f"run-{d}-{kind.name}-{r}"
                     run, sync_seconds = measure(kind, files, jpeg, work, args.keep)
-                    runs.append(run)
-                    sync_times.append(sync_seconds)
+                    runs[kind.name].append(run)
+                    sync_times[kind.name].append(sync_seconds)
                     print(f"  {kind.name}: {run.seconds:.2f} s {'; '.join(run.notes)}", flush=True)
-                chosen = median(runs)
+            for kind in kinds:
+                chosen = median(runs[kind.name])
                 results[title].append(chosen)
                 if kind is Storescp:
-                    extra = sync_times[runs.index(chosen)]
+                    extra = sync_times[kind.name][runs[kind.name].index(chosen)]
                     syncs[title] = Run(
                         "storescp + sync",
                         chosen.sent,

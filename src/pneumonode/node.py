@@ -323,6 +323,12 @@ def run_dispatcher(settings: Settings, database: Database, *, wake_stdin: bool =
     dispatcher.start()
     if wake_stdin:
         threading.Thread(target=read_wakes, name="dispatch-wakes", daemon=True).start()
+    log.info(
+        "dispatcher ready (process %d): looks every %.1f s%s",
+        os.getpid(),
+        settings.dispatch_interval,
+        " and whenever an image arrives" if wake_stdin else "",
+    )
     try:
         while not stop.wait(1.0):
             pass
