@@ -156,6 +156,9 @@ class InstanceReceiver:
             if self.disk_is_low():
                 self._audit_refusal("free disk space below the watermark", **who)
                 return Status(OUT_OF_RESOURCES, "out of resources: disk space low")
+            # the disk works while we read the header and query the database (a refused
+            # dataset is fsynced for nothing: refusals are rare, stored datasets are not)
+            synced = self.spool.start_sync(temp)
             try:
                 # a malformed element (a length that does not fit its VR, an unknown VR)
                 # raises when its value is converted: every value we use is converted here,
@@ -168,7 +171,6 @@ class InstanceReceiver:
             except Exception as exc:  # pydicom raises many types on corrupt input
                 self._audit_refusal(f"unreadable dataset ({type(exc).__name__})", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset")
-            synced = self.spool.start_sync(temp)  # the disk works while we query the database
             if not study_uid:
                 self._audit_refusal("no Study Instance UID", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: no Study Instance UID")
