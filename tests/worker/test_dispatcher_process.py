@@ -1,0 +1,69 @@
+"""The dispatcher runs as a child process of the listener: woken per image, restarted when it
+dies, gone when the listener is gone."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from node_processes import jobs_in, node_env, running, wait_until
+from peers_harness import free_port, storescu
+from pneumonode.db.models import JobState
+from pneumonode.db.session import Database
+
+READY = re.compile(rb"dispatcher ready \(process (\d+)\)")
+
+
+def _dispatchers(log: Path) -> list[int]:
+    return [int(pid) for pid in READY.findall(log.read_bytes())]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.integration
+def test_the_dispatcher_process_is_woken_restarted_and_stops_with_the_listener(
+    siim_sample_dicoms: list[Path], tmp_path: Path
+) -> None:
+    port = free_port()
+    # a look every 60 s: only the listener's wakes queue jobs within the test's waits
+    env = node_env(
+        tmp_path / "data",
+        tmp_path / "no-model",
+        port,
+        PNEUMONODE_ALLOWED_PEERS="STORESCU",
+        PNEUMONODE_DISPATCH_INTERVAL="60",
+    )
+    log = tmp_path / "listen.log"
+    database_url = f"sqlite:///{tmp_path / 'data' / 'pneumonode.sqlite3'}"
+    with running(["dicom-listen"], env, log, port) as listener:
+        wait_until(lambda: len(_dispatchers(log)) == 1, 60, "the dispatcher process")
+        first = _dispatchers(log)[0]
+        assert first != listener.pid and _alive(first)
+        database = Database(database_url)
+
+        assert storescu(siim_sample_dicoms[5:7], port).returncode == 0  # two positives
+        wait_until(lambda: jobs_in(database, JobState.QUEUED) == 2, 20, "two queued jobs")
+
+        os.kill(first, signal.SIGKILL)  # the listener starts another, which queues what waits
+        wait_until(lambda: len(_dispatchers(log)) == 2, 60, "a new dispatcher process")
+        assert storescu(siim_sample_dicoms[7:9], port).returncode == 0
+        wait_until(lambda: jobs_in(database, JobState.QUEUED) == 4, 20, "four queued jobs")
+        assert jobs_in(database, JobState.PENDING) == 0
+
+        second = _dispatchers(log)[1]
+        os.kill(listener.pid, signal.SIGKILL)  # no chance to stop its child: the pipe closes
+        wait_until(lambda: not _alive(second), 30, "the dispatcher to exit with its listener")
+        database.dispose()
