@@ -198,8 +198,9 @@ def test_damaged_headers_never_disagree_with_pydicom(
         answered += 1
         try:
             expected = _pydicom(path)
-        except Exception as exc:
-            pytest.fail(f"trial {trial}: pydicom refuses ({exc!r}) what the quick read accepts")
+        except Exception as exc:  # pydicom refuses the file: the quick read must refuse it too
+            assert "raises" in quick[0], f"trial {trial}: pydicom refuses ({exc!r}), quick reads"
+            continue
         if "raises" in quick[0]:  # pydicom raises too, reading one of the values
             assert any(value.startswith("raises") for value in expected[0].values()), trial
         else:

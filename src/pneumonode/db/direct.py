@@ -15,6 +15,7 @@ used for have no server-side defaults.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +26,23 @@ from sqlalchemy.sql.expression import ClauseElement
 
 __all__ = ["Direct", "direct_insert"]
 
-_Compiled = tuple[str, tuple[str, ...] | None, dict[str, Callable[[Any], Any]]]
+
+class _Plan:
+    """How to turn a mapping of values into the driver's parameters, for one dialect."""
+
+    __slots__ = ("names", "positional", "processors", "sql")
+
+    def __init__(
+        self,
+        sql: str,
+        positional: bool,
+        names: tuple[str, ...],
+        processors: tuple[Callable[[Any], Any] | None, ...],
+    ) -> None:
+        self.sql = sql
+        self.positional = positional
+        self.names = names  # in parameter order when positional
+        self.processors = processors
 
 
 class Direct:
@@ -34,47 +51,43 @@ class Direct:
     def __init__(self, statement: ClauseElement, table: Table | None = None) -> None:
         self.statement = statement
         self.table = table
-        self._compiled: dict[tuple[str, str], _Compiled] = {}
+        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._defaults: dict[str, Callable[[], Any]] = {}
+        if table is not None:
+            self._defaults = _defaults(table)
 
-    def _compile(self, dialect: Dialect) -> _Compiled:
+    def _plan(self, dialect: Dialect) -> _Plan:
         key = (dialect.name, dialect.driver)
-        found = self._compiled.get(key)
-        if found is None:
+        plan = self._plans.get(key)
+        if plan is None:
             compiled = self.statement.compile(dialect=dialect)
             assert isinstance(compiled, SQLCompiler)
-            processors: dict[str, Callable[[Any], Any]] = {}
-            for name, bind in compiled.binds.items():
-                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-                if processor is not None:
-                    processors[name] = processor
-            positional = compiled.positiontup
-            found = (
-                compiled.string,
-                None if positional is None else tuple(positional),
-                dict(processors),
+            order = compiled.positiontup
+            names = tuple(order) if order is not None else tuple(compiled.binds)
+            processors = tuple(
+                compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                for name in names
             )
-            self._compiled[key] = found
-        return found
+            plan = _Plan(compiled.string, order is not None, names, processors)
+            self._plans[key] = plan
+        return plan
 
-    def _parameters(self, compiled: _Compiled, values: Mapping[str, Any]) -> Any:
-        _, positional, processors = compiled
-        if self.table is not None:
-            values = _complete(self.table, values)
-        if processors:
-            values = {
-                name: processors[name](value) if name in processors else value
-                for name, value in values.items()
-            }
-        if positional is not None:
-            return tuple(values[name] for name in positional)
-        return values
+    def _parameters(self, plan: _Plan, values: Mapping[str, Any]) -> Any:
+        defaults = self._defaults
+        converted = []
+        for name, processor in zip(plan.names, plan.processors, strict=True):
+            value = values[name] if name in values else defaults[name]()
+            converted.append(value if processor is None else processor(value))
+        if plan.positional:
+            return tuple(converted)
+        return dict(zip(plan.names, converted, strict=True))
 
     def first(self, connection: Connection, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run it; the first row (None when there is none)."""
-        compiled = self._compile(connection.dialect)
+        plan = self._plan(connection.dialect)
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(compiled[0], self._parameters(compiled, values))
+            cursor.execute(plan.sql, self._parameters(plan, values))
             row = cursor.fetchone()
         finally:
             cursor.close()
@@ -87,31 +100,38 @@ class Direct:
 
     def many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run it once per row of parameters (no result)."""
-        compiled = self._compile(connection.dialect)
+        plan = self._plan(connection.dialect)
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.executemany(compiled[0], [self._parameters(compiled, row) for row in rows])
+            cursor.executemany(plan.sql, [self._parameters(plan, row) for row in rows])
         finally:
             cursor.close()
 
 
-def _complete(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with every other column but the primary key at its Python default, or None."""
-    row = {}
+def _defaults(table: Table) -> dict[str, Callable[[], Any]]:
+    """For every column but the primary key: its Python default (or None) as a function."""
+    defaults: dict[str, Callable[[], Any]] = {}
     for column in table.columns:
         if column.primary_key:
             continue
-        if column.key in values:
-            row[column.key] = values[column.key]
-        elif column.default is None:
-            row[column.key] = None
-        elif column.default.is_scalar:
-            row[column.key] = column.default.arg  # type: ignore[attr-defined]
-        elif column.default.is_callable:
-            row[column.key] = column.default.arg(None)  # type: ignore[attr-defined]
+        default = column.default
+        if default is None:
+            defaults[column.key] = _none
+        elif default.is_scalar:
+            defaults[column.key] = functools.partial(_same, default.arg)  # type: ignore[attr-defined]
+        elif default.is_callable:
+            defaults[column.key] = functools.partial(default.arg, None)  # type: ignore[attr-defined]
         else:
             raise ValueError(f"{table.name}.{column.key}: a default Direct cannot compute")
-    return row
+    return defaults
+
+
+def _none() -> None:
+    return None
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def direct_insert(table: Table, returning: Any | None = None) -> Direct:

@@ -57,6 +57,7 @@ _WINDOW = 1 << 16
 #: One value of printable ASCII (no backslash: that separates values), as read from the file.
 _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
 _DIGITS = re.compile(rb" *[0-9]{1,9} *")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UI"})
 _CHARSET_TEXT_VRS = frozenset({"LO", "SH"})  # the VRs above that a character set changes
 #: Character sets in which printable ASCII means itself.
@@ -199,7 +200,7 @@ def _file_meta(file: _File) -> tuple[int, str]:
             data, at = file.at(value, length)
             syntax = data[at : at + length].rstrip(b"\x00 ").decode("ascii", "replace")
         position = value + length
-    if syntax is None or position != end:
+    if syntax is None or position != end or not _UID.fullmatch(syntax):
         raise _UnusualError
     return position, syntax
 
@@ -229,30 +230,42 @@ def read_header(path: Path, keywords: Sequence[str]) -> Header | None:
     finally:
         os.close(fd)
     raws, charset, has_pixel_data, offset, syntax = found
-    encoding: str | list[str] = default_encoding
-    charset_bytes = (charset.value or b"").rstrip(b" ") if charset is not None else b""
-    if charset is not None:
-        encoding = convert_encodings(convert_raw_data_element(charset).value)
+    ascii_charset = charset is None or (charset.value or b"").rstrip(b" ") in _ASCII_CHARSETS
+    encoding: str | list[str] | None = None if ascii_charset else _encoding(charset)
     values: dict[str, Any] = dict.fromkeys(keywords)
     for tag, raw in raws.items():
-        values[keep[tag]] = _value(raw, encoding, charset_bytes in _ASCII_CHARSETS)
+        plain = _plain_value(raw, ascii_charset)
+        if plain is None:  # pydicom's conversion, in the dataset's character set
+            if encoding is None:
+                encoding = _encoding(charset)
+            plain = (convert_raw_data_element(raw, encoding=encoding).value,)
+        values[keep[tag]] = plain[0]
     return Header(values, has_pixel_data, offset, syntax)
 
 
-def _value(raw: RawDataElement, encoding: str | list[str], ascii_charset: bool) -> Any:
-    """A plain value converted here; any other by pydicom."""
+def _encoding(charset: RawDataElement | None) -> str | list[str]:
+    """The Python codecs of a Specific Character Set; raises as pydicom's reader does for a
+    value it cannot use (the listener then refuses the dataset)."""
+    if charset is None:
+        return default_encoding
+    encodings: list[str] = convert_encodings(convert_raw_data_element(charset).value)
+    return encodings
+
+
+def _plain_value(raw: RawDataElement, ascii_charset: bool) -> tuple[Any] | None:
+    """(value,) for a plain value, converted here; None for any other."""
     vr = raw.VR or dictionary_VR(raw.tag)
     data = raw.value or b""
     if vr == "UI":
         data = data.rstrip(b"\x00")
     if vr in _PLAIN_TEXT_VRS and (ascii_charset or vr not in _CHARSET_TEXT_VRS):
         if _PLAIN.fullmatch(data):
-            return data.decode("ascii").strip()
+            return (data.decode("ascii").strip(),)
     elif vr == "IS" and _DIGITS.fullmatch(data):
-        return int(data)
+        return (int(data),)
     elif vr == "US" and len(data) == 2:
-        return int.from_bytes(data, "little")
-    return convert_raw_data_element(raw, encoding=encoding).value
+        return (int.from_bytes(data, "little"),)
+    return None
 
 
 def _read(
@@ -293,6 +306,8 @@ def _read(
             if tag in keep:
                 kept[tag] = raw
             if tag == _SPECIFIC_CHARACTER_SET:
+                if vr not in (None, b"CS"):
+                    raise _UnusualError  # pydicom would read it with that VR, and fail
                 charset = raw
         position = walk.skip_value(vr, length, value, 0)
     return kept, charset, has_pixel_data, offset, syntax
