@@ -277,6 +277,17 @@ def _until_signalled() -> tuple[threading.Event, dict[signal.Signals, Any]]:
     return stop, previous
 
 
+def _wait_for(stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        pass
+
+
+def _restore(previous: dict[signal.Signals, Any]) -> None:
+    """Put back the signal handlers ``_until_signalled`` replaced."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def run_api(settings: Settings, database: Database, token: ApiToken) -> None:
     """Only the HTTP API (scale-out: as many as wanted behind a proxy); block until a signal."""
     stop, previous = _until_signalled()
@@ -285,12 +296,10 @@ def run_api(settings: Settings, database: Database, token: ApiToken) -> None:
         api.start()
         _token_banner(settings, token)
         _say(settings, f"API on http://{settings.api_host}:{settings.api_port}/")
-        while not stop.wait(1.0):
-            pass
+        _wait_for(stop)
     finally:
         api.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
 
 
 def run_dispatcher(settings: Settings, database: Database, *, wake_stdin: bool = False) -> None:
@@ -330,12 +339,10 @@ def run_dispatcher(settings: Settings, database: Database, *, wake_stdin: bool =
         " and whenever an image arrives" if wake_stdin else "",
     )
     try:
-        while not stop.wait(1.0):
-            pass
+        _wait_for(stop)
     finally:
         dispatcher.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
 
 
 def run_node(
@@ -363,8 +370,7 @@ def run_node(
         if worker is not None:
             worker.start()
         _print_banner(settings, listener, worker, api)
-        while not stop.wait(1.0):
-            pass
+        _wait_for(stop)
     finally:
         if started:
             listener.stop()  # in-flight C-STOREs finish first
@@ -376,5 +382,4 @@ def run_node(
             retention.stop()
         if worker is not None:
             worker.stop(settings.shutdown_grace)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
