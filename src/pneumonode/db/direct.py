@@ -50,11 +50,8 @@ class Direct:
 
     def __init__(self, statement: ClauseElement, table: Table | None = None) -> None:
         self.statement = statement
-        self.table = table
         self._plans: dict[tuple[str, str], _Plan] = {}
-        self._defaults: dict[str, Callable[[], Any]] = {}
-        if table is not None:
-            self._defaults = _defaults(table)
+        self._defaults = _defaults(table) if table is not None else {}
 
     def _plan(self, dialect: Dialect) -> _Plan:
         key = (dialect.name, dialect.driver)

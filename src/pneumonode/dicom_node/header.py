@@ -23,7 +23,8 @@ import functools
 import os
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,19 +73,14 @@ class _UnusualError(Exception):
     """Something this walk leaves to pydicom."""
 
 
+@dataclass(frozen=True, slots=True)
 class Header:
     """What ``read_header`` found: the attributes' values (None when absent), whether pixel data
-    follows them, where the dataset starts in the file, its transfer syntax."""
+    follows them, where the dataset starts in the file."""
 
-    __slots__ = ("has_pixel_data", "offset", "transfer_syntax_uid", "values")
-
-    def __init__(
-        self, values: dict[str, Any], has_pixel_data: bool, offset: int, transfer_syntax_uid: str
-    ) -> None:
-        self.values = values
-        self.has_pixel_data = has_pixel_data
-        self.offset = offset
-        self.transfer_syntax_uid = transfer_syntax_uid
+    values: dict[str, Any]
+    has_pixel_data: bool
+    offset: int
 
 
 class _File:
@@ -224,12 +220,12 @@ def read_header(path: Path, keywords: Sequence[str]) -> Header | None:
     fd = os.open(path, os.O_RDONLY)
     try:
         file = _File(fd, os.fstat(fd).st_size)
-        found = _read(file, frozenset(keep))
+        found = _read(file, keep)
     except (_UnusualError, struct.error, UnicodeDecodeError):
         return None
     finally:
         os.close(fd)
-    raws, charset, has_pixel_data, offset, syntax = found
+    raws, charset, has_pixel_data, offset = found
     ascii_charset = charset is None or (charset.value or b"").rstrip(b" ") in _ASCII_CHARSETS
     encoding: str | list[str] | None = None if ascii_charset else _encoding(charset)
     values: dict[str, Any] = dict.fromkeys(keywords)
@@ -240,7 +236,7 @@ def read_header(path: Path, keywords: Sequence[str]) -> Header | None:
                 encoding = _encoding(charset)
             plain = (convert_raw_data_element(raw, encoding=encoding).value,)
         values[keep[tag]] = plain[0]
-    return Header(values, has_pixel_data, offset, syntax)
+    return Header(values, has_pixel_data, offset)
 
 
 def _encoding(charset: RawDataElement | None) -> str | list[str]:
@@ -269,8 +265,8 @@ def _plain_value(raw: RawDataElement, ascii_charset: bool) -> tuple[Any] | None:
 
 
 def _read(
-    file: _File, keep: frozenset[int]
-) -> tuple[dict[int, RawDataElement], RawDataElement | None, bool, int, str]:
+    file: _File, keep: Container[int]
+) -> tuple[dict[int, RawDataElement], RawDataElement | None, bool, int]:
     offset, syntax = _file_meta(file)
     implicit = not _explicit(syntax)
     walk = _Walk(file, implicit)
@@ -310,4 +306,4 @@ def _read(
                     raise _UnusualError  # pydicom would read it with that VR, and fail
                 charset = raw
         position = walk.skip_value(vr, length, value, 0)
-    return kept, charset, has_pixel_data, offset, syntax
+    return kept, charset, has_pixel_data, offset
