@@ -220,11 +220,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "process queued jobs until SIGTERM (the job in hand finishes).",
     )
     worker.add_argument(
-        "--concurrency", type=_positive_int, default=1, help="worker processes (default 1)"
+        "--concurrency",
+        type=_positive_int,
+        default=2,
+        help="images in hand at once (default 2): threads sharing one model with the threads "
+        "pool, processes with a model each with prefork",
     )
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: settings)")
     worker.add_argument(
-        "--pool", choices=("prefork", "solo"), default="prefork", help="Celery pool"
+        "--pool",
+        choices=("threads", "prefork", "solo"),
+        default="threads",
+        help="Celery pool (default threads: the network runs one image at a time on all cores "
+        "while the other image is decoded, turned into SEG + SR and sent)",
     )
 
     predict_dicom = sub.add_parser(
@@ -673,13 +681,17 @@ def _cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from pneumonode.worker.tasks import QUEUE, configure
+    from pneumonode.worker.tasks import QUEUE, configure, context
 
     if args.device:
         settings = settings.model_copy(update={"device": args.device})
     _require_model(settings)
     _open_database(settings).dispose()  # fail now, with one line, if it cannot be opened
     app = configure(settings)
+    if args.pool != "prefork":
+        # one process runs the tasks: load the model before taking any (prefork loads it in
+        # each pool process, see pneumonode.worker.tasks)
+        context()
     quiet = []
     if settings.log_format == "json":  # JSON lines only: no banner, no bare shutdown lines
         import celery.apps.worker

@@ -114,7 +114,7 @@ class WorkerProcess(_Supervised):
 
     name = "worker"
 
-    def __init__(self, config_file: Path | None, concurrency: int = 1, restart_delay: float = 2.0):
+    def __init__(self, config_file: Path | None, concurrency: int = 2, restart_delay: float = 2.0):
         super().__init__(config_file, ["worker", "--concurrency", str(concurrency)], restart_delay)
 
     def stop(self, grace: float) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -109,6 +112,36 @@ def test_flip_tta_is_symmetric(tiny_checkpoint: Path) -> None:
     a = predictor.probabilities(x)[0]
     b = predictor.probabilities(x[..., ::-1].copy())[0]
     assert np.allclose(a, b[:, ::-1], atol=1e-5)
+
+
+def test_threads_share_a_predictor_one_inference_at_a_time(tiny_checkpoint: Path) -> None:
+    """The worker's threads pool shares one Predictor: results as if alone, and the engine (not
+    thread-safe: one infer request) never runs two batches at once."""
+    predictor = Predictor.load(tiny_checkpoint, device="cpu", precision="fp32")
+    inputs = np.random.default_rng(1).random((8, 1, 1, 64, 64), dtype=np.float32)
+    alone = [predictor.probabilities(x)[0] for x in inputs]
+    engine_logits = predictor.engine.logits
+    inside: list[int] = []
+    most = [0]
+    guard = threading.Lock()
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        with guard:
+            inside.append(1)
+            most[0] = max(most[0], len(inside))
+        time.sleep(0.01)  # long enough for another thread to try to come in
+        try:
+            return engine_logits(batch)
+        finally:
+            with guard:
+                inside.pop()
+
+    predictor.engine.logits = counted  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4) as pool:
+        shared = list(pool.map(lambda x: predictor.probabilities(x)[0], inputs))
+    assert most[0] == 1
+    for a, b in zip(alone, shared, strict=True):
+        assert np.array_equal(a, b)
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bfloat16")

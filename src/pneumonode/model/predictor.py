@@ -1,7 +1,9 @@
 """Inference: a loaded network that turns a prepared radiograph into a mask and a finding.
 
-The Predictor is created once per worker (and used from one thread) and reused. An inference
-engine runs the network; three backends are available:
+The Predictor is created once per worker process and reused. Threads may share it: the network
+runs one image at a time (a lock: each run already uses every core the process may use), while
+pre- and post-processing run in the calling threads. An inference engine runs the network; three
+backends are available:
 
 ``torch``
     The PyTorch model, in float32, or in bfloat16 autocast with channels-last memory on CPUs
@@ -36,6 +38,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -508,6 +511,7 @@ class Predictor:
             self.engine = model
         else:
             self.engine = TorchEngine(model, device=device, precision=precision)
+        self._engine_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -583,9 +587,15 @@ class Predictor:
                 f"got {batch.shape[2]}x{batch.shape[3]}"
             )
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        probability = _sigmoid(self.engine.logits(batch)[:, 0])
-        if self.tta:
-            flipped = self.engine.logits(np.ascontiguousarray(batch[..., ::-1]))[:, 0, :, ::-1]
+        with self._engine_lock:  # one image at a time: each run takes every core already
+            logits = self.engine.logits(batch)
+            flipped = (
+                self.engine.logits(np.ascontiguousarray(batch[..., ::-1]))[:, 0, :, ::-1]
+                if self.tta
+                else None
+            )
+        probability = _sigmoid(logits[:, 0])
+        if flipped is not None:
             probability = (probability + _sigmoid(flipped)) / 2
         return probability
 

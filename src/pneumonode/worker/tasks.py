@@ -10,6 +10,12 @@ Brokers:
 - Scale out: ``PNEUMONODE_BROKER_URL=redis://host:6379/0`` (or any Celery broker) and
   ``pneumonode worker`` on as many machines as wanted.
 
+Pools: ``pneumonode worker`` runs Celery's threads pool by default, two jobs at once in one
+process sharing one model. The network runs one image at a time on every core
+(:class:`pneumonode.model.predictor.Predictor`); while it runs, the other job is decoded, turned
+into SEG + SR, written and sent, instead of the network waiting for that. The prefork pool (a
+process, and a model, per job in hand) remains for isolation.
+
 Whatever the broker loses (a worker killed with its message, a message never published), the
 database does not: the dispatcher re-queues jobs that are pending, running past their lease, or
 queued for longer than a lease (see :mod:`pneumonode.worker.dispatch`). The task's claim makes a
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -36,6 +43,7 @@ QUEUE = "pneumonode"
 
 app = Celery("pneumonode")
 _context: PipelineContext | None = None
+_context_lock = threading.Lock()
 _settings: Settings | None = None
 
 
@@ -91,20 +99,23 @@ def configure(settings: Settings) -> Celery:
 
 
 def context() -> PipelineContext:
-    """This process's pipeline context (database and model, loaded at first use)."""
+    """This process's pipeline context (database and model, loaded once, at first use; the
+    threads pool's threads share it)."""
     global _context
-    if _context is None:
-        _context = PipelineContext.load(_settings or get_settings())
-        _context.start_heartbeats()
-        log.info(
-            "worker %s ready: model %s %s on %s (%s)",
-            _context.worker_name,
-            _context.predictor.config.name,
-            _context.predictor.config.version,
-            _context.predictor.device,
-            _context.predictor.backend,
-        )
-    return _context
+    with _context_lock:
+        if _context is None:
+            loaded = PipelineContext.load(_settings or get_settings())
+            loaded.start_heartbeats()
+            log.info(
+                "worker %s ready: model %s %s on %s (%s)",
+                loaded.worker_name,
+                loaded.predictor.config.name,
+                loaded.predictor.config.version,
+                loaded.predictor.device,
+                loaded.predictor.backend,
+            )
+            _context = loaded
+        return _context
 
 
 @signals.setup_logging.connect
