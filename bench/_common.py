@@ -33,13 +33,19 @@ def bench_model(path: Path | None, folder: Path) -> Path:
         return path
     if (SHIPPED_MODEL / "config.json").is_file():
         return SHIPPED_MODEL
+    return design_model(folder)
+
+
+def design_model(folder: Path) -> Path:
+    """The design's network, an EfficientNet-B4 U-Net taking 1024 px, with random weights (the
+    cost per image of a trained one), saved under ``folder``."""
     import torch
 
     from pneumonode.model.checkpoint import CheckpointConfig, save_checkpoint
     from pneumonode.model.network import build_unet
 
     torch.manual_seed(0)
-    target = folder / "random-b4"
+    target = folder / "random-b4-1024"
     save_checkpoint(build_unet("efficientnet-b4"), target, CheckpointConfig(version="random"))
     return target
 

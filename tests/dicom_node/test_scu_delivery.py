@@ -31,6 +31,8 @@ from pneumonode.dicom_node.receive import dataset_offset
 from pneumonode.dicom_node.scu import Failure, echo, send_files
 
 if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
     from conftest import RunningNode
 
 pytestmark = pytest.mark.integration
@@ -144,6 +146,42 @@ def test_send_files_to_storescp_keeps_bytes_and_transfer_syntax(
         del original.PixelData, padded.PixelData
         assert padded == original
     assert odd == ["dx_monochrome1.dcm"]  # the one such file in the shared data
+
+
+def test_a_response_taken_by_the_reactor_reaches_the_sender(
+    tmp_path: Path, siim_sample_dicoms: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's reactor may take a C-STORE response its sender waits for (its pause is
+    racy; under load it happens: two jobs in a worker, the network's threads). Here it happens
+    to every response: each is handed to the reactor's handler first, as when the reactor wins
+    the race. Every store must still be answered, not end in a DIMSE timeout."""
+    from pneumonode.dicom_node import scu
+
+    taken: list[object] = []
+    no_delay = scu._no_delay
+
+    def reactor_wins(assoc: Association) -> None:
+        no_delay(assoc)
+        get = assoc.dimse.get_msg
+
+        def sender_get(block: bool = False) -> tuple[int | None, object]:
+            if not block:  # the reactor's own look
+                return get(block)
+            context_id, msg = get(True)
+            if msg is None:
+                return context_id, msg
+            taken.append(msg)
+            assoc._serve_request(msg, context_id)  # what the reactor does with what it took
+            return get(True)
+
+        assoc.dimse.get_msg = sender_get
+
+    monkeypatch.setattr(scu, "_no_delay", reactor_wins)
+    sources = siim_sample_dicoms[:3]
+    with run_storescp(tmp_path / "scp") as scp:
+        outcomes = send_files(sources, parse_destination(scp.destination), CALLING_AE, timeout=2)
+    assert len(taken) == len(sources)
+    assert [(o.ok, o.status) for o in outcomes] == [(True, 0x0000)] * len(sources)
 
 
 def test_peer_refusing_a_transfer_syntax_fails_that_file_only(

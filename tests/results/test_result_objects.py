@@ -191,6 +191,75 @@ def test_report_of_a_negative_image_says_absent(
     assert not any(name in ("Area", "Laterality") for name, _ in items)
 
 
+def _without_times(dataset: Dataset) -> bytes:
+    """The encoded dataset, with the times it was made at blanked."""
+    from io import BytesIO
+
+    copy = Dataset(dict(dataset.items()))
+    copy.file_meta = dataset.file_meta
+    for keyword in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"):
+        setattr(copy, keyword, "")
+    for item in copy.ContributingEquipmentSequence:
+        item.ContributionDateTime = ""
+    buffer = BytesIO()
+    copy.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_report_is_the_one_highdicom_makes(
+    siim_sample_dicoms: list[Path], format_refs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report is made around an empty tree, then given its tree (see results.sr._document):
+    byte for byte what highdicom's ComprehensiveSR makes of the same tree, for positive reports
+    (left, right, both sides, side unknown; area in mm² and in pixels) and negative ones."""
+    import highdicom as hd
+
+    import pneumonode.results.sr as sr_module
+
+    dx = make_dx(synthetic_chest(64, 48, 12), 12)  # no spacing, few patient attributes
+    sources = [pydicom.dcmread(p) for p in siim_sample_dicoms[:3]]
+    radiographs = [p for p in sorted(format_refs.glob("*.dcm")) if not p.name.startswith("seg")]
+    sources += [pydicom.dcmread(p) for p in radiographs] + [dx]
+    cases = []
+    for source in sources:
+        rows, columns = int(source.Rows), int(source.Columns)
+        regions = (
+            (slice(0, rows // 3), slice(0, columns // 4)),
+            (slice(0, rows // 3), slice(-2, None)),
+        )
+        for region in (*regions, None):
+            mask = np.zeros((rows, columns), dtype=bool)
+            if region is not None:
+                mask[region] = True
+            cases.append((source, mask))
+        both = np.zeros((rows, columns), dtype=bool)
+        both[: rows // 3, : columns // 5] = both[: rows // 3, -columns // 5 :] = True
+        cases.append((source, both))
+
+    def made(highdicom_itself: bool) -> list[bytes]:
+        with monkeypatch.context() as patch:
+            if highdicom_itself:
+                patch.setattr(
+                    sr_module,
+                    "_document",
+                    lambda evidence, content, **kw: hd.sr.ComprehensiveSR(
+                        evidence=evidence, content=content, **kw
+                    ),
+                )
+            out = []
+            for source, mask in cases:
+                seg = build_segmentation(source, mask, ALGORITHM)
+                finding = summarise(mask, 0.9 if mask.any() else 0.1, source)
+                out.append(
+                    _without_times(build_report(source, finding, ALGORITHM, segmentation=seg))
+                )
+            return out
+
+    sides = {summarise(m, 0.9, s).side for s, m in cases if m.any()}
+    assert {"left", "right", "bilateral"} <= sides
+    assert made(highdicom_itself=False) == made(highdicom_itself=True)
+
+
 def test_a_present_finding_needs_its_segmentation() -> None:
     source = make_dx(synthetic_chest(64, 48, 12), 12)
     mask = np.ones((64, 48), dtype=bool)

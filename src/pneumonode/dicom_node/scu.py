@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from pynetdicom import AE, _config, evt
@@ -73,7 +74,31 @@ def _associate(
     )
     if assoc.is_established:
         _no_delay(assoc)
+        _keep_responses_for_the_sender(assoc)
     return assoc, bool(connected)
+
+
+def _keep_responses_for_the_sender(assoc: Association) -> None:
+    """Give a response the association's reactor took back to the thread waiting for it.
+
+    ``send_c_store`` pauses the association's reactor thread, sends, then waits for the response
+    on the DIMSE queue. The pause is racy: the reactor may be between its checkpoint and taking
+    the next message when the sender sees it "paused", and then it takes the response itself,
+    logs "Received unexpected C-STORE service message" and drops it; the sender waits out the
+    DIMSE timeout and aborts (pynetdicom issues 435, 842). It happens under load, with other
+    threads busy: a worker's second job, the network's threads. The reactor of an association
+    we requested has no use for a response, so it puts it back on the queue the sender reads.
+    """
+    serve = assoc._serve_request
+    queue = assoc.dimse.msg_queue
+
+    def serve_requests_only(msg: Any, context_id: int) -> None:
+        if msg.is_valid_request:
+            serve(msg, context_id)
+        else:  # a response: the sender's
+            queue.put((context_id, msg))
+
+    assoc._serve_request = serve_requests_only  # type: ignore[method-assign]
 
 
 def _no_delay(assoc: Association) -> None:
