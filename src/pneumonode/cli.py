@@ -728,7 +728,13 @@ def _cmd_predict_dicom(settings: Settings, args: argparse.Namespace) -> int:
     for path in tqdm(args.files, desc="predict-dicom", unit="img", disable=len(args.files) < 2):
         try:
             source = read_dataset(path)
-            analysis = analyse(source, predictor, label=settings.result_label, with_capture=args.sc)
+            analysis = analyse(
+                source,
+                predictor,
+                label=settings.result_label,
+                with_capture=args.sc,
+                with_overlay=True,
+            )
         except (ConversionError, ValueError) as exc:
             print(f"error: {path.name}: {exc}", file=sys.stderr)
             failed += 1

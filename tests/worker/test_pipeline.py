@@ -108,8 +108,12 @@ def test_received_images_come_back_as_seg_and_sr(
                 dataset.save_as(out)
                 assert dciodvfy_errors(out) == [], kind
         folder = node.settings.results_dir / str(source.StudyInstanceUID)
-        assert {"seg.dcm", "sr.dcm", "image.png", "overlay.png", "mask.png"} <= {
-            p.name for p in next(folder.iterdir()).iterdir()
+        # the API draws the overlay from these (no SC destination here: no overlay.png)
+        assert {p.name for p in next(folder.iterdir()).iterdir()} == {
+            "seg.dcm",
+            "sr.dcm",
+            "image.png",
+            "mask.png",
         }
 
 

@@ -6,7 +6,9 @@
    RUNNING with a lease in this worker's name). A job that is done, or running elsewhere, is left
    alone: a duplicate task is a no-op.
 2. **Analyse** the spooled file (:func:`analyse`): conversion, inference, then SEG + SR (+ SC).
-3. **Write** the objects and the PNGs under ``results/<StudyUID>/<SOPInstanceUID>/``, atomically.
+3. **Write** the objects and the PNGs under ``results/<StudyUID>/<SOPInstanceUID>/``, atomically:
+   the displayed image and the mask (the API draws overlays from these two, at the opacity the
+   page asks for), and the overlay itself only where a Secondary Capture needed it anyway.
 4. **Record**, in one transaction: the result (one row per job and model version, replaced on a
    re-run), a delivery per object and destination, the job DONE with its timings, audit events.
    The transaction commits only while the job is still ours (a re-send of the image meanwhile
@@ -157,7 +159,7 @@ class Analysis:
     segmentation: Dataset
     report: Dataset
     capture: Dataset | None
-    overlay: np.ndarray  # (Rows, Columns, 3) uint8
+    overlay: np.ndarray | None  # (Rows, Columns, 3) uint8; made for a capture, or when asked
     grey: np.ndarray  # (Rows, Columns) uint8, the displayed image
     timings: dict[str, float]
 
@@ -169,7 +171,7 @@ class ResultFiles:
     sr: Path
     sc: Path | None
     image_png: Path
-    overlay_png: Path
+    overlay_png: Path | None
     mask_png: Path
 
 
@@ -190,8 +192,10 @@ def analyse(
     *,
     label: str = "not for clinical use",
     with_capture: bool = False,
+    with_overlay: bool = False,
 ) -> Analysis:
-    """Convert, infer and build the result objects for one image (no I/O, no database).
+    """Convert, infer and build the result objects for one image (no I/O, no database); the
+    overlay picture is drawn for the capture, or when ``with_overlay`` asks for it.
 
     Raises:
         ConversionError: the pixels cannot be turned into a model input.
@@ -207,13 +211,15 @@ def analyse(
     inferred = time.perf_counter()
     grey = prepared.source_pixels
     assert grey is not None  # keep_source=True
-    overlay = render_overlay(grey, prediction.mask)
+    overlay = render_overlay(grey, prediction.mask) if with_capture or with_overlay else None
     segmentation = build_segmentation(source, prediction.mask, algorithm, label=label)
     report = build_report(
         source, prediction.finding, algorithm, segmentation=segmentation, label=label
     )
     capture = (
-        build_overlay_capture(source, overlay, algorithm, label=label) if with_capture else None
+        build_overlay_capture(source, overlay, algorithm, label=label)
+        if overlay is not None and with_capture
+        else None
     )
     built = time.perf_counter()
     return Analysis(
@@ -240,7 +246,8 @@ def _dicom_bytes(dataset: Dataset) -> bytes:
 
 
 def write_results(analysis: Analysis, folder: Path, png_level: int = 1) -> ResultFiles:
-    """Write the objects (durably) and the PNGs of one analysis into ``folder``."""
+    """Write the objects (durably) and the PNGs of one analysis into ``folder`` (overlay.png
+    when the analysis drew the overlay)."""
     seg = write_atomic(folder / "seg.dcm", _dicom_bytes(analysis.segmentation))
     sr = write_atomic(folder / "sr.dcm", _dicom_bytes(analysis.report))
     sc = (
@@ -257,8 +264,12 @@ def write_results(analysis: Analysis, folder: Path, png_level: int = 1) -> Resul
         image_png=write_atomic(
             folder / "image.png", encode_png(analysis.grey, png_level), durable=False
         ),
-        overlay_png=write_atomic(
-            folder / "overlay.png", encode_png(analysis.overlay, png_level), durable=False
+        overlay_png=(
+            write_atomic(
+                folder / "overlay.png", encode_png(analysis.overlay, png_level), durable=False
+            )
+            if analysis.overlay is not None
+            else None
         ),
         mask_png=write_atomic(folder / "mask.png", encode_png(mask, png_level), durable=False),
     )
