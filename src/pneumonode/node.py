@@ -302,6 +302,18 @@ def run_api(settings: Settings, database: Database, token: ApiToken) -> None:
         _restore(previous)
 
 
+def _warm_up_publishing() -> None:
+    """Connect to the broker and declare the queue now, not with the first job (about 25 ms
+    of Python, which would otherwise compete with the listener during the first images)."""
+    from pneumonode.worker.tasks import QUEUE, app
+
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.maybe_declare(app.amqp.queues[QUEUE])
+    except Exception as exc:  # the broker may be down: publishing retries on its own
+        log.warning("broker not reachable yet: %s", type(exc).__name__)
+
+
 def run_dispatcher(settings: Settings, database: Database, *, wake_stdin: bool = False) -> None:
     """Only the dispatcher (``pneumonode dispatch``): look for jobs every
     ``dispatch_interval`` seconds and, with ``wake_stdin``, at once whenever a byte arrives on
@@ -329,6 +341,7 @@ def run_dispatcher(settings: Settings, database: Database, *, wake_stdin: bool =
                 dispatcher.wake()
         stop.set()  # the process that started us is stopping, or gone
 
+    _warm_up_publishing()
     dispatcher.start()
     if wake_stdin:
         threading.Thread(target=read_wakes, name="dispatch-wakes", daemon=True).start()

@@ -15,6 +15,7 @@ from pydicom.uid import (
 )
 
 from dicom_factory import make_dx
+from pneumonode.db.session import Database
 from pneumonode.dicom_node.peers import PeerConfigError, PeerPolicy, PeerRule, parse_destination
 from pneumonode.dicom_node.selection import skip_reason
 from pneumonode.dicom_node.spool import Spool, safe_component
@@ -152,3 +153,17 @@ def test_peer_rules() -> None:
     assert PeerPolicy([], accept_any=True).allows("ANYONE", "1.2.3.4")
     with pytest.raises(PeerConfigError, match="cannot resolve"):
         PeerRule.parse("PACS@no-such-host.invalid")
+
+
+def test_the_listeners_warm_up_leaves_nothing_behind(database: Database, tmp_path: Path) -> None:
+    """The warm-up runs the receive statements and an audit insert in a transaction it rolls
+    back (SQLite and PostgreSQL): no study, instance, job or audit event stays."""
+    from sqlalchemy import func, select
+
+    from pneumonode.db.models import AuditEvent, Instance, Job, Study
+    from pneumonode.dicom_node.receive import InstanceReceiver
+
+    InstanceReceiver(Spool(tmp_path / "spool"), database, min_free_bytes=0).warm_up()
+    with database.session() as session:
+        for table in (Study, Instance, Job, AuditEvent):
+            assert session.scalar(select(func.count()).select_from(table)) == 0, table.__name__

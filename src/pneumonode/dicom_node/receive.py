@@ -141,6 +141,39 @@ class InstanceReceiver:
     def disk_is_low(self) -> bool:
         return self.spool.free_bytes() < self.min_free_bytes
 
+    def warm_up(self) -> None:
+        """Make the first C-STORE as quick as the next ones: run what receiving one writes to
+        the database (the instance's statements and an audit event) once, in a transaction that
+        is rolled back, and start the threads that fsync. The first image used to take about
+        30 ms more while SQLAlchemy configured its mappers and compiled these statements."""
+        item = ReceivedInstance(
+            study_uid="2.25.1",
+            series_uid="2.25.2",
+            sop_uid="2.25.3",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            modality="DX",
+            patient_id=None,
+            accession_number=None,
+            study_date=None,
+            path="warm-up",
+            size_bytes=0,
+            sha256=None,
+            calling_ae=None,
+            peer_address=None,
+            skip_reason=None,
+        )
+        try:
+            with self.database.sessions() as session, session.begin() as transaction:
+                connection = session.connection()
+                record_received_instance(connection, item, find_known_instance(connection, ""))
+                audit(session, "warm-up", "rolled back")
+                session.flush()
+                transaction.rollback()
+        except SQLAlchemyError as exc:  # the first C-STORE will say what is wrong
+            log.warning("could not warm up the database statements: %s", type(exc).__name__)
+        self.spool.start_threads()
+
     def receive(
         self,
         temp: Path,

@@ -202,6 +202,7 @@ class Listener:
         # patient data, and we keep the bytes as they came anyway.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.spool.sweep_incoming(older_than=0)
+        self.receiver.warm_up()
         host = self.settings.dicom_host
         if self.settings.dicom_plaintext:
             self.servers["plain"] = self._acceptor(self.settings.dicom_port, tls=False)

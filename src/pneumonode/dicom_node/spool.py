@@ -46,7 +46,8 @@ def safe_component(uid: str) -> str:
     return f"{cleaned}-{digest}"
 
 
-_SYNC_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spool-fsync")
+_SYNC_THREADS = 4
+_SYNC_POOL = ThreadPoolExecutor(max_workers=_SYNC_THREADS, thread_name_prefix="spool-fsync")
 
 
 def _fsync_file(path: Path) -> None:
@@ -130,6 +131,13 @@ class Spool:
         relative, folder_synced = self.place(temp, study_uid, sop_uid)
         folder_synced.result()
         return relative
+
+    @staticmethod
+    def start_threads() -> None:
+        """Start the fsync threads now rather than with the first file."""
+        started = [_SYNC_POOL.submit(time.sleep, 0.01) for _ in range(_SYNC_THREADS)]
+        for future in started:
+            future.result()
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
