@@ -6,7 +6,7 @@ write, send): p50/p95 per stage and of everything but inference. Throughput: a b
 association, from its first byte to the last result delivered (the database's time of that
 delivery; the harness looks only once a second, so as not to take CPU from the model).
 Reference, in the same run with the node stopped: the same model's own inference (same backend
-and precision) on the burst's images.
+and precision) on the burst's images, half before the node runs and half after.
 
     .venv/bin/python bench/end_to_end.py [--latency-images 16] [--burst-images 40] [--model M]
 
@@ -207,8 +207,13 @@ def main() -> int:
         files = _copies(args.latency_images + args.burst_images, work / "in")
         latency_files, burst_files = files[: args.latency_images], files[args.latency_images :]
         for index, model in enumerate(dict.fromkeys(models)):
+            # the reference before and after the node, on half the burst's images each: the
+            # speed of a shared machine drifts over minutes
+            half = len(burst_files) // 2
+            before = _inference_only(model, burst_files[: half + 1])
             stages, node_rate = _run_node(model, latency_files, burst_files, work / f"node{index}")
-            infer = _inference_only(model, burst_files)
+            after = _inference_only(model, burst_files[half:])
+            infer = ((before[0] + after[0]) / 2, 2 / (1 / before[1] + 1 / after[1]))
             reports.append((f"{model} ({_describe(model)})", stages, node_rate, infer))
     finally:
         if not args.keep:
