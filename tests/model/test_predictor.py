@@ -144,21 +144,6 @@ def test_threads_share_a_predictor_one_inference_at_a_time(tiny_checkpoint: Path
         assert np.array_equal(a, b)
 
 
-def test_cpu_work_takes_turns_with_the_network(tiny_checkpoint: Path) -> None:
-    """On the CPU, a job's own work (held under compute()) and another job's inference take
-    turns; compute() is re-entrant, so inference inside it works."""
-    predictor = Predictor.load(tiny_checkpoint, device="cpu", precision="fp32")
-    x = np.zeros((1, 1, 64, 64), dtype=np.float32)
-    with predictor.compute():
-        predictor.probabilities(x)  # re-entrant: no deadlock
-        done = threading.Event()
-        other = threading.Thread(target=lambda: (predictor.probabilities(x), done.set()))
-        other.start()
-        assert not done.wait(0.3), "inference ran beside CPU work held under compute()"
-    assert done.wait(30)
-    other.join()
-
-
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bfloat16")
 def test_bf16_stays_close_to_fp32(tiny_checkpoint: Path, siim_sample_dicoms: list[Path]) -> None:
     fp32 = Predictor.load(tiny_checkpoint, device="cpu", precision="fp32")

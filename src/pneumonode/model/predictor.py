@@ -1,12 +1,9 @@
 """Inference: a loaded network that turns a prepared radiograph into a mask and a finding.
 
 The Predictor is created once per worker process and reused. Threads may share it: the network
-runs one image at a time (a lock: each run already uses every core the process may use). On the
-CPU, :meth:`Predictor.compute` also lets a caller's other CPU work take turns with the network:
-Python work running beside an inference takes a core from it, and its threads then wait for the
-slowest one at every layer, so an overlap costs the network about twice what the work itself
-takes (measured with the worker's two jobs in hand); taking turns costs it once. An inference
-engine runs the network; three backends are available:
+runs one image at a time (a lock: each run already uses every core the process may use), while
+pre- and post-processing run in the calling threads. An inference engine runs the network; three
+backends are available:
 
 ``torch``
     The PyTorch model, in float32, or in bfloat16 autocast with channels-last memory on CPUs
@@ -44,8 +41,6 @@ import tempfile
 import threading
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from importlib.util import find_spec
@@ -517,7 +512,6 @@ class Predictor:
         else:
             self.engine = TorchEngine(model, device=device, precision=precision)
         self._engine_lock = threading.Lock()
-        self._cpu_turns = threading.RLock()
 
     @classmethod
     def load(
@@ -583,17 +577,6 @@ class Predictor:
     def device(self) -> str:
         return self.engine.device
 
-    @contextmanager
-    def compute(self) -> Iterator[None]:
-        """Hold this while doing CPU work beside other threads that use this Predictor: on the
-        CPU, that work and the network take turns (see the module docstring); on a GPU they
-        overlap. Re-entrant: the network's own runs take it too."""
-        if self.device != "cpu":
-            yield
-            return
-        with self._cpu_turns:
-            yield
-
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Pixel probabilities. Shape: (N, 1, size, size) float32 in [0, 1] -> (N, size, size)."""
         if batch.ndim != 4 or batch.shape[1] != 1:
@@ -604,7 +587,7 @@ class Predictor:
                 f"got {batch.shape[2]}x{batch.shape[3]}"
             )
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        with self.compute(), self._engine_lock:  # one image at a time, on every core
+        with self._engine_lock:  # one image at a time: each run takes every core already
             logits = self.engine.logits(batch)
             flipped = (
                 self.engine.logits(np.ascontiguousarray(batch[..., ::-1]))[:, 0, :, ::-1]

@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Analysis",
-    "EncodedResults",
     "JobOutcome",
     "PermanentJobError",
     "PipelineContext",
@@ -68,10 +67,8 @@ __all__ = [
     "TransientJobError",
     "analyse",
     "claim_job",
-    "encode_results",
     "process_job",
     "release_job",
-    "write_encoded",
     "write_results",
 ]
 
@@ -248,54 +245,31 @@ def _dicom_bytes(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-@dataclass(frozen=True)
-class EncodedResults:
-    """The bytes of every file of one analysis (CPU work), before they are written (I/O)."""
-
-    seg: bytes
-    sr: bytes
-    sc: bytes | None
-    image_png: bytes
-    overlay_png: bytes | None
-    mask_png: bytes
-
-
-def encode_results(analysis: Analysis, png_level: int = 1) -> EncodedResults:
-    """Encode the objects and the PNGs of one analysis (overlay.png when it drew the overlay)."""
-    mask = analysis.prediction.mask.astype(np.uint8) * 255
-    return EncodedResults(
-        seg=_dicom_bytes(analysis.segmentation),
-        sr=_dicom_bytes(analysis.report),
-        sc=_dicom_bytes(analysis.capture) if analysis.capture is not None else None,
-        image_png=encode_png(analysis.grey, png_level),
-        overlay_png=(
-            encode_png(analysis.overlay, png_level) if analysis.overlay is not None else None
-        ),
-        mask_png=encode_png(mask, png_level),
-    )
-
-
-def write_encoded(encoded: EncodedResults, folder: Path) -> ResultFiles:
-    """Write encoded results into ``folder``: the DICOM objects durably, the PNGs atomically."""
-    return ResultFiles(
-        folder=folder,
-        seg=write_atomic(folder / "seg.dcm", encoded.seg),
-        sr=write_atomic(folder / "sr.dcm", encoded.sr),
-        sc=write_atomic(folder / "sc.dcm", encoded.sc) if encoded.sc is not None else None,
-        image_png=write_atomic(folder / "image.png", encoded.image_png, durable=False),
-        overlay_png=(
-            write_atomic(folder / "overlay.png", encoded.overlay_png, durable=False)
-            if encoded.overlay_png is not None
-            else None
-        ),
-        mask_png=write_atomic(folder / "mask.png", encoded.mask_png, durable=False),
-    )
-
-
 def write_results(analysis: Analysis, folder: Path, png_level: int = 1) -> ResultFiles:
     """Write the objects (durably) and the PNGs of one analysis into ``folder`` (overlay.png
     when the analysis drew the overlay)."""
-    return write_encoded(encode_results(analysis, png_level), folder)
+    mask = analysis.prediction.mask.astype(np.uint8) * 255
+    return ResultFiles(
+        folder=folder,
+        seg=write_atomic(folder / "seg.dcm", _dicom_bytes(analysis.segmentation)),
+        sr=write_atomic(folder / "sr.dcm", _dicom_bytes(analysis.report)),
+        sc=(
+            write_atomic(folder / "sc.dcm", _dicom_bytes(analysis.capture))
+            if analysis.capture is not None
+            else None
+        ),
+        image_png=write_atomic(
+            folder / "image.png", encode_png(analysis.grey, png_level), durable=False
+        ),
+        overlay_png=(
+            write_atomic(
+                folder / "overlay.png", encode_png(analysis.overlay, png_level), durable=False
+            )
+            if analysis.overlay is not None
+            else None
+        ),
+        mask_png=write_atomic(folder / "mask.png", encode_png(mask, png_level), durable=False),
+    )
 
 
 @dataclass(frozen=True)
@@ -426,17 +400,13 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
 
     spooled = settings.spool_dir / claimed.path
     try:
-        # the CPU work of this job takes turns with the other jobs' inference (on a GPU: overlaps)
-        with context.predictor.compute():
-            source = read_dataset(spooled, "spooled instance")
-            analysis = analyse(
-                source,
-                context.predictor,
-                label=settings.result_label,
-                with_capture=bool(settings.sc_destinations),
-            )
-            built = time.perf_counter()
-            encoded = encode_results(analysis, settings.png_level)
+        source = read_dataset(spooled, "spooled instance")
+        analysis = analyse(
+            source,
+            context.predictor,
+            label=settings.result_label,
+            with_capture=bool(settings.sc_destinations),
+        )
     except FileNotFoundError:
         return _fail(context, claimed, "the spooled file is missing")
     except ConversionError as exc:
@@ -444,10 +414,11 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
     except ValueError as exc:
         return _fail(context, claimed, f"cannot build results: {exc}")
 
+    built = time.perf_counter()
     folder = (
         settings.results_dir / safe_component(claimed.study_uid) / safe_component(claimed.sop_uid)
     )
-    files = write_encoded(encoded, folder)
+    files = write_results(analysis, folder, settings.png_level)
     timings: dict[str, Any] = {
         "receive_to_queued": _seconds(claimed.queued_at, claimed.received_at),
         "queue_wait": _seconds(claimed.started_at, claimed.queued_at or claimed.received_at),
