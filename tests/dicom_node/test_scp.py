@@ -314,6 +314,54 @@ def test_database_down_answers_out_of_resources_and_keeps_no_file(node, siim_sam
     assert len(spooled(node)) == 1
 
 
+def test_a_rename_undone_by_an_unclean_stop_is_redone_at_the_next_start(
+    node_factory, database_url: str, siim_sample_dicoms: list[Path]
+) -> None:
+    """A first arrival's row commits while the spool folder's fsync still runs. Should a power
+    cut undo the rename, the fsynced file is still in .incoming and the next start puts it in
+    place; what the database does not hold (a cut transfer, an uncommitted one) is deleted."""
+    node = node_factory(database_url=database_url)
+    assert storescu(siim_sample_dicoms[:2], node.port).returncode == 0
+    kept, lost = spooled(node)
+    content = lost.read_bytes()
+    node.listener.stop(grace=5)
+    node.database.dispose()
+    folder = node.spool / ".incoming"
+    lost.rename(folder / "3b1fd0.part")  # what the power cut left
+    (folder / "cut.part").write_bytes(content[: len(content) // 2])  # a transfer cut half-way
+    uncommitted = folder / "uncommitted.part"
+    uncommitted.write_bytes(siim_sample_dicoms[2].read_bytes())  # its rows never committed
+
+    again = node_factory(
+        database_url=database_url, data_dir=node.settings.data_dir, dicom_port=free_port()
+    )
+    assert spooled(again) == [kept, lost] and lost.read_bytes() == content
+    assert not incoming(again)
+    recovered = events(again.database, "instance.recovered")
+    assert [event.sop_uid for event in recovered] == [sop_uid(lost)]
+    assert len(instances(again.database)) == 2
+
+
+def test_the_incoming_folder_is_kept_while_the_database_is_down(node, tmp_path) -> None:
+    """Tidying .incoming asks the database which files are received ones: without it, it
+    deletes nothing (a file the database holds may be among them)."""
+    receiver = node.listener.receiver
+    leftover = node.spool / ".incoming" / "left.part"
+    leftover.write_bytes(b"\0" * 200)
+    working = receiver.database
+    receiver.database = Database(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    whole = node.spool / ".incoming" / "whole.part"
+    save(make_dx(synthetic_chest(64, 64, 12, seed=3), 12), whole)
+    try:
+        receiver.sweep_incoming(older_than=0)
+        assert whole.is_file() and leftover.is_file()
+    finally:
+        receiver.database.dispose()
+        receiver.database = working
+    receiver.sweep_incoming(older_than=0)
+    assert not incoming(node)
+
+
 def test_association_aborted_mid_dataset_leaves_nothing(node_factory, tmp_path) -> None:
     """storescu killed half-way through a large object: no partial file, no row, no job."""
     node = node_factory()

@@ -67,3 +67,50 @@ def test_the_dispatcher_process_is_woken_restarted_and_stops_with_the_listener(
         os.kill(listener.pid, signal.SIGKILL)  # no chance to stop its child: the pipe closes
         wait_until(lambda: not _alive(second), 30, "the dispatcher to exit with its listener")
         database.dispose()
+
+
+def test_a_lone_image_is_looked_at_at_once_and_a_burst_in_one_look(monkeypatch) -> None:
+    """The dispatcher's timing, with its look replaced by a recorder: a wake after a quiet
+    while is looked at at once; the wakes of a burst share one look, once they pause."""
+    import threading
+    import time
+
+    from pneumonode.worker import dispatch
+
+    looks: list[float] = []
+    looked = threading.Event()
+
+    def look(*_: object, **__: object) -> dispatch.DispatchReport:
+        looks.append(time.monotonic())
+        looked.set()
+        return dispatch.DispatchReport()
+
+    monkeypatch.setattr(dispatch, "dispatch_once", look)
+    dispatcher = dispatch.Dispatcher(
+        None,  # type: ignore[arg-type]  # the recorder needs no database
+        lambda _: None,
+        lease_seconds=60,
+        interval=3600,
+        gap=0.3,
+        burst_delay=30,
+    )
+    dispatcher.start()
+    try:
+        assert looked.wait(10)  # the first look after a start
+        time.sleep(0.5)
+        looked.clear()
+        woken = time.monotonic()
+        dispatcher.wake()
+        assert looked.wait(10) and looks[-1] - woken < 0.25  # a lone image: at once
+
+        burst_looks = len(looks)
+        for _ in range(20):  # a burst: 20 images 10 ms apart
+            last_wake = time.monotonic()
+            dispatcher.wake()
+            time.sleep(0.01)
+        wait_until(lambda: looks[-1] > last_wake, timeout=10, what="the look after the burst")
+        time.sleep(0.5)
+        assert len(looks) - burst_looks == 1
+        assert looks[-1] - last_wake >= 0.3  # after the pause, not before
+    finally:
+        dispatcher.stop()

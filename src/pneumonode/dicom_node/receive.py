@@ -18,20 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pneumonode.conversion.decode import BoundedReader, keep_dicom_values_out_of_logs
 from pneumonode.db.repository import (
+    KnownInstance,
     ReceivedInstance,
     ReceiveOutcome,
+    ReceiveRecord,
     audit,
+    find_instance,
     find_known_instance,
     record_received_instance,
 )
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.header import read_header
 from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
-from pneumonode.dicom_node.spool import Spool
+from pneumonode.dicom_node.spool import Spool, Syncs
 
 __all__ = ["InstanceReceiver", "Status", "dataset_offset"]
 
@@ -235,39 +239,41 @@ class InstanceReceiver:
     def _store(
         self, temp: Path, offset: int, item: ReceivedInstance, synced: Future[None]
     ) -> Status:
-        """Spool the file and record it in one database transaction; the file is durable
-        before the transaction commits, and removed again if the commit fails. The fsyncs of
-        the file and of its folder run while the transaction's statements do."""
+        """Spool the file and record it in one database transaction; the answer waits until
+        both are durable, and a failed commit removes the file again.
+
+        A first arrival (the common case) takes three waits for the disk, overlapped where
+        they can be: its rows are written while the file's fsync runs; then the file is
+        renamed into place, and the transaction commits while the folder's fsync runs. A
+        power cut between that commit and the end of the folder's fsync may undo the rename:
+        the file is then still in ``.incoming``, fsynced, and ``recover_incoming`` puts it in
+        place at the next start. A re-send commits only after its file is in place.
+        """
         final = self.spool.root / item.path
         placed = False  # a new file of ours is in the spool
+        folder_synced: Syncs | None = None
         try:
             for attempt in range(2):
                 try:
                     # a connection, not an ORM session: the new-instance path is Core only
                     with self.database.engine.begin() as connection:
                         known = find_known_instance(connection, item.sop_uid)
-                        unchanged = False
-                        if known is not None:  # a re-send: compare contents
-                            source = final if placed else temp
-                            new = _hash_dataset(source, offset)
-                            old = known.sha256 or _stored_hash(self.spool.root / known.path)
-                            item = replace(item, sha256=new)
-                            unchanged = new == old and final.is_file()
-                        folder_synced = None
-                        if not unchanged and not placed:
+                        if known is None:
+                            record = record_received_instance(connection, item)
                             _, folder_synced = self.spool.place(
                                 temp, item.study_uid, item.sop_uid, synced
                             )
-                            placed = known is None
-                        record = record_received_instance(
-                            connection, item, known, unchanged=unchanged
-                        )
-                        if folder_synced is not None:
-                            folder_synced.result()  # the file is durable: the row may commit
+                            placed = True
+                        else:
+                            item, record = self._record_resend(
+                                connection, temp, offset, item, known, synced
+                            )
                     break
                 except IntegrityError:
                     if attempt == 1:
                         raise  # another association stored the same instance at the same time
+            if folder_synced is not None:
+                folder_synced.result()
         except SQLAlchemyError as exc:
             log.error("database unavailable: %s", type(exc).__name__)
             if placed:  # never leave a file the database does not know about
@@ -289,6 +295,75 @@ class InstanceReceiver:
             item.skip_reason or f"job {record.job_id}",
         )
         return SUCCESS
+
+    def _record_resend(
+        self,
+        connection: Connection,
+        temp: Path,
+        offset: int,
+        item: ReceivedInstance,
+        known: KnownInstance,
+        synced: Future[None],
+    ) -> tuple[ReceivedInstance, ReceiveRecord]:
+        """A SOP Instance UID we hold already: compare the bytes; different ones replace the
+        stored file (durably, before the transaction may commit)."""
+        new = _hash_dataset(temp, offset)
+        old = known.sha256 or _stored_hash(self.spool.root / known.path)
+        item = replace(item, sha256=new)
+        unchanged = new == old and (self.spool.root / item.path).is_file()
+        if not unchanged:
+            _, folder_synced = self.spool.place(temp, item.study_uid, item.sop_uid, synced)
+            folder_synced.result()
+        return item, record_received_instance(connection, item, known, unchanged=unchanged)
+
+    def sweep_incoming(self, older_than: float) -> None:
+        """Tidy ``.incoming`` (files untouched for ``older_than`` seconds): first put in place
+        the files whose rename an unclean stop undid after their rows had committed (see
+        ``_store``), then delete the rest, leftovers of interrupted transfers. With the
+        database unavailable nothing is deleted: a file it knows might be among them."""
+        stale = self.spool.stale_incoming(older_than)
+        if not stale:
+            return
+        try:
+            recovered = sum(self._recover(temp) for temp in stale)
+        except SQLAlchemyError as exc:
+            log.error(
+                "cannot tidy the spool's incoming folder: database unavailable (%s)",
+                type(exc).__name__,
+            )
+            return
+        if recovered:
+            log.warning("put %d received file(s) back in place after an unclean stop", recovered)
+        self.spool.sweep_incoming(older_than)
+
+    def _recover(self, temp: Path) -> bool:
+        """Put ``temp`` in place if it is a whole received file the database holds, at a path
+        where no file is (whether it is put in place)."""
+        try:
+            values, _, offset = _read_header(temp)
+        except Exception:  # a partial transfer (pydicom raises many types)
+            return False
+        study_uid = _text(values, "StudyInstanceUID", 128)
+        sop_uid = _text(values, "SOPInstanceUID", 128)
+        if not study_uid or not sop_uid:
+            return False
+        relative = str(self.spool.relative_path(study_uid, sop_uid))
+        if (self.spool.root / relative).exists():
+            return False
+        with self.database.session() as session:
+            instance = find_instance(session, sop_uid)
+            size = temp.stat().st_size - offset
+            if instance is None or instance.path != relative or instance.size_bytes != size:
+                return False
+            self.spool.commit(temp, study_uid, sop_uid)
+            audit(
+                session,
+                "instance.recovered",
+                "put in place at start-up: an unclean stop had undone its rename",
+                study_uid=study_uid,
+                sop_uid=sop_uid,
+            )
+        return True
 
     def _audit_refusal(self, reason: str, **who: str | None) -> None:
         log.warning("refused an instance: %s", reason)

@@ -201,7 +201,7 @@ class Listener:
         # Never validate (and so never log) element values of what we receive: they may be
         # patient data, and we keep the bytes as they came anyway.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-        self.spool.sweep_incoming(older_than=0)
+        self.receiver.sweep_incoming(older_than=0)
         self.receiver.warm_up()
         host = self.settings.dicom_host
         if self.settings.dicom_plaintext:
@@ -237,7 +237,7 @@ class Listener:
     def _sweep_loop(self) -> None:
         interval = max(5.0, self.settings.network_timeout)
         while not self._sweeper_stop.wait(interval):
-            self.spool.sweep_incoming(older_than=2 * self.settings.network_timeout)
+            self.receiver.sweep_incoming(older_than=2 * self.settings.network_timeout)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let transfers in flight finish for ``grace`` seconds, then abort."""
@@ -265,5 +265,5 @@ class Listener:
         while any(server.associations for server in servers) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._sweeper_stop.set()
-        self.spool.sweep_incoming(older_than=0)
+        self.receiver.sweep_incoming(older_than=0)
         log.info("listener stopped")

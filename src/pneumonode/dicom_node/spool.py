@@ -1,8 +1,9 @@
 """The durable spool: received files at ``spool/<StudyUID>/<SOPInstanceUID>.dcm``.
 
 A file is first written elsewhere in the same filesystem (``spool/.incoming``), then fsynced,
-renamed into place and its directory fsynced: after ``commit`` returns, the file survives a power
-cut and no half-written file is ever visible under its final name. UIDs are sanitised before they
+renamed into place and its directory fsynced: after ``commit`` returns (or ``place``'s folder
+fsyncs have finished), the file survives a power cut, and no half-written file is ever visible
+under its final name. UIDs are sanitised before they
 become path components, so no UID can leave the spool directory.
 """
 
@@ -142,15 +143,26 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def stale_incoming(self, older_than: float) -> list[Path]:
+        """Files in ``.incoming`` untouched for ``older_than`` seconds, oldest first."""
+        cutoff = time.time() - older_than
+        found = []
+        for path in self.incoming.iterdir():
+            try:
+                modified = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if modified < cutoff and path.is_file():
+                found.append((modified, path))
+        return [path for _, path in sorted(found)]
+
     def sweep_incoming(self, older_than: float) -> int:
         """Delete leftovers of interrupted transfers untouched for ``older_than`` seconds."""
         removed = 0
-        cutoff = time.time() - older_than
-        for path in self.incoming.iterdir():
+        for path in self.stale_incoming(older_than):
             try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
+                path.unlink()
+                removed += 1
             except FileNotFoundError:
                 continue
         if removed:

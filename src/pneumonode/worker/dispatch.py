@@ -199,8 +199,18 @@ def prune_processed(folder: str | None, older_than: float = 86_400.0) -> int:
 
 
 class Dispatcher:
-    """A thread that dispatches every ``interval`` seconds, or when woken: at once, or, within
-    ``gap`` seconds of its last look, ``gap`` seconds after it."""
+    """A thread that dispatches every ``interval`` seconds, and when woken.
+
+    A wake after a quiet while is looked at at once: a single image is queued without delay.
+    A wake within ``gap`` seconds of the last look means a burst (a PACS sending a study, or
+    a backlog): the look then waits until the wakes pause for ``gap`` seconds, at most
+    ``burst_delay`` seconds, and queues what arrived meanwhile in one go. Each look's write
+    transaction (its fsync) and its publishing (about 0.6 ms of Python per job) would
+    otherwise compete, image by image, for the disk and a core with the listener that is
+    still receiving; a worker already busy with the burst's first images gains nothing from
+    the rest being queued sooner. ``bench/ingest.py`` measured storescu's 200-image burst 7 %
+    faster with a look per pause than with a look every 50 ms.
+    """
 
     def __init__(
         self,
@@ -210,6 +220,7 @@ class Dispatcher:
         lease_seconds: float,
         interval: float = 0.5,
         gap: float = 0.05,
+        burst_delay: float = 1.0,
         processed_folder: str | None = None,
     ) -> None:
         self.database = database
@@ -217,6 +228,7 @@ class Dispatcher:
         self.lease_seconds = lease_seconds
         self.interval = interval
         self.gap = gap
+        self.burst_delay = burst_delay
         self.processed_folder = processed_folder
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -235,15 +247,23 @@ class Dispatcher:
         self._wake.set()
         self._thread.join(timeout=10)
 
+    def _until_the_burst_pauses(self) -> None:
+        """Wait until no wake came for ``gap`` seconds, at most ``burst_delay`` seconds."""
+        deadline = time.monotonic() + self.burst_delay
+        while not self._stop.is_set():
+            self._wake.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._wake.wait(min(self.gap, remaining)):
+                return
+
     def _run(self) -> None:
         last_prune = 0.0
         last_full = last_look = -math.inf
         started = True  # the first successful look publishes every QUEUED job again
         while True:
             self._wake.wait(max(0.0, last_full + self.interval - time.monotonic()))
-            # a burst: the wakes of one gap share a look (one write transaction, not one per
-            # image, beside the listener's own)
-            self._stop.wait(max(0.0, last_look + self.gap - time.monotonic()))
+            if time.monotonic() - last_look < self.gap:
+                self._until_the_burst_pauses()
             self._wake.clear()
             last_look = time.monotonic()
             stopping = self._stop.is_set()
