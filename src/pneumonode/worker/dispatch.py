@@ -202,7 +202,7 @@ class Dispatcher:
     """A thread that dispatches every ``interval`` seconds, and when woken.
 
     A wake after a quiet while is looked at at once: a single image is queued without delay.
-    A wake within ``gap`` seconds of the last look means a burst (a PACS sending a study, or
+    A wake within ``gap`` seconds of the one before means a burst (a PACS sending a study, or
     a backlog): the look then waits until the wakes pause for ``gap`` seconds, at most
     ``burst_delay`` seconds, and queues what arrived meanwhile in one go. Each look's write
     transaction (its fsync) and its publishing (about 0.6 ms of Python per job) would
@@ -231,6 +231,8 @@ class Dispatcher:
         self.burst_delay = burst_delay
         self.processed_folder = processed_folder
         self._wake = threading.Event()
+        self._last_wake = -math.inf
+        self._in_burst = False  # the last wake came within ``gap`` of the one before
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
 
@@ -239,6 +241,9 @@ class Dispatcher:
 
     def wake(self, _job_id: int | None = None) -> None:
         """Look now (the listener calls this when it creates a job)."""
+        now = time.monotonic()
+        self._in_burst = now - self._last_wake < self.gap
+        self._last_wake = now
         self._wake.set()
 
     def stop(self) -> None:
@@ -258,14 +263,13 @@ class Dispatcher:
 
     def _run(self) -> None:
         last_prune = 0.0
-        last_full = last_look = -math.inf
+        last_full = -math.inf
         started = True  # the first successful look publishes every QUEUED job again
         while True:
-            self._wake.wait(max(0.0, last_full + self.interval - time.monotonic()))
-            if time.monotonic() - last_look < self.gap:
+            woken = self._wake.wait(max(0.0, last_full + self.interval - time.monotonic()))
+            if woken and self._in_burst:
                 self._until_the_burst_pauses()
             self._wake.clear()
-            last_look = time.monotonic()
             stopping = self._stop.is_set()
             full = started or time.monotonic() - last_full >= self.interval
             try:
