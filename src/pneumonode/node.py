@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -278,8 +280,24 @@ def _until_signalled() -> tuple[threading.Event, dict[signal.Signals, Any]]:
 
 
 def _wait_for(stop: threading.Event) -> None:
-    while not stop.wait(1.0):
-        pass
+    """Block (in the main thread) until ``stop`` is set by a signal's handler, or by another
+    thread. The kernel may deliver a signal to any thread, and Python runs its handler in the
+    main thread only when that thread next runs: blocked in an Event's wait it would notice
+    only at the wait's timeout (SIGTERM took up to a second to stop the listener accepting).
+    Python's wakeup descriptor makes the delivery wake this thread at once."""
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    try:
+        while not stop.is_set():
+            select.select([reader], [], [], 1.0)
+            with contextlib.suppress(BlockingIOError):
+                reader.recv(4096)
+    finally:
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
 
 
 def _restore(previous: dict[signal.Signals, Any]) -> None:
