@@ -194,6 +194,34 @@ def test_resend_is_idempotent_and_changed_bytes_rerun_the_job(
     assert len(spooled(node)) == 1
 
 
+def test_the_dispatcher_is_woken_after_the_response_not_before(node, siim_sample_dicoms) -> None:
+    """Waking the dispatcher and the log line are not the peer's to wait for: they run once the
+    C-STORE response is sent."""
+    import threading
+
+    answered = threading.Event()
+    seen: list[tuple[int, bool]] = []
+
+    def on_job(job_id: int) -> None:
+        seen.append((job_id, answered.wait(10)))
+
+    node.listener.receiver.on_job = on_job
+    ae = AE(ae_title="STORESCU")
+    meta = pydicom.filereader.read_file_meta_info(siim_sample_dicoms[0])
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")
+    try:
+        status = assoc.send_c_store(pydicom.dcmread(siim_sample_dicoms[0]))
+        answered.set()
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    wait_until_true = time.monotonic() + 10
+    while not seen and time.monotonic() < wait_until_true:
+        time.sleep(0.01)
+    assert seen == [(jobs(node.database)[0].id, True)]
+
+
 @pytest.mark.parametrize(
     "uid", ["ID_4d6269d79", "../../../../tmp/escape", "1.2.3/../../4", ".hidden"]
 )

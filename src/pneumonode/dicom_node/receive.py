@@ -13,7 +13,7 @@ import logging
 import struct
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,12 @@ _HEADER_KEYWORDS = ("StudyInstanceUID", "SOPInstanceUID", *_KEPT, *SELECTION_KEY
 
 @dataclass(frozen=True)
 class Status:
-    """A C-STORE response status with an optional Error Comment (at most 64 characters)."""
+    """A C-STORE response status with an optional Error Comment (at most 64 characters), and
+    what to do once the response is sent (``then``: never raises)."""
 
     code: int
     comment: str = ""
+    then: Callable[[], None] | None = field(default=None, compare=False)
 
     def as_dataset(self) -> Dataset | int:
         if not self.comment:
@@ -284,17 +286,20 @@ class InstanceReceiver:
             log.error("cannot write to the spool: %s", reason)
             return Status(OUT_OF_RESOURCES, f"out of resources: {reason}")
 
-        fresh_job = record.outcome is not ReceiveOutcome.RESENT_IDENTICAL
-        if record.job_id is not None and fresh_job and self.on_job is not None:
-            self.on_job(record.job_id)
-        log.info(
-            "stored instance %d (%s, %d bytes): %s",
-            record.instance_id,
-            record.outcome,
-            item.size_bytes,
-            item.skip_reason or f"job {record.job_id}",
-        )
-        return SUCCESS
+        def announce() -> None:
+            """After the response (the peer need not wait for it): wake the dispatcher, log."""
+            fresh_job = record.outcome is not ReceiveOutcome.RESENT_IDENTICAL
+            if record.job_id is not None and fresh_job and self.on_job is not None:
+                self.on_job(record.job_id)
+            log.info(
+                "stored instance %d (%s, %d bytes): %s",
+                record.instance_id,
+                record.outcome,
+                item.size_bytes,
+                item.skip_reason or f"job {record.job_id}",
+            )
+
+        return Status(SUCCESS.code, then=announce)
 
     def _record_resend(
         self,

@@ -28,6 +28,7 @@ from pneumonode.dicom_node.tls import TlsSettings
 from pneumonode.dicom_node.upper import (
     VERIFICATION,
     Acceptor,
+    Answer,
     AssociationInfo,
     RejectionError,
     StoreRequest,
@@ -129,7 +130,7 @@ class ListenerServices:
     def temporary_path(self) -> Path:
         return self.receiver.spool.incoming / f"{uuid.uuid4().hex}.part"
 
-    def store(self, info: AssociationInfo, request: StoreRequest) -> tuple[int, str]:
+    def store(self, info: AssociationInfo, request: StoreRequest) -> Answer:
         """C-STORE: hand the received file to the receiver; never raises."""
         try:
             status = self.receiver.receive(
@@ -145,9 +146,9 @@ class ListenerServices:
             status = Status(0x0110, "processing failure")
         finally:
             request.path.unlink(missing_ok=True)  # refused: nothing stays in incoming
-        return status.code, status.comment
+        return Answer(status.code, status.comment, status.then)
 
-    def too_large(self, info: AssociationInfo, request: StoreRequest) -> tuple[int, str]:
+    def too_large(self, info: AssociationInfo, request: StoreRequest) -> Answer:
         """The dataset passed the size limit: it was not kept; answer out of resources."""
         size, limit = request.size, self.max_bytes
         reason = f"object of {size} bytes is larger than the limit of {limit} bytes"
@@ -156,7 +157,7 @@ class ListenerServices:
             info, "instance.refused", f"refused: {reason}", {"size": size, "limit": limit}
         )
         # Error Comment is an LO: 64 characters at most
-        return 0xA700, f"too large: {size} > limit {limit} bytes"
+        return Answer(0xA700, f"too large: {size} > limit {limit} bytes")
 
     def tls_refused(self, host: str, reason: str) -> None:
         _audit(

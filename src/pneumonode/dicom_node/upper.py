@@ -37,7 +37,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -48,6 +48,7 @@ from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
     "Acceptor",
+    "Answer",
     "AssociationInfo",
     "RejectionError",
     "Services",
@@ -126,6 +127,16 @@ class StoreRequest:
     message_id: int
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A C-STORE's response: its status, Error Comment, and what to do once it is sent (work
+    the peer need not wait for; must not raise)."""
+
+    status: int
+    comment: str = ""
+    then: Callable[[], None] | None = None
+
+
 class Services(Protocol):
     """What the listener does with associations and messages; each call must not raise
     (``check`` raises ``RejectionError`` to refuse)."""
@@ -134,8 +145,8 @@ class Services(Protocol):
     def rejected(self, info: AssociationInfo, rejection: RejectionError) -> None: ...
     def accepted(self, info: AssociationInfo) -> None: ...
     def aborted(self, info: AssociationInfo) -> None: ...
-    def store(self, info: AssociationInfo, request: StoreRequest) -> tuple[int, str]: ...
-    def too_large(self, info: AssociationInfo, request: StoreRequest) -> tuple[int, str]: ...
+    def store(self, info: AssociationInfo, request: StoreRequest) -> Answer: ...
+    def too_large(self, info: AssociationInfo, request: StoreRequest) -> Answer: ...
     def temporary_path(self) -> Path: ...
     def tls_refused(self, host: str, reason: str) -> None: ...
 
@@ -631,11 +642,10 @@ class Association:
             self._answer(context_id, store.command, store)
 
     def _answer(self, context_id: int, command: _Command, store: _Store | None) -> None:
-        comment = ""
         if command.field == C_CANCEL_RQ:
             return  # nothing runs asynchronously: nothing to cancel
         if command.field == C_ECHO_RQ:
-            status = 0x0000
+            answer = Answer(0x0000)
         elif command.field == C_STORE_RQ and store is not None:
             abstract, syntax = self.info.contexts[context_id]
             request = StoreRequest(
@@ -647,12 +657,17 @@ class Association:
                 message_id=command.message_id,
             )
             if store.path is None:
-                status, comment = self.acceptor.services.too_large(self.info, request)
+                answer = self.acceptor.services.too_large(self.info, request)
             else:
-                status, comment = self.acceptor.services.store(self.info, request)
+                answer = self.acceptor.services.store(self.info, request)
         else:
-            status = UNRECOGNISED_OPERATION
-        self._send_command(context_id, self._response(command, status, comment))
+            answer = Answer(UNRECOGNISED_OPERATION)
+        self._send_command(context_id, self._response(command, answer.status, answer.comment))
+        if answer.then is not None:
+            try:
+                answer.then()
+            except Exception:
+                log.exception("the work after a C-STORE response failed")
 
     def _response(self, command: _Command, status: int, comment: str) -> bytes:
         elements = [
