@@ -73,7 +73,6 @@ class Status:
         return ds
 
 
-SUCCESS = Status(0x0000)
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
 PROCESSING_FAILURE = 0x0110
@@ -248,7 +247,7 @@ class InstanceReceiver:
         they can be: its rows are written while the file's fsync runs; then the file is
         renamed into place, and the transaction commits while the folder's fsync runs. A
         power cut between that commit and the end of the folder's fsync may undo the rename:
-        the file is then still in ``.incoming``, fsynced, and ``recover_incoming`` puts it in
+        the file is then still in ``.incoming``, fsynced, and ``sweep_incoming`` puts it in
         place at the next start. A re-send commits only after its file is in place.
         """
         final = self.spool.root / item.path
@@ -299,7 +298,7 @@ class InstanceReceiver:
                 item.skip_reason or f"job {record.job_id}",
             )
 
-        return Status(SUCCESS.code, then=announce)
+        return Status(0x0000, then=announce)
 
     def _record_resend(
         self,

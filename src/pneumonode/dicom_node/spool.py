@@ -3,8 +3,8 @@
 A file is first written elsewhere in the same filesystem (``spool/.incoming``), then fsynced,
 renamed into place and its directory fsynced: after ``commit`` returns (or ``place``'s folder
 fsyncs have finished), the file survives a power cut, and no half-written file is ever visible
-under its final name. UIDs are sanitised before they
-become path components, so no UID can leave the spool directory.
+under its final name. UIDs are sanitised before they become path components, so no UID can leave
+the spool directory.
 """
 
 from __future__ import annotations
