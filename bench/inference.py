@@ -8,9 +8,15 @@ the same run: the CPU's peak convolution throughput (a 3x3 conv, 256 -> 256 chan
 fp32 and bf16) and the model's FLOPs (torch's FlopCounterMode), floor = FLOPs / peak.
 
     .venv/bin/python bench/inference.py [--sizes 512 1024] [--runs 5]
+    .venv/bin/python bench/inference.py --device cuda [--sizes 512 1024]
 
 Targets (inference backends issue): the default CPU backend at 1024 <= 1.3x the bf16 floor; the
-exact fp32 backend <= 1.5x the fp32 floor; the default backend's peak RSS <= 1 GiB at 1024.
+exact fp32 backend <= 1.5x the fp32 floor; the default backend's peak RSS <= 1 GiB at 1024; on a
+GPU, >= 100 images/s at 1024.
+
+``--device cuda`` measures the torch backend on the GPU instead: images/s of
+``Predictor.probabilities`` (host array in, probabilities out: the transfers and the sigmoid
+count) per precision and batch size, and the network alone on device-resident input.
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ def model_gflops(size: int) -> float:
     return float(counter.get_total_flops()) / 1e9
 
 
-def make_checkpoint(folder: Path, size: int) -> float:
+def make_checkpoint(folder: Path, size: int, export: bool = True) -> float:
     """A random-weights B4 checkpoint at ``size`` with its ONNX export; returns export seconds."""
     import torch
 
@@ -97,7 +103,8 @@ def make_checkpoint(folder: Path, size: int) -> float:
     torch.manual_seed(0)
     save_checkpoint(build_unet(ENCODER), folder, CheckpointConfig(input=InputSpec(size=size)))
     start = time.perf_counter()
-    exported_onnx(folder)
+    if export:
+        exported_onnx(folder)
     return time.perf_counter() - start
 
 
@@ -164,6 +171,61 @@ def measure(mode: str, backend: str, precision: str, checkpoint: Path, runs: int
     return result
 
 
+def gpu_main(sizes: list[int], runs: int, batches: list[int]) -> int:
+    """Images/s on the GPU: Predictor.probabilities per precision and batch, and the net alone."""
+    import numpy as np
+    import torch
+
+    from pneumonode.model.predictor import Predictor
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: --device cuda needs a GPU", file=sys.stderr)
+        return 2
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
+    print(f"{'precision':10} {'size':>5} {'batch':>5} {'img/s':>8} {'net alone':>10} {'GiB':>6}")
+    best: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            folder = Path(tmp) / str(size)
+            make_checkpoint(folder, size, export=False)
+            for precision in ("bf16", "fp16"):
+                predictor = Predictor.load(folder, device="cuda", precision=precision)  # type: ignore[arg-type]
+                engine: Any = predictor.engine
+                for batch in batches:
+                    x = np.random.default_rng(0).random((batch, 1, size, size), dtype=np.float32)
+                    torch.cuda.reset_peak_memory_stats()
+                    predictor.probabilities(x)  # warm-up: cuDNN algorithm choice
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    for _ in range(runs):
+                        predictor.probabilities(x)
+                    served = batch * runs / (time.perf_counter() - start)
+                    on_device = (
+                        torch.from_numpy(x).cuda().contiguous(memory_format=torch.channels_last)
+                    )
+                    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+                    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+                        engine.model(on_device)
+                        torch.cuda.synchronize()
+                        start = time.perf_counter()
+                        for _ in range(runs):
+                            engine.model(on_device)
+                        torch.cuda.synchronize()
+                    alone = batch * runs / (time.perf_counter() - start)
+                    gib = torch.cuda.max_memory_allocated() / 2**30
+                    best[size] = max(best.get(size, 0.0), served)
+                    print(
+                        f"{precision:10} {size:5} {batch:5} {served:8.1f} {alone:10.1f} {gib:6.1f}",
+                        flush=True,
+                    )
+                del predictor, engine
+                torch.cuda.empty_cache()
+    print("img/s: Predictor.probabilities, host float32 in, probabilities out (as served)")
+    if 1024 in best:
+        print(f"best at 1024: {best[1024]:.1f} img/s; target >= 100 {verdict(best[1024] >= 100)}")
+    return 0
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -173,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per backend (after one)")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "BACKEND", "PRECISION", "CKPT"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="cuda only")
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        return gpu_main(args.sizes, args.runs, args.batches)
     if args.child:
         mode, backend, precision, checkpoint = args.child
         return child(mode, backend, precision, Path(checkpoint), args.runs)

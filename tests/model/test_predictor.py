@@ -207,6 +207,7 @@ def test_predict_cli(
     assert overlay.shape == (1024, 1024, 3)
     report = json.loads((out / "predictions.json").read_text())
     assert report["version"] == "test" and "not for clinical use" in report["note"]
+    assert (report["precision"], report["device"]) == ("fp32", "cpu") and report["backend"]
     assert len(report["predictions"]) == 1 and report["predictions"][0]["area_pixels"] == int(
         (mask > 0).sum()
     )

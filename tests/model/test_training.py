@@ -26,7 +26,7 @@ from pneumonode.model.data import (
 )
 from pneumonode.model.evaluate import evaluate, select_samples
 from pneumonode.model.predictor import Predictor
-from pneumonode.model.train import train
+from pneumonode.model.train import _epochs_that_fit, _scheduled_lr, train
 from pneumonode.model.train_config import TrainConfig
 
 
@@ -293,3 +293,57 @@ def test_training_can_start_from_a_checkpoints_weights(
     model, _ = load_checkpoint(result.checkpoint)
     bias = model.segmentation_head[0].bias.detach()
     assert float(bias.mean()) == pytest.approx(-20.0, abs=0.01)
+
+
+def test_a_time_limit_plans_the_epochs_that_fit() -> None:
+    """The pace leaves out the first epoch (start-up) once there are others; never more than
+    --epochs, never fewer than those done; the cosine ends at min_lr with the planned epochs."""
+    assert _epochs_that_fit(600, 100, [40, 10, 10], done=3, most=200) == 53  # 500 s at 10 s
+    assert _epochs_that_fit(600, 40, [40], done=1, most=200) == 15  # 560 s at 40 s
+    assert _epochs_that_fit(600, 100, [40, 10, 10], done=3, most=20) == 20
+    assert _epochs_that_fit(600, 595, [40, 10, 10], done=3, most=200) == 3  # no room left
+    assert _epochs_that_fit(600, 700, [40, 10, 10], done=3, most=200) == 3  # past the limit
+    config = TrainConfig(data=Path("d"), out=Path("o"), epochs=100, schedule="cosine", min_lr=0)
+    last_step = 10 * 10 - 1  # 10 planned epochs of 10 steps, 10 warm-up steps
+    assert _scheduled_lr(config, last_step, 10, 10, planned_epochs=10) == pytest.approx(
+        0.0, abs=1e-6
+    )
+    assert _scheduled_lr(config, 55, 10, 10, planned_epochs=10) == pytest.approx(config.lr / 2)
+    assert _scheduled_lr(config, 55, 10, 10) == pytest.approx(config.lr, rel=0.01)  # of 100
+
+
+def test_training_stops_at_the_time_limit_and_resumes(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--time-limit ends the run after the epoch that used it up (the best one is kept);
+    --resume without a limit then goes on to --epochs. --channels-last trains in that format."""
+    data = positives_subset(shared_data, tmp_path / "pos", 8)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--encoder", "efficientnet-b0"]
+    args += ["--size", "64", "--epochs", "3", "--batch-size", "4", "--workers", "0"]
+    args += ["--val-fraction", "0.25", "--schedule", "cosine", "--no-progress"]
+    assert main([*args, "--time-limit", "0.00001", "--channels-last"]) == 0
+    assert "best epoch 1" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1]
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["planned_epochs"] == 1
+    weight = state["model"]["decoder.blocks.0.conv1.0.weight"]
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    _, checkpoint = load_checkpoint(out / "best")  # saved contiguous, loads as usual
+    assert checkpoint.training["config"]["channels_last"] is True
+    assert checkpoint.training["planned_epochs"] == 1
+
+    config = TrainConfig(
+        data=data, out=out, encoder="efficientnet-b0", size=64, epochs=3, batch_size=4,
+        workers=0, val_fraction=0.25, schedule="cosine",
+    )  # fmt: skip
+    resumed = train(config, resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert not resumed.stopped_for_time and resumed.planned_epochs == 3
+
+    roomy = train(
+        config.model_copy(update={"out": tmp_path / "roomy", "epochs": 2, "time_limit": 60.0}),
+        progress=False,
+    )
+    assert [h["epoch"] for h in roomy.history] == [1, 2] and not roomy.stopped_for_time

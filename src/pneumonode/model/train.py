@@ -4,6 +4,11 @@ Outputs in ``out/``: ``split.json`` (which image is in which set), ``metrics.csv
 epoch), ``curves.png`` (losses and validation Dice), ``val_samples.png`` (validation overlays of
 the best model), ``best/`` (the best checkpoint by validation loss, our format) and ``last.pt``
 (model, optimiser and scheduler state for ``--resume``).
+
+With a time limit (``time_limit``, minutes) the run ends after the last epoch that fits: after
+each epoch the pace so far (the first epoch, which pays for start-up, left out once there are
+others) says how many more fit, and the cosine schedule is planned over that many epochs instead
+of ``epochs`` (which stays the upper bound).
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     stopped_early: bool = False
+    stopped_for_time: bool = False
+    planned_epochs: int | None = None
 
 
 def _seed_everything(seed: int) -> None:
@@ -89,20 +96,38 @@ def _autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 
 
 def _scheduled_lr(
-    config: TrainConfig, step: int, warmup_steps: int, steps_per_epoch: int
+    config: TrainConfig,
+    step: int,
+    warmup_steps: int,
+    steps_per_epoch: int,
+    planned_epochs: int | None = None,
 ) -> float | None:
     """The learning rate for ``step`` (0-based), or None where the plateau scheduler decides.
 
     Linear warm-up over ``warmup_steps``; then either ReduceLROnPlateau (stepped per epoch) or a
-    cosine decay from ``lr`` to ``min_lr`` that ends with the last planned epoch.
+    cosine decay from ``lr`` to ``min_lr`` that ends with the last planned epoch
+    (``planned_epochs``, default ``config.epochs``).
     """
     if step < warmup_steps:
         return config.lr * (step + 1) / warmup_steps
     if config.schedule != "cosine":
         return None
-    total = max(config.epochs * steps_per_epoch - warmup_steps, 1)
+    epochs = planned_epochs or config.epochs
+    total = max(epochs * steps_per_epoch - warmup_steps, 1)
     progress = min((step - warmup_steps) / total, 1.0)
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _epochs_that_fit(
+    time_limit_s: float, elapsed_s: float, epoch_seconds: Sequence[float], done: int, most: int
+) -> int:
+    """How many epochs the run can have in all: the ``done`` ones plus as many more as fit in
+    the time left at the pace so far (the mean of the last five epochs, the first one left out
+    once there are others: it pays for start-up), at most ``most``."""
+    steady = list(epoch_seconds[1:] or epoch_seconds)[-5:]
+    pace = max(sum(steady) / len(steady), 1e-9)
+    more = max(0, math.floor((time_limit_s - elapsed_s) / pace))
+    return min(most, done + more)
 
 
 def _loader(
@@ -218,11 +243,15 @@ def _sample_overlays(
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train (or resume training) as ``config`` says; see the module docstring for outputs."""
+    run_started = time.monotonic()
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(config.seed)
     device = resolve_device(config.device)
     dtype = _autocast_dtype(device, config.amp)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size: let cuDNN time its kernels
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
 
     samples = discover_samples(config.data)
     train_samples, val_samples = split_samples(samples, config.val_fraction, config.seed)
@@ -264,6 +293,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         model.load_state_dict(initial.state_dict())
         log.info("starting from the weights of %s", config.init_weights)
     model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     loss_fn = BceFocalDiceLoss(
         config.bce_weight, config.dice_weight, config.focal_gamma, config.pos_weight
     ).to(device)
@@ -275,6 +306,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     history: list[dict[str, float]] = []
     start_epoch, best_loss, best_epoch, stale = 0, math.inf, -1, 0
+    planned = config.epochs  # fewer when a time limit says so
     last_path = out / "last.pt"
     if resume and last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=False)
@@ -288,12 +320,19 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             state["best_epoch"],
             state["stale"],
         )
+        # a time-limited run's plan goes on; once it is done, --epochs says how far to go
+        if start_epoch < state.get("planned_epochs", config.epochs) <= config.epochs:
+            planned = state["planned_epochs"]
         log.info("resumed after epoch %d", state["epoch"])
 
     steps_per_epoch = min(len(train_loader), config.max_batches_per_epoch or len(train_loader))
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     result = TrainResult(best_epoch, best_loss, history)
+    epoch_seconds: list[float] = []  # whole epochs of this call, saving included
+    lap = time.monotonic()
     for epoch in range(start_epoch, config.epochs):
+        if epoch >= planned:
+            break
         started = time.monotonic()
         train_set.epoch = epoch
         model.train()
@@ -301,7 +340,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         train_dices: list[float] = []
         bar = tqdm(
             total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
+            desc=f"epoch {epoch + 1}/{planned}",
             unit="batch",
             disable=not progress,
             leave=False,
@@ -310,11 +349,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             if step >= steps_per_epoch:
                 break
             global_step = epoch * steps_per_epoch + step
-            lr = _scheduled_lr(config, global_step, warmup_steps, steps_per_epoch)
+            lr = _scheduled_lr(config, global_step, warmup_steps, steps_per_epoch, planned)
             if lr is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, memory_format=memory_format), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(
                 device.type, dtype=dtype or torch.float32, enabled=dtype is not None
@@ -357,6 +396,20 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, "
                 f"val loss {val_loss:.4f}, val Dice (positives) {val_dice:.3f}"
             )
+        if config.time_limit is not None:
+            now = time.monotonic()
+            epoch_seconds.append(now - lap)  # with the last epoch's saving
+            lap = now
+            fit = _epochs_that_fit(
+                config.time_limit * 60, now - run_started, epoch_seconds, epoch + 1, config.epochs
+            )
+            if len(epoch_seconds) > 1 or fit <= epoch + 1:  # one epoch's pace includes start-up
+                planned = fit
+            if planned <= epoch + 1 < config.epochs:
+                result.stopped_for_time = True
+                log.info("time limit: stopping after epoch %d", epoch + 1)
+            elif planned != config.epochs:
+                log.info("time limit: %d epochs fit", planned)
         improved = val_loss < best_loss
         if improved:
             best_loss, best_epoch, stale = val_loss, epoch + 1, 0
@@ -372,6 +425,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                     "train": describe(train_samples),
                     "validation": describe(val_samples),
                     "epoch": epoch + 1,
+                    "planned_epochs": planned,
                 },
                 metrics={
                     "val_loss": val_loss,
@@ -395,6 +449,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 "best_loss": best_loss,
                 "best_epoch": best_epoch,
                 "stale": stale,
+                "planned_epochs": planned,
             },
             tmp,
         )
@@ -403,5 +458,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             result.stopped_early = True
             break
     result.best_epoch, result.best_val_loss, result.history = best_epoch, best_loss, history
+    result.planned_epochs = planned
     result.checkpoint = out / "best" if best_epoch > 0 else None
     return result

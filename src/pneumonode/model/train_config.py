@@ -55,6 +55,13 @@ class TrainConfig(BaseModel):
     focal_gamma: float = Field(default=2.0, gt=0)
     pos_weight: float = Field(default=1.0, gt=0)
     patience: int = Field(default=6, ge=1, description="early stopping on validation loss")
+    time_limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="minutes for the whole run: no epoch starts that would end past it at the "
+        "pace so far, and the cosine schedule is planned over the epochs that fit (at most "
+        "epochs), so that it still ends at min_lr",
+    )
     plateau_patience: int = Field(default=2, ge=0)
     plateau_factor: float = Field(default=0.5, gt=0, lt=1)
     threshold: float = Field(default=0.5, gt=0, lt=1)
@@ -62,6 +69,11 @@ class TrainConfig(BaseModel):
     workers: int = Field(default=2, ge=0)
     device: str = "auto"
     amp: bool = True
+    channels_last: bool = Field(
+        default=False,
+        description="channels-last memory format for weights and batches (faster convolutions "
+        "on tensor-core GPUs)",
+    )
     max_batches_per_epoch: int | None = Field(default=None, ge=1)
     samples_per_epoch: int | None = Field(
         default=None, ge=1, description="images drawn per epoch (default: the training set size)"
