@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -347,3 +350,28 @@ def test_training_stops_at_the_time_limit_and_resumes(
         progress=False,
     )
     assert [h["epoch"] for h in roomy.history] == [1, 2] and not roomy.stopped_for_time
+
+
+def test_the_training_data_module_makes_no_network_connection_on_import() -> None:
+    """albumentations asks pypi.org for its latest version when imported, unless told not to;
+    a hospital machine has no way out, and the training CLIs must not try."""
+    probe = (
+        "import socket, sys\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise SystemExit('a network connection was attempted')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "socket.getaddrinfo = refuse\n"
+        "import pneumonode.model.data\n"
+        "assert 'albumentations' in sys.modules\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

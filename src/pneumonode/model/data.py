@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# albumentations asks pypi.org for its latest version on import (up to 2 s, and an outbound
+# connection from a hospital machine, where there is often no way out): never.
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 import albumentations as A  # noqa: N812  (the library's own convention)
 import cv2
 import numpy as np
