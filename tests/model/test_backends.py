@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_checks import compare
 from pneumonode.cli import EXIT_OK, main
 from pneumonode.conversion import prepare_radiograph
 from pneumonode.model.checkpoint import Architecture, CheckpointConfig, InputSpec, save_checkpoint
@@ -70,16 +71,6 @@ def reference(checkpoint: Path, inputs: np.ndarray) -> np.ndarray:
     return Predictor.load(checkpoint, backend="torch", precision="fp32").probabilities(inputs)
 
 
-def _compare(name: str, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """Max |Δp|, share of pixels on the other side of 0.5, Dice of the masks; printed."""
-    diff = float(np.abs(a - b).max())
-    ma, mb = a >= 0.5, b >= 0.5
-    flips = float((ma != mb).mean())
-    dice = 2 * float((ma & mb).sum()) / max(int(ma.sum() + mb.sum()), 1)
-    print(f"\n{name:34} max|Δp| {diff:.2e}  flipped {flips:.4%}  Dice {dice:.5f}  ", end="")
-    return diff, flips, dice
-
-
 CASES = [
     ("onnxruntime", "fp32", 1e-4, 0.0005, 0.9995),
     ("openvino", "fp32", 1e-4, 0.0005, 0.9995),
@@ -109,7 +100,7 @@ def test_backend_matches_torch_fp32(
     probability = predictor.probabilities(inputs)
     assert probability.shape == reference.shape and probability.dtype == np.float32
     for label, rows in (("SIIM", slice(0, 4)), ("noise", slice(4, None))):
-        diff, flips, dice = _compare(
+        diff, flips, dice = compare(
             f"{backend} {precision} ({label})", probability[rows], reference[rows]
         )
         assert diff < max_diff and flips < max_flips and dice > min_dice
