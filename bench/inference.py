@@ -93,7 +93,8 @@ def model_gflops(size: int) -> float:
 
 
 def make_checkpoint(folder: Path, size: int, export: bool = True) -> float:
-    """A random-weights B4 checkpoint at ``size`` with its ONNX export; returns export seconds."""
+    """A random-weights B4 checkpoint at ``size``, with its ONNX export unless ``export`` is
+    false (the GPU runs torch); returns the export's seconds."""
     import torch
 
     from pneumonode.model.checkpoint import CheckpointConfig, InputSpec, save_checkpoint
