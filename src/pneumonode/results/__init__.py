@@ -1,10 +1,13 @@
 """What we send back: DICOM SEG, Structured Report, Secondary Capture and PNG overlays."""
 
+from pneumonode.results import iod_lookup
 from pneumonode.results.common import AlgorithmInfo, derived_uid
 from pneumonode.results.overlay import render_overlay
 from pneumonode.results.sc import build_overlay_capture
 from pneumonode.results.seg import build_segmentation
 from pneumonode.results.sr import build_report
+
+iod_lookup.install()
 
 __all__ = [
     "AlgorithmInfo",

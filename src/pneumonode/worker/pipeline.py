@@ -54,6 +54,7 @@ from pneumonode.results import (
     build_segmentation,
     render_overlay,
 )
+from pneumonode.results.encode import part10_bytes
 
 if TYPE_CHECKING:
     from pneumonode.model.predictor import Prediction, Predictor
@@ -237,24 +238,16 @@ def analyse(
     )
 
 
-def _dicom_bytes(dataset: Dataset) -> bytes:
-    from io import BytesIO
-
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def write_results(analysis: Analysis, folder: Path, png_level: int = 1) -> ResultFiles:
     """Write the objects (durably) and the PNGs of one analysis into ``folder`` (overlay.png
     when the analysis drew the overlay)."""
     mask = analysis.prediction.mask.astype(np.uint8) * 255
     return ResultFiles(
         folder=folder,
-        seg=write_atomic(folder / "seg.dcm", _dicom_bytes(analysis.segmentation)),
-        sr=write_atomic(folder / "sr.dcm", _dicom_bytes(analysis.report)),
+        seg=write_atomic(folder / "seg.dcm", part10_bytes(analysis.segmentation)),
+        sr=write_atomic(folder / "sr.dcm", part10_bytes(analysis.report)),
         sc=(
-            write_atomic(folder / "sc.dcm", _dicom_bytes(analysis.capture))
+            write_atomic(folder / "sc.dcm", part10_bytes(analysis.capture))
             if analysis.capture is not None
             else None
         ),

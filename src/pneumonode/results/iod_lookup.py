@@ -1,0 +1,46 @@
+"""A memo in front of highdicom's ``is_attribute_in_iod``.
+
+highdicom asks, for every SEG, SR and Secondary Capture it makes, whether attributes such as
+ContentDate or NumberOfFrames belong to an IOD, and answers by walking every attribute of every
+module of that IOD in its copy of the standard: about 2 ms a question, nine questions per image,
+the largest cost of a job after the network. The answer depends only on the question and on those
+tables, which highdicom loads once and never changes, so it is remembered here, per (attribute,
+SOP class, excluded path elements). The lookup is installed where highdicom's modules call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import highdicom.base
+import highdicom.sr.content
+from highdicom import _standard_utils
+
+__all__ = ["install"]
+
+_CALLERS: tuple[Any, ...] = (_standard_utils, highdicom.base, highdicom.sr.content)
+_ORIGINAL: Callable[..., bool] = _standard_utils.is_attribute_in_iod
+
+
+@lru_cache(maxsize=4096)
+def _lookup(attribute: str, sop_class_uid: str, excluded: tuple[str, ...] | None) -> bool:
+    return _ORIGINAL(attribute, sop_class_uid, excluded)
+
+
+def is_attribute_in_iod(
+    attribute: str,
+    sop_class_uid: str,
+    exclude_path_elements: Sequence[str] | None = None,
+) -> bool:
+    """highdicom's answer, remembered (same arguments, same result)."""
+    excluded = None if exclude_path_elements is None else tuple(exclude_path_elements)
+    return _lookup(str(attribute), str(sop_class_uid), excluded)
+
+
+def install() -> None:
+    """Put the memo in place of the original wherever highdicom calls it (idempotent)."""
+    for module in _CALLERS:
+        if getattr(module, "is_attribute_in_iod", None) is _ORIGINAL:
+            module.is_attribute_in_iod = is_attribute_in_iod
