@@ -21,6 +21,7 @@ from peers_harness import storescu
 from pneumonode.api import TokenError, create_app, resolve_token
 from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings
+from pneumonode.conversion.prepare import prepare_radiograph
 from pneumonode.db.models import Delivery, DeliveryState, Job, JobState
 from pneumonode.model.predictor import Predictor
 from pneumonode.worker.pipeline import PipelineContext, process_job
@@ -175,10 +176,20 @@ def _png(data: bytes) -> np.ndarray:
 
 
 def test_image_and_overlay_pngs(api: Api) -> None:
+    study = str(pydicom.dcmread(api.files[0], stop_before_pixels=True).StudyInstanceUID)
+    kept = api.node.settings.results_dir / study / api.positive_sop / "image.png"
+    assert kept.with_name("mask.png").is_file()
+    assert not kept.exists()  # the worker leaves it to the first request
     plain = api.get(f"/api/instances/{api.positive_sop}/image.png")
     assert plain.headers["content-type"] == "image/png"  # type: ignore[attr-defined]
     grey = _png(plain.content)  # type: ignore[attr-defined]
     assert grey.shape == (1024, 1024)
+    # windowed as the model's input was, and kept for the next request
+    shown = prepare_radiograph(api.files[0], 64, keep_source=True).source_pixels
+    assert np.array_equal(grey, shown)
+    assert kept.read_bytes() == plain.content  # type: ignore[attr-defined]
+    again = api.get(f"/api/instances/{api.positive_sop}/image.png")
+    assert again.content == plain.content  # type: ignore[attr-defined]
     strong = _png(
         api.get(f"/api/instances/{api.positive_sop}/overlay.png", params={"opacity": 0.8}).content
     )  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -43,6 +44,8 @@ from pneumonode.db.queries import (
     study_row,
 )
 from pneumonode.dicom_node.spool import safe_component
+from pneumonode.files import write_atomic
+from pneumonode.model.checkpoint import CheckpointError, InputSpec, read_checkpoint_config
 from pneumonode.results import render_overlay
 
 __all__ = ["router"]
@@ -164,28 +167,49 @@ def _result_folder(settings: Settings, instance: Instance) -> Path:
 
 
 def _grey(settings: Settings, instance: Instance) -> np.ndarray:
-    """The displayed image at the source's size: the worker's PNG, else rendered now."""
+    """The displayed image at the source's size: image.png when made already, else rendered."""
     stored = _result_folder(settings, instance) / "image.png"
     if stored.is_file():
         grey = cv2.imread(str(stored), cv2.IMREAD_GRAYSCALE)
         if grey is not None:
             return grey
+    return _render(settings, instance)[0]
+
+
+def _render(settings: Settings, instance: Instance) -> tuple[np.ndarray, bytes]:
+    """The displayed image, windowed from the spooled source as the model's input is, and its
+    PNG, kept as image.png in the result folder (when there is one) for the next request."""
+    try:
+        percentiles = read_checkpoint_config(settings.model).input.window_percentiles
+    except CheckpointError:  # the model is being replaced: the default window
+        percentiles = InputSpec().window_percentiles
     try:
         prepared = prepare_radiograph(
-            settings.spool_dir / instance.path, 256, keep_source=True, label="instance"
+            settings.spool_dir / instance.path,
+            256,
+            percentiles,
+            label="instance",
+            keep_source=True,
         )
     except ConversionError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"no image to show: {exc.reason}"
         ) from None
     assert prepared.source_pixels is not None
-    return prepared.source_pixels
+    png = encode_png(prepared.source_pixels, settings.png_level)
+    folder = _result_folder(settings, instance)
+    if folder.is_dir():
+        with contextlib.suppress(OSError):  # a read-only results folder: render each time
+            write_atomic(folder / "image.png", png, durable=False)
+    return prepared.source_pixels, png
 
 
 def _png(image: np.ndarray, level: int) -> Response:
-    return Response(
-        encode_png(image, level), media_type="image/png", headers={"Cache-Control": "no-cache"}
-    )
+    return _png_bytes(encode_png(image, level))
+
+
+def _png_bytes(data: bytes) -> Response:
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
 @router.get(
@@ -195,7 +219,12 @@ def _png(image: np.ndarray, level: int) -> Response:
 )
 def image(sop_uid: UidPath, session: SessionDep, settings: SettingsDep) -> Response:
     """The image as the model saw it (windowed, 8-bit), at the source's size."""
-    return _png(_grey(settings, _kept_instance(session, sop_uid)), settings.png_level)
+    instance = _kept_instance(session, sop_uid)
+    stored = _result_folder(settings, instance) / "image.png"
+    try:
+        return _png_bytes(stored.read_bytes())
+    except OSError:  # not made yet (the worker leaves it to the first request)
+        return _png_bytes(_render(settings, instance)[1])
 
 
 @router.get(

@@ -16,6 +16,7 @@ A negative image gets the same report with "Absent": the PACS shows that the ima
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 from typing import Any, cast
 
 import highdicom as hd
@@ -48,7 +49,11 @@ _SIDES = {
 }
 
 
+@lru_cache(maxsize=16)
 def _algorithm(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    """The algorithm's TID 4019 items, made once per model: a report lists them four times, and
+    nothing changes an item once it is in a tree (content items keep no link to their parents),
+    so every report shares them."""
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, parameters=algorithm.parameters()
     )

@@ -6,9 +6,11 @@
    RUNNING with a lease in this worker's name). A job that is done, or running elsewhere, is left
    alone: a duplicate task is a no-op.
 2. **Analyse** the spooled file (:func:`analyse`): conversion, inference, then SEG + SR (+ SC).
-3. **Write** the objects and the PNGs under ``results/<StudyUID>/<SOPInstanceUID>/``, atomically:
-   the displayed image and the mask (the API draws overlays from these two, at the opacity the
-   page asks for), and the overlay itself only where a Secondary Capture needed it anyway.
+3. **Write** the objects and the mask PNG under ``results/<StudyUID>/<SOPInstanceUID>/``,
+   atomically, and the overlay itself only where a Secondary Capture needed it anyway. The API
+   draws overlays from the mask and the displayed image, which it renders from the spooled
+   source when a page first asks for it (and keeps as image.png): most images are never looked
+   at, and encoding it here cost the worker more than writing the SEG.
 4. **Record**, in one transaction: the result (one row per job and model version, replaced on a
    re-run), a delivery per object and destination, the job DONE with its timings, audit events.
    The transaction commits only while the job is still ours (a re-send of the image meanwhile
@@ -171,7 +173,7 @@ class ResultFiles:
     seg: Path
     sr: Path
     sc: Path | None
-    image_png: Path
+    image_png: Path | None
     overlay_png: Path | None
     mask_png: Path
 
@@ -238,9 +240,12 @@ def analyse(
     )
 
 
-def write_results(analysis: Analysis, folder: Path, png_level: int = 1) -> ResultFiles:
-    """Write the objects (durably) and the PNGs of one analysis into ``folder`` (overlay.png
-    when the analysis drew the overlay)."""
+def write_results(
+    analysis: Analysis, folder: Path, png_level: int = 1, *, with_image: bool = True
+) -> ResultFiles:
+    """Write the objects (durably) and the PNGs of one analysis into ``folder``: mask.png,
+    image.png (the displayed image) unless ``with_image`` is false, overlay.png when the
+    analysis drew the overlay."""
     mask = analysis.prediction.mask.astype(np.uint8) * 255
     return ResultFiles(
         folder=folder,
@@ -251,8 +256,10 @@ def write_results(analysis: Analysis, folder: Path, png_level: int = 1) -> Resul
             if analysis.capture is not None
             else None
         ),
-        image_png=write_atomic(
-            folder / "image.png", encode_png(analysis.grey, png_level), durable=False
+        image_png=(
+            write_atomic(folder / "image.png", encode_png(analysis.grey, png_level), durable=False)
+            if with_image
+            else None
         ),
         overlay_png=(
             write_atomic(
@@ -411,7 +418,7 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
     folder = (
         settings.results_dir / safe_component(claimed.study_uid) / safe_component(claimed.sop_uid)
     )
-    files = write_results(analysis, folder, settings.png_level)
+    files = write_results(analysis, folder, settings.png_level, with_image=False)
     timings: dict[str, Any] = {
         "receive_to_queued": _seconds(claimed.queued_at, claimed.received_at),
         "queue_wait": _seconds(claimed.started_at, claimed.queued_at or claimed.received_at),
