@@ -8,6 +8,12 @@ delivery; the harness looks only once a second, so as not to take CPU from the m
 Reference, in the same run with the node stopped: the same model's own inference (same backend
 and precision) on the burst's images, half before the node runs and half after.
 
+CPU (Linux): the processor time the burst took, per image, in every process involved (the
+node's, storescu's and storescp's), against the network's own per image in the reference. Two
+cores cannot hide work from a network that runs on both (a thread that takes a core stalls the
+network's other thread at its next barrier), so the throughput ratio is close to
+network / (network + everything else).
+
     .venv/bin/python bench/end_to_end.py [--latency-images 16] [--burst-images 40] [--model M]
 
 Without --model it uses the shipped model, or a random-weight EfficientNet-B4 U-Net at 1024 px
@@ -18,6 +24,8 @@ adds <= 0.5 s per image at p50; throughput within 10% of inference-only throughp
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -47,11 +55,37 @@ def _copies(count: int, folder: Path) -> list[Path]:
     return made
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc; empty elsewhere)."""
+    found = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += _process_tree(int(child))
+    except OSError:
+        return found if Path(f"/proc/{pid}").exists() else []
+    return found
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def _run_node(
     model: Path, latency_files: list[Path], burst_files: list[Path], work: Path
-) -> tuple[dict[str, list[float]], float]:
+) -> tuple[dict[str, list[float]], float, float | None]:
     """Latency: images sent one at a time (each waits for the last to be done): per-stage
-    seconds. Throughput: a burst in one association: images/s from first byte to last result."""
+    seconds. Throughput: a burst in one association: images/s from first byte to last result.
+    And the CPU seconds per image of the burst in every process involved (None off Linux)."""
     from sqlalchemy import func, select
 
     from pneumonode.db.models import Delivery, DeliveryState, Job, JobState
@@ -63,11 +97,16 @@ def _run_node(
         for done, path in enumerate(latency_files, start=1):  # the first one warms up
             storescu([path], node.port)
             _wait(database, done)
+        pids = [*_process_tree(node.process.pid), pacs.process.pid]
+        cpu_before = _cpu_seconds(pids)
+        peer_before = _children_cpu()  # storescu, once it has ended
         started = datetime.now(UTC)
         storescu(burst_files, node.port, timeout=3600)
         total = len(latency_files) + len(burst_files)
         # a slow look: a harness polling every few milliseconds takes CPU from the model
         _wait(database, total, every=1.0)
+        used = _cpu_seconds(pids) - cpu_before + _children_cpu() - peer_before
+        cpu = used / len(burst_files) if Path("/proc/self/stat").exists() else None
         with database.session() as session:
             last = session.scalar(select(func.max(Delivery.sent_at)))
         assert last is not None
@@ -90,7 +129,12 @@ def _run_node(
             ]
         database.dispose()
     stages = {stage: [float(t[stage]) for t in timings] for stage in STAGES}
-    return stages, len(burst_files) / elapsed
+    return stages, len(burst_files) / elapsed, cpu
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _wait(database: object, count: int, timeout: float = 3600, every: float = 0.05) -> None:
@@ -117,8 +161,9 @@ def _wait(database: object, count: int, timeout: float = 3600, every: float = 0.
     sys.exit("bench: the node did not finish in time")
 
 
-def _inference_only(model: Path, files: list[Path]) -> tuple[float, float]:
-    """(median seconds per image, images/s) of the Predictor alone on the same images."""
+def _inference_only(model: Path, files: list[Path]) -> tuple[float, float, float]:
+    """(median seconds per image, images/s, CPU seconds per image) of the Predictor alone on
+    the same images."""
     from pneumonode.config import Settings
     from pneumonode.conversion.prepare import prepare_radiograph
     from pneumonode.model.predictor import Predictor
@@ -134,24 +179,26 @@ def _inference_only(model: Path, files: list[Path]) -> tuple[float, float]:
     prepared = [prepare_radiograph(pydicom.dcmread(p), predictor.size) for p in files]
     predictor.predict_prepared(prepared[0])  # warm-up
     times = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for item in prepared[1:]:
         t0 = time.perf_counter()
         predictor.predict_prepared(item)
         times.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - started
-    return float(np.median(times)), (len(prepared) - 1) / elapsed
+    cpu = (time.process_time() - cpu_started) / (len(prepared) - 1)
+    return float(np.median(times)), (len(prepared) - 1) / elapsed, cpu
 
 
 def _report(
     model: str,
     stages: dict[str, list[float]],
     node_rate: float,
-    infer: tuple[float, float],
+    node_cpu: float | None,
+    infer: tuple[float, float, float],
     args: argparse.Namespace,
 ) -> bool:
     """Print one model's table; whether both targets hold."""
-    infer_median, infer_rate = infer
+    infer_median, infer_rate, infer_cpu = infer
     print(
         f"\nend to end, model {model}: latency of "
         f"{args.latency_images - 1} SIIM images sent one at a time (after one warm-up); "
@@ -171,6 +218,13 @@ def _report(
     print(
         f"node throughput: {node_rate:.2f} images/s = {node_rate / infer_rate:.2f}x inference-only"
     )
+    if node_cpu is not None:
+        around = node_cpu - infer_cpu
+        print(
+            f"CPU per image of the burst, every process: {1000 * node_cpu:.0f} ms = network "
+            f"{1000 * infer_cpu:.0f} ms (reference) + everything else {1000 * around:.0f} ms; "
+            f"network / (network + else) = {infer_cpu / node_cpu:.2f}"
+        )
     overhead_ok = pct(others, 50) <= OVERHEAD_TARGET_S
     rate_ok = node_rate / infer_rate >= THROUGHPUT_TARGET
     verdict = {True: "PASS", False: "FAIL"}
@@ -211,15 +265,22 @@ def main() -> int:
             # speed of a shared machine drifts over minutes
             half = len(burst_files) // 2
             before = _inference_only(model, burst_files[: half + 1])
-            stages, node_rate = _run_node(model, latency_files, burst_files, work / f"node{index}")
+            stages, node_rate, node_cpu = _run_node(
+                model, latency_files, burst_files, work / f"node{index}"
+            )
             after = _inference_only(model, burst_files[half:])
-            infer = ((before[0] + after[0]) / 2, 2 / (1 / before[1] + 1 / after[1]))
-            reports.append((f"{model} ({_describe(model)})", stages, node_rate, infer))
+            infer = (
+                (before[0] + after[0]) / 2,
+                2 / (1 / before[1] + 1 / after[1]),
+                (before[2] + after[2]) / 2,
+            )
+            name = f"{model} ({_describe(model)})"
+            reports.append((name, stages, node_rate, node_cpu, infer))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    for model, stages, node_rate, infer in reports:
-        _report(model, stages, node_rate, infer, args)
+    for model, stages, node_rate, node_cpu, infer in reports:
+        _report(model, stages, node_rate, node_cpu, infer, args)
     return 0
 
 
