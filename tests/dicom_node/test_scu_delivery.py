@@ -21,6 +21,8 @@ from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import (
     DeliveryLoop,
     RetryPolicy,
+    add_delivery,
+    attempt_claimed,
     attempt_deliveries,
     queue_delivery,
     resend,
@@ -315,6 +317,43 @@ def test_destination_down_retries_with_back_off_then_dead_letter_then_resend(
         == ["delivery.resend"] * 2 + ["delivery.sent"] * 2
     )
     assert resend(database, all_dead=True) == []  # nothing dead any more
+
+
+def test_rows_queued_as_claimed_are_left_to_their_sender_until_the_claim_ends(
+    database: Database, tmp_path: Path, siim_sample_dicoms: list[Path]
+) -> None:
+    """The worker queues its results as taken (it sends them at once, recording the outcomes
+    and its own timings together): the delivery loop does not send them meanwhile, and does
+    once the claim has run out (the worker died before sending)."""
+    files = siim_sample_dicoms[:3]
+    with run_storescp(tmp_path / "scp") as scp:
+        with database.session() as session:
+            ids = [
+                add_delivery(
+                    session,
+                    path,
+                    scp.destination,
+                    sop_uid=_sop_uid(path),
+                    sop_class_uid=str(read_file_meta_info(path).MediaStorageSOPClassUID),
+                    claim_seconds=60 if index < 2 else 0.3,
+                )
+                for index, path in enumerate(files)
+            ]
+        assert run_due(database, FAST) == 0  # all claimed
+        recorded: list[int] = []
+        sent = attempt_claimed(
+            database,
+            _rows(database, ids[:2]),
+            FAST,
+            then=lambda session: recorded.append(len(list_audit(session, kinds=["delivery.sent"]))),
+        )
+        assert sent == ids[:2]
+        assert recorded == [2]  # ``then`` ran in the transaction that recorded the outcomes
+        _wait_until_due(_rows(database, ids[2:]))
+        assert run_due(database, FAST) == 1  # the abandoned one, once its claim ran out
+        assert run_due(database, FAST) == 0
+    assert set(_received(scp.folder)) == {_sop_uid(path) for path in files}
+    assert [row.state for row in _rows(database, ids)] == [DeliveryState.SENT] * 3
 
 
 def test_delivery_loop_sends_in_the_background(

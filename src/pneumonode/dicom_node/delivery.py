@@ -14,7 +14,7 @@ import logging
 import ssl
 import threading
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +36,9 @@ __all__ = [
     "DeliveryLoop",
     "RetryPolicy",
     "add_delivery",
+    "attempt_claimed",
     "attempt_deliveries",
+    "claim_seconds",
     "queue_delivery",
     "resend",
     "run_due",
@@ -109,11 +111,14 @@ def add_delivery(
     sop_class_uid: str,
     study_uid: str | None = None,
     result_id: int | None = None,
+    claim_seconds: float | None = None,
 ) -> int:
     """Queue ``path`` for ``destination`` within ``session``; returns the row id.
 
     One row per (destination, SOP Instance UID): queueing the same object again (a re-run makes
     the same UIDs) resets that row to pending with fresh attempts instead of adding a second one.
+    ``claim_seconds``: the caller sends it at once (:func:`attempt_claimed`); the delivery loop
+    leaves it alone for that long (then it is due, in case the caller died before sending).
     """
     delivery = session.scalars(
         select(Delivery)
@@ -132,7 +137,7 @@ def add_delivery(
     delivery.state = DeliveryState.PENDING
     delivery.attempts = 0
     delivery.last_error = None
-    delivery.next_attempt_at = utcnow()
+    delivery.next_attempt_at = utcnow() + timedelta(seconds=claim_seconds or 0)
     session.flush()
     audit(
         session,
@@ -162,14 +167,32 @@ def _claim(database: Database, ids: Iterable[int], lease: float) -> list[Deliver
         return rows
 
 
+def claim_seconds(policy: RetryPolicy) -> float:
+    """How long an attempt holds its rows: time for an association and every store in it."""
+    return 4 * policy.timeout
+
+
 def attempt_deliveries(database: Database, ids: Iterable[int], policy: RetryPolicy) -> list[int]:
     """Attempt the given pending, due deliveries now; returns the ids that were sent."""
-    claimed = _claim(database, ids, lease=4 * policy.timeout)
+    return attempt_claimed(database, _claim(database, ids, claim_seconds(policy)), policy)
+
+
+def attempt_claimed(
+    database: Database,
+    claimed: Sequence[Delivery],
+    policy: RetryPolicy,
+    then: Callable[[Session], None] | None = None,
+) -> list[int]:
+    """Send ``claimed`` rows (taken by :func:`_claim`, or queued with ``claim_seconds`` by the
+    caller) and record each outcome; returns the ids that were sent. ``then`` runs in the
+    transaction that records the last destination's outcomes (the worker stores its timings
+    there instead of in a transaction of their own)."""
     by_destination: dict[str, list[Delivery]] = defaultdict(list)
     for row in claimed:
         by_destination[row.destination].append(row)
     sent: list[int] = []
-    for destination_text, rows in by_destination.items():
+    last = len(by_destination) - 1
+    for index, (destination_text, rows) in enumerate(by_destination.items()):
         destination = parse_destination(destination_text)
         paths = [Path(row.path) for row in rows]
         missing = [p for p in paths if not p.is_file()]
@@ -195,6 +218,11 @@ def attempt_deliveries(database: Database, ids: Iterable[int], policy: RetryPoli
                 fresh = session.get(Delivery, row.id)
                 if fresh is not None and _record(session, fresh, outcomes[Path(row.path)], policy):
                     sent.append(row.id)
+            if then is not None and index == last:
+                then(session)
+    if then is not None and not by_destination:
+        with database.session() as session:
+            then(session)
     return sent
 
 

@@ -15,7 +15,10 @@
    re-run), a delivery per object and destination, the job DONE with its timings, audit events.
    The transaction commits only while the job is still ours (a re-send of the image meanwhile
    puts it back to PENDING; our result is then dropped and the new run makes it).
-5. **Send** the deliveries at once; what fails stays pending for the delivery loop's retries.
+5. **Send** the deliveries at once (step 4 queued them as taken by this worker for the time a
+   send may need, so the delivery loop does not send them too, and sends them after that if
+   this worker dies first); the outcomes and the job's timings are recorded in one transaction.
+   What fails stays pending for the delivery loop's retries.
 
 A crash anywhere leaves either no result (the lease expires and the job runs again) or a complete
 one; result UIDs derive from the source and model version, so a repeat replaces, never duplicates.
@@ -43,10 +46,15 @@ from pneumonode.config import Settings
 from pneumonode.conversion import ConversionError, encode_png
 from pneumonode.conversion.decode import read_dataset
 from pneumonode.conversion.prepare import prepare_radiograph
-from pneumonode.db.models import Job, JobState, Result, WorkerHeartbeat, utcnow
+from pneumonode.db.models import Delivery, Job, JobState, Result, WorkerHeartbeat, utcnow
 from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
-from pneumonode.dicom_node.delivery import RetryPolicy, add_delivery, attempt_deliveries
+from pneumonode.dicom_node.delivery import (
+    RetryPolicy,
+    add_delivery,
+    attempt_claimed,
+    claim_seconds,
+)
 from pneumonode.dicom_node.spool import safe_component
 from pneumonode.files import write_atomic
 from pneumonode.results import (
@@ -186,6 +194,17 @@ class JobOutcome:
     present: bool | None = None
     delivery_ids: tuple[int, ...] = ()
     sent: int = 0
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What the recording transaction left: the deliveries to send now, when done."""
+
+    state: str  # done, skipped
+    result_id: int | None = None
+    present: bool | None = None
+    deliveries: tuple[Delivery, ...] = ()
     reason: str | None = None
 
 
@@ -425,29 +444,33 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
         **analysis.timings,
         "write": time.perf_counter() - built,
     }
+    policy = RetryPolicy.from_settings(settings)
     try:
-        outcome = _record(context, claimed, analysis, files, timings)
+        outcome = _record(context, claimed, analysis, files, timings, claim_seconds(policy))
     except OperationalError as exc:
         release_job(context, job_id, f"database unavailable: {type(exc).__name__}")
         raise TransientJobError(f"database unavailable: {type(exc).__name__}") from exc
-    if outcome.state != "done" or not outcome.delivery_ids:
-        return outcome
+    if outcome.state != "done":
+        return JobOutcome(job_id, outcome.state, reason=outcome.reason)
+    delivery_ids = tuple(row.id for row in outcome.deliveries)
+    if not outcome.deliveries:
+        return JobOutcome(job_id, "done", result_id=outcome.result_id, present=outcome.present)
 
     sending = time.perf_counter()
-    sent = attempt_deliveries(
-        context.database, outcome.delivery_ids, RetryPolicy.from_settings(settings)
-    )
-    timings["send"] = time.perf_counter() - sending
-    with context.database.session() as session:
+
+    def sent_in(session: Session) -> None:  # with the outcomes: no transaction of its own
+        timings["send"] = time.perf_counter() - sending
         job = session.get(Job, job_id)
         if job is not None:
             job.timings = dict(timings)
+
+    sent = attempt_claimed(context.database, outcome.deliveries, policy, then=sent_in)
     return JobOutcome(
         job_id,
         "done",
         result_id=outcome.result_id,
         present=outcome.present,
-        delivery_ids=outcome.delivery_ids,
+        delivery_ids=delivery_ids,
         sent=len(sent),
     )
 
@@ -458,8 +481,10 @@ def _record(
     analysis: Analysis,
     files: ResultFiles,
     timings: dict[str, Any],
-) -> JobOutcome:
-    """Result, deliveries and DONE in one transaction, if the job is still ours."""
+    send_within: float,
+) -> _Recorded:
+    """Result, deliveries and DONE in one transaction, if the job is still ours. The deliveries
+    are ours to send at once: the delivery loop leaves them alone for ``send_within`` seconds."""
     settings = context.settings
     algorithm = context.algorithm
     finding = analysis.prediction.finding
@@ -468,7 +493,7 @@ def _record(
         job = _still_ours(session, claimed.job_id, context.worker_name)
         if job is None:
             log.info("job %d was reset while running; its result is dropped", claimed.job_id)
-            return JobOutcome(claimed.job_id, "skipped", reason="reset while running")
+            return _Recorded("skipped", reason="reset while running")
         result = session.scalars(
             select(Result)
             .where(Result.job_id == claimed.job_id)
@@ -493,7 +518,7 @@ def _record(
         result.created_at = utcnow()
         session.flush()
 
-        delivery_ids: list[int] = []
+        deliveries: list[Delivery] = []
         objects = [(files.seg, analysis.segmentation), (files.sr, analysis.report)]
         for destination in settings.destinations:
             wanted = list(objects)
@@ -505,17 +530,19 @@ def _record(
             ):
                 wanted.append((files.sc, capture))
             for path, dataset in wanted:
-                delivery_ids.append(
-                    add_delivery(
-                        session,
-                        path,
-                        destination,
-                        sop_uid=str(dataset.SOPInstanceUID),
-                        sop_class_uid=str(dataset.SOPClassUID),
-                        study_uid=claimed.study_uid,
-                        result_id=result.id,
-                    )
+                delivery_id = add_delivery(
+                    session,
+                    path,
+                    destination,
+                    sop_uid=str(dataset.SOPInstanceUID),
+                    sop_class_uid=str(dataset.SOPClassUID),
+                    study_uid=claimed.study_uid,
+                    result_id=result.id,
+                    claim_seconds=send_within,
                 )
+                delivery = session.get(Delivery, delivery_id)  # in the session already
+                assert delivery is not None
+                deliveries.append(delivery)
         job.state = JobState.DONE
         job.error = None
         job.finished_at = utcnow()
@@ -537,10 +564,4 @@ def _record(
             },
             **ids,
         )
-        return JobOutcome(
-            claimed.job_id,
-            "done",
-            result_id=result.id,
-            present=finding.present,
-            delivery_ids=tuple(delivery_ids),
-        )
+        return _Recorded("done", result.id, finding.present, tuple(deliveries))
