@@ -177,3 +177,18 @@ def test_highdicom_asks_the_iod_memo_which_answers_as_highdicom_does() -> None:
                 assert asked == iod_lookup._ORIGINAL(keyword, uid, excluded), (uid, keyword)
     assert iod_lookup.is_attribute_in_iod("NumberOfFrames", classes[0]) is True
     assert iod_lookup.is_attribute_in_iod("NumberOfFrames", classes[4]) is False
+
+
+def test_a_worker_loads_the_standard_before_its_first_job_and_freezes_it() -> None:
+    import gc
+
+    from pneumonode.results import iod_lookup
+    from pneumonode.worker.pipeline import settle_heap
+
+    iod_lookup._lookup.cache_clear()
+    try:
+        settle_heap()
+        assert iod_lookup._lookup.cache_info().currsize == 1  # the tables are loaded
+        assert gc.get_freeze_count() > 100_000  # they, and the rest, are out of the collector's way
+    finally:
+        gc.unfreeze()

@@ -18,7 +18,7 @@ import highdicom.base
 import highdicom.sr.content
 from highdicom import _standard_utils
 
-__all__ = ["install"]
+__all__ = ["install", "is_attribute_in_iod", "preload"]
 
 _CALLERS: tuple[Any, ...] = (_standard_utils, highdicom.base, highdicom.sr.content)
 _ORIGINAL: Callable[..., bool] = _standard_utils.is_attribute_in_iod
@@ -37,6 +37,13 @@ def is_attribute_in_iod(
     """highdicom's answer, remembered (same arguments, same result)."""
     excluded = None if exclude_path_elements is None else tuple(exclude_path_elements)
     return _lookup(str(attribute), str(sop_class_uid), excluded)
+
+
+def preload() -> None:
+    """Load highdicom's copy of the standard now (its first lookup parses 22 MB of JSON into
+    about 300,000 objects), not during the first image: a worker does this before it takes
+    jobs."""
+    is_attribute_in_iod("ContentDate", "1.2.840.10008.5.1.4.1.1.66.4")  # Segmentation
 
 
 def install() -> None:

@@ -32,7 +32,12 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from pneumonode.config import Settings, get_settings
-from pneumonode.worker.pipeline import PipelineContext, TransientJobError, process_job
+from pneumonode.worker.pipeline import (
+    PipelineContext,
+    TransientJobError,
+    process_job,
+    settle_heap,
+)
 
 __all__ = ["PROCESS_JOB", "app", "celery_config", "configure", "process_job_task"]
 
@@ -105,6 +110,7 @@ def context() -> PipelineContext:
     with _context_lock:
         if _context is None:
             loaded = PipelineContext.load(_settings or get_settings())
+            settle_heap()
             loaded.start_heartbeats()
             log.info(
                 "worker %s ready: model %s %s on %s (%s)",
