@@ -17,23 +17,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 
 import pneumonode.results.encode as encode
 from dicom_factory import make_dx, synthetic_chest
+from pneumonode import results
 from pneumonode.model.postprocess import summarise
-from pneumonode.results import (
-    AlgorithmInfo,
-    build_overlay_capture,
-    build_report,
-    build_segmentation,
-    render_overlay,
-)
-
-ALGORITHM = AlgorithmInfo(
-    name="pneumonode-pneumothorax-unet",
-    version="2.0.1",
-    threshold=0.5,
-    min_area_pixels=64,
-    top_score_threshold=None,
-    intended_use="Research only.",
-)
+from result_checks import ALGORITHM
 
 
 def _pydicom(dataset: Dataset) -> bytes:
@@ -54,11 +40,11 @@ def _results(source: Dataset, region: tuple[slice, slice] | None) -> list[Datase
     mask = np.zeros((int(source.Rows), int(source.Columns)), dtype=bool)
     if region is not None:
         mask[region] = True
-    seg = build_segmentation(source, mask, ALGORITHM)
+    seg = results.build_segmentation(source, mask, ALGORITHM)
     finding = summarise(mask, 0.9 if mask.any() else 0.2, source)
-    report = build_report(source, finding, ALGORITHM, segmentation=seg)
+    report = results.build_report(source, finding, ALGORITHM, segmentation=seg)
     grey = (np.arange(mask.size) % 251).astype(np.uint8).reshape(mask.shape)
-    capture = build_overlay_capture(source, render_overlay(grey, mask), ALGORITHM)
+    capture = results.build_overlay_capture(source, results.render_overlay(grey, mask), ALGORITHM)
     return [seg, report, capture]
 
 

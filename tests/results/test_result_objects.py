@@ -21,15 +21,7 @@ from pneumonode.results import (
     build_segmentation,
     render_overlay,
 )
-
-ALGORITHM = AlgorithmInfo(
-    name="pneumonode-pneumothorax-unet",
-    version="1.2.3",
-    threshold=0.45,
-    min_area_pixels=120,
-    top_score_threshold=None,
-    intended_use="Research only.",
-)
+from result_checks import ALGORITHM
 
 
 def _truth(siim_sample: Path, source: Path) -> np.ndarray:
