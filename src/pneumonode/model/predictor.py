@@ -319,6 +319,12 @@ class OpenVinoEngine(InferenceEngine):
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads or _cores(),
         }
+        if "TBB_PARTITIONER" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
+            # each layer's work taken in chunks as threads come free, not split evenly up front:
+            # when another thread of the node takes a core, the network's other thread goes
+            # on with the rest instead of waiting (B4 at 1024 px, 2 cores: 1 % faster alone,
+            # 3 % beside a thread using a tenth of a core)
+            config["TBB_PARTITIONER"] = "AUTO"
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self._request = self.compiled.create_infer_request()
 
