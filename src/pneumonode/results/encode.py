@@ -16,7 +16,6 @@ and on received images.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from io import BytesIO
 from typing import Any
 
@@ -211,11 +210,5 @@ def _write_sequence(out: BytesIO, element: DataElement, charset: Any) -> None:
 def _pydicom_element(out: BytesIO, element: DataElement, charset: Any) -> None:
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_data_element(buffer, element, _charsets(charset))
+    write_data_element(buffer, element, charset)  # pydicom converts the character set names
     out.write(buffer.getvalue())
-
-
-def _charsets(charset: Any) -> Any:
-    if charset is None or isinstance(charset, str):
-        return charset
-    return list(charset) if isinstance(charset, Iterable) else charset

@@ -469,7 +469,6 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
         raise TransientJobError(f"database unavailable: {type(exc).__name__}") from exc
     if outcome.state != "done":
         return JobOutcome(job_id, outcome.state, reason=outcome.reason)
-    delivery_ids = tuple(row.id for row in outcome.deliveries)
     if not outcome.deliveries:
         return JobOutcome(job_id, "done", result_id=outcome.result_id, present=outcome.present)
 
@@ -487,7 +486,7 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
         "done",
         result_id=outcome.result_id,
         present=outcome.present,
-        delivery_ids=delivery_ids,
+        delivery_ids=tuple(row.id for row in outcome.deliveries),
         sent=len(sent),
     )
 
