@@ -194,7 +194,10 @@ class Settings(BaseSettings):
         "quarter of it. A queued job waits five leases before it is published again.",
     )
     dispatch_interval: float = Field(
-        default=0.5, gt=0, description="Seconds between looks for jobs to queue or re-queue."
+        default=0.5,
+        gt=0,
+        description="Seconds between looks for received images not yet queued (expired leases "
+        "and lost messages are looked for every twelfth of a lease).",
     )
 
     # --- Inference ------------------------------------------------------------------------

@@ -114,3 +114,46 @@ def test_a_lone_image_is_looked_at_at_once_and_a_burst_in_one_look(monkeypatch) 
         assert looks[-1] - last_wake >= 0.3  # after the pause, not before
     finally:
         dispatcher.stop()
+
+
+def test_between_wakes_a_look_only_reads_unless_an_image_waits(monkeypatch) -> None:
+    """Timer looks: a read that finds nothing PENDING goes no further; one that finds a job
+    queues it; the look for expired leases and lost messages comes every twelfth of a lease."""
+    import threading
+    import time
+
+    from pneumonode.worker import dispatch
+
+    looks: list[bool] = []  # each look's ``full``
+    reads = 0
+    waiting = threading.Event()
+
+    def look(*_: object, full: bool = True, **__: object) -> dispatch.DispatchReport:
+        looks.append(full)
+        return dispatch.DispatchReport()
+
+    def pending(_database: object) -> bool:
+        nonlocal reads
+        reads += 1
+        return waiting.is_set()
+
+    monkeypatch.setattr(dispatch, "dispatch_once", look)
+    monkeypatch.setattr(dispatch, "pending_waiting", pending)
+    dispatcher = dispatch.Dispatcher(
+        None,  # type: ignore[arg-type]  # the recorders need no database
+        lambda _: None,
+        lease_seconds=24,  # maintenance every 2 s
+        interval=0.05,
+    )
+    assert dispatcher.maintenance_interval == 2.0
+    dispatcher.start()
+    try:
+        time.sleep(1.0)
+        assert looks == [True]  # the first look after a start, then only reads
+        assert reads >= 10
+        waiting.set()  # an image the listener did not wake us for
+        wait_until(lambda: False in looks, timeout=5, what="a look that queues it")
+        waiting.clear()
+        wait_until(lambda: looks.count(True) >= 2, timeout=5, what="the maintenance look")
+    finally:
+        dispatcher.stop()
