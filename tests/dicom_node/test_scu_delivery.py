@@ -3,6 +3,10 @@ with retries, back-off, dead-letter and resend (on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,8 +37,6 @@ from pneumonode.dicom_node.receive import dataset_offset
 from pneumonode.dicom_node.scu import Failure, echo, send_files
 
 if TYPE_CHECKING:
-    from pynetdicom.association import Association
-
     from conftest import RunningNode
 
 pytestmark = pytest.mark.integration
@@ -150,40 +152,69 @@ def test_send_files_to_storescp_keeps_bytes_and_transfer_syntax(
     assert odd == ["dx_monochrome1.dcm"]  # the one such file in the shared data
 
 
-def test_a_response_taken_by_the_reactor_reaches_the_sender(
-    tmp_path: Path, siim_sample_dicoms: list[Path], monkeypatch: pytest.MonkeyPatch
+def _silent_peer(listener: socket.socket, stop: threading.Event) -> None:
+    """Accept one association (every context, as proposed), then read and never answer."""
+    from pneumonode.dicom_node import upper
+
+    connection, _ = listener.accept()
+    with connection:
+        header = connection.recv(6, socket.MSG_WAITALL)
+        body = connection.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL)
+        request = upper._parse_associate_rq(memoryview(body))
+        items = [upper._item(0x10, upper._uid_bytes(upper.APPLICATION_CONTEXT))]
+        for context_id, _abstract, syntaxes in request.contexts:
+            value = bytes([context_id, 0, 0, 0]) + upper._item(0x40, upper._uid_bytes(syntaxes[0]))
+            items.append(upper._item(0x21, value))
+        items.append(upper._item(0x50, upper._item(0x51, struct.pack(">I", 16_384))))
+        head = struct.pack(">HH", 1, 0) + request.raw_called + request.raw_calling + bytes(32)
+        connection.sendall(upper._pdu(upper.A_ASSOCIATE_AC, head + b"".join(items)))
+        connection.settimeout(0.2)
+        while not stop.is_set():  # take whatever comes, answer nothing
+            with contextlib.suppress(TimeoutError):
+                if not connection.recv(65_536):
+                    return
+
+
+def test_a_peer_that_stops_answering_fails_each_file_transiently_within_the_timeout(
+    siim_sample_dicoms: list[Path],
 ) -> None:
-    """pynetdicom's reactor may take a C-STORE response its sender waits for (its pause is
-    racy; under load it happens: two jobs in a worker, the network's threads). Here it happens
-    to every response: each is handed to the reactor's handler first, as when the reactor wins
-    the race. Every store must still be answered, not end in a DIMSE timeout."""
-    from pneumonode.dicom_node import scu
+    """A peer that accepts the association and then answers nothing: the first store waits
+    out the timeout (no longer), the association is aborted, and every file of it gets a
+    transient failure, to be retried."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    peer = threading.Thread(target=_silent_peer, args=(listener, stop), daemon=True)
+    peer.start()
+    destination = parse_destination(f"SILENT@127.0.0.1:{listener.getsockname()[1]}")
+    started = time.monotonic()
+    try:
+        outcomes = send_files(siim_sample_dicoms[:3], destination, CALLING_AE, timeout=1)
+    finally:
+        stop.set()
+        peer.join(timeout=5)
+        listener.close()
+    assert time.monotonic() - started < 4
+    assert [(o.ok, o.failure) for o in outcomes] == [(False, Failure.TRANSIENT)] * 3
+    assert [o.reason for o in outcomes] == [
+        "no response (timeout or abort)",
+        "association lost",
+        "association lost",
+    ]
 
-    taken: list[object] = []
-    no_delay = scu._no_delay
 
-    def reactor_wins(assoc: Association) -> None:
-        no_delay(assoc)
-        get = assoc.dimse.get_msg
-
-        def sender_get(block: bool = False) -> tuple[int | None, object]:
-            if not block:  # the reactor's own look
-                return get(block)
-            context_id, msg = get(True)
-            if msg is None:
-                return context_id, msg
-            taken.append(msg)
-            assoc._serve_request(msg, context_id)  # what the reactor does with what it took
-            return get(True)
-
-        assoc.dimse.get_msg = sender_get
-
-    monkeypatch.setattr(scu, "_no_delay", reactor_wins)
+def test_a_peer_with_a_small_maximum_pdu_gets_every_byte(
+    tmp_path: Path, siim_sample_dicoms: list[Path]
+) -> None:
+    """storescp reading at most 4096 bytes per PDU: each dataset goes in many fragments and
+    arrives unchanged."""
     sources = siim_sample_dicoms[:3]
-    with run_storescp(tmp_path / "scp") as scp:
-        outcomes = send_files(sources, parse_destination(scp.destination), CALLING_AE, timeout=2)
-    assert len(taken) == len(sources)
+    options = (*BIT_PRESERVING, "--max-pdu", "4096")
+    with run_storescp(tmp_path / "scp", options=options) as scp:
+        outcomes = send_files(sources, parse_destination(scp.destination), CALLING_AE, timeout=5)
     assert [(o.ok, o.status) for o in outcomes] == [(True, 0x0000)] * len(sources)
+    received = _received(scp.folder)
+    for source in sources:
+        assert _dataset_bytes(received[_sop_uid(source)]) == _dataset_bytes(source)
 
 
 def test_peer_refusing_a_transfer_syntax_fails_that_file_only(
@@ -217,8 +248,8 @@ def test_peer_refusing_a_transfer_syntax_fails_that_file_only(
 def test_peer_refusing_every_context_is_a_permanent_failure(
     tmp_path: Path, siim_sample_dicoms: list[Path]
 ) -> None:
-    """When nothing proposed is accepted pynetdicom aborts the association: still permanent,
-    with the reason per file, not a transient 'aborted' that would be retried."""
+    """An association on which nothing proposed was accepted: a permanent failure, with the
+    reason per file, not a transient one that would be retried."""
     files = siim_sample_dicoms[:2]
     with run_storescp(tmp_path / "scp", options=()) as scp:
         outcomes = send_files(files, parse_destination(scp.destination), CALLING_AE, timeout=5)

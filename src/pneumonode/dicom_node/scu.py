@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
-import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydicom import Dataset, dcmread
-from pynetdicom import AE, _config, evt
-from pynetdicom.association import Association
-from pynetdicom.dsutils import split_dataset
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pydicom.uid import UID
+from pynetdicom.dsutils import encode, split_dataset
 
 from pneumonode.dicom_node.peers import Destination
-from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
+from pneumonode.dicom_node.requestor import (
+    AssociationAbortedError,
+    AssociationRejectedError,
+    ConnectError,
+    Requestor,
+)
+from pneumonode.dicom_node.upper import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION
 
 __all__ = ["EchoResult", "Failure", "SendOutcome", "echo", "send_files"]
 
@@ -52,91 +53,16 @@ class EchoResult:
     reason: str
 
 
-def _new_ae(calling_ae: str, timeout: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    return ae
-
-
-def _associate(
-    ae: AE, destination: Destination, tls: ssl.SSLContext | None
-) -> tuple[Association, bool]:
-    """Request an association (over TLS with a context); also says whether the connection was
-    made at all (for TLS: the handshake too)."""
-    connected: list[bool] = []
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
-        tls_args=(tls, destination.host) if tls is not None else None,
-    )
-    if assoc.is_established:
-        _no_delay(assoc)
-        _keep_responses_for_the_sender(assoc)
-    return assoc, bool(connected)
-
-
-def _keep_responses_for_the_sender(assoc: Association) -> None:
-    """Give a response the association's reactor took back to the thread waiting for it.
-
-    ``send_c_store`` pauses the association's reactor thread, sends, then waits for the response
-    on the DIMSE queue. The pause is racy: the reactor may be between its checkpoint and taking
-    the next message when the sender sees it "paused", and then it takes the response itself,
-    logs "Received unexpected C-STORE service message" and drops it; the sender waits out the
-    DIMSE timeout and aborts (pynetdicom issues 435, 842). It happens under load, with other
-    threads busy: a worker's second job, the network's threads. The reactor of an association
-    we requested has no use for a response, so it puts it back on the queue the sender reads.
-    """
-    serve = assoc._serve_request
-    queue = assoc.dimse.msg_queue
-
-    def serve_requests_only(msg: Any, context_id: int) -> None:
-        if msg.is_valid_request:
-            serve(msg, context_id)
-        else:  # a response: the sender's
-            queue.put((context_id, msg))
-
-    assoc._serve_request = serve_requests_only  # type: ignore[method-assign]
-
-
-def _no_delay(assoc: Association) -> None:
-    """Nagle's algorithm off (pynetdicom leaves it on): a C-STORE is several writes, then a
-    wait for the answer, and Nagle with delayed ACKs stalls each one by about 40 ms."""
-    transport = getattr(getattr(assoc, "dul", None), "socket", None)
-    sock = getattr(transport, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _contexts_refused(assoc: Association) -> bool:
-    """The peer answered but accepted none of the proposed contexts (pynetdicom then aborts)."""
-    return bool(assoc.rejected_contexts) and not assoc.accepted_contexts
-
-
-def _association_failure(
-    assoc: Association, destination: Destination, connected: bool, tls: bool = False
-) -> tuple[Failure, str]:
-    if assoc.is_rejected:
-        rejection = getattr(assoc.acceptor, "primitive", None)
-        result = getattr(rejection, "result", None)
-        diagnostic = getattr(rejection, "diagnostic", None)
-        what = getattr(rejection, "result_str", "rejected")
-        why = getattr(rejection, "reason_str", "")
-        permanent = result == 0x01
-        reason = f"{destination} rejected the association ({what}: {why or diagnostic})"
-        return (Failure.PERMANENT if permanent else Failure.TRANSIENT), reason
-    if not connected:
+def _failure(exc: Exception, destination: Destination, tls: bool) -> tuple[Failure, str]:
+    """What a failed association request means, and whether retrying can help."""
+    if isinstance(exc, AssociationRejectedError):
+        rejection = exc.rejection
+        failure = Failure.PERMANENT if rejection.permanent else Failure.TRANSIENT
+        return failure, f"{destination} rejected the association ({rejection})"
+    if isinstance(exc, ConnectError):
         how = "refused or unreachable" + ("; or the TLS handshake failed" if tls else "")
         return Failure.TRANSIENT, f"cannot connect to {destination} ({how})"
-    if _contexts_refused(assoc):
-        return (
-            Failure.PERMANENT,
-            f"{destination} accepted none of the proposed SOP classes and transfer syntaxes",
-        )
-    if assoc.is_aborted:
+    if isinstance(exc, AssociationAbortedError):
         if tls:  # TLS 1.3: a refused client certificate shows only after the handshake
             return (
                 Failure.TRANSIENT,
@@ -146,6 +72,32 @@ def _association_failure(
     return Failure.TRANSIENT, f"{destination} did not answer the association request"
 
 
+def _requestor(
+    destination: Destination,
+    calling_ae: str,
+    contexts: list[tuple[str, str]],
+    timeout: float,
+    tls: ssl.SSLContext | None,
+) -> Requestor:
+    return Requestor(
+        destination.host,
+        destination.port,
+        destination.ae_title,
+        calling_ae,
+        contexts,
+        timeout=timeout,
+        tls=tls,
+    )
+
+
+_ASSOCIATION_ERRORS = (
+    ConnectError,
+    AssociationRejectedError,
+    AssociationAbortedError,
+    TimeoutError,
+)
+
+
 def echo(
     destination: Destination,
     calling_ae: str,
@@ -153,18 +105,21 @@ def echo(
     tls: ssl.SSLContext | None = None,
 ) -> EchoResult:
     """C-ECHO ``destination`` (over TLS with a context)."""
-    ae = _new_ae(calling_ae, timeout)
-    ae.add_requested_context(Verification)
-    assoc, connected = _associate(ae, destination, tls)
-    if not assoc.is_established:
-        return EchoResult(
-            False, _association_failure(assoc, destination, connected, tls is not None)[1]
-        )
+    association = _requestor(
+        destination, calling_ae, [(VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)], timeout, tls
+    )
     try:
-        status = assoc.send_c_echo()
-        code = int(status.Status) if "Status" in status else None
-    finally:
-        assoc.release()
+        association.open()
+    except _ASSOCIATION_ERRORS as exc:
+        return EchoResult(False, _failure(exc, destination, tls is not None)[1])
+    if not association.accepted:
+        association.release()
+        return EchoResult(False, f"{destination} does not accept C-ECHO (Verification)")
+    try:
+        code = association.echo().status
+    except (AssociationAbortedError, TimeoutError):
+        return EchoResult(False, f"{destination} did not answer C-ECHO")
+    association.release()
     if code == 0x0000:
         return EchoResult(True, f"{destination} answered C-ECHO")
     return EchoResult(False, f"{destination} answered C-ECHO with status {code}")
@@ -172,6 +127,32 @@ def echo(
 
 def _status_failure(code: int) -> Failure:
     return Failure.TRANSIENT if 0xA700 <= code <= 0xA7FF else Failure.PERMANENT
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    offset: int  # where the dataset starts, after the File Meta Information
+    odd_length: bool
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.sop_class_uid, self.transfer_syntax_uid)
+
+
+def _read_meta(path: Path) -> _File:
+    meta, offset = split_dataset(path)
+    return _File(
+        path,
+        str(meta.MediaStorageSOPClassUID),
+        str(meta.MediaStorageSOPInstanceUID),
+        str(meta.TransferSyntaxUID),
+        offset,
+        (path.stat().st_size - offset) % 2 == 1,
+    )
 
 
 def send_files(
@@ -191,14 +172,10 @@ def send_files(
     Never raises for network or peer problems: each file gets an outcome.
     """
     outcomes: dict[Path, SendOutcome] = {}
-    contexts: dict[tuple[str, str], list[Path]] = {}
-    odd_length: set[Path] = set()
+    contexts: dict[tuple[str, str], list[_File]] = {}
     for path in paths:
         try:
-            meta, offset = split_dataset(path)
-            key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
-            if (path.stat().st_size - offset) % 2:
-                odd_length.add(path)
+            found = _read_meta(path)
         except Exception as exc:
             outcomes[path] = SendOutcome(
                 path,
@@ -207,40 +184,27 @@ def send_files(
                 reason=f"unreadable file ({type(exc).__name__})",
             )
             continue
-        contexts.setdefault(key, []).append(path)
+        contexts.setdefault(found.key, []).append(found)
 
-    _config.STORE_SEND_CHUNKED_DATASET = True  # stream from disk, memory independent of size
     keys = list(contexts)
     for start in range(0, len(keys), MAX_CONTEXTS):
         batch = keys[start : start + MAX_CONTEXTS]
-        ae = _new_ae(calling_ae, timeout)
-        for sop_class, syntax in batch:
-            ae.add_requested_context(sop_class, syntax)
-        batch_paths = [p for key in batch for p in contexts[key]]
-        assoc, connected = _associate(ae, destination, tls)
-        if not assoc.is_established:
-            if connected and _contexts_refused(assoc):  # each file: its context was refused
-                for key in batch:
-                    for path in contexts[key]:
-                        outcomes[path] = _store_one(assoc, path, key, set(), destination, False)
-                continue
-            failure, reason = _association_failure(assoc, destination, connected, tls is not None)
-            for path in batch_paths:
-                outcomes[path] = SendOutcome(path, False, failure=failure, reason=reason)
+        files = [found for key in batch for found in contexts[key]]
+        association = _requestor(destination, calling_ae, batch, timeout, tls)
+        try:
+            association.open()
+        except _ASSOCIATION_ERRORS as exc:
+            failure, reason = _failure(exc, destination, tls is not None)
+            for found in files:
+                outcomes[found.path] = SendOutcome(
+                    found.path, False, failure=failure, reason=reason
+                )
             continue
         try:
-            accepted = {
-                (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                for cx in assoc.accepted_contexts
-            }
-            for key in batch:
-                for path in contexts[key]:
-                    outcomes[path] = _store_one(
-                        assoc, path, key, accepted, destination, path in odd_length
-                    )
+            for found in files:
+                outcomes[found.path] = _store_one(association, found, destination)
         finally:
-            if assoc.is_established:
-                assoc.release()
+            association.release()
     return [outcomes[path] for path in paths]
 
 
@@ -255,37 +219,54 @@ def _padded_dataset(path: Path) -> Dataset:
     return dataset
 
 
-def _store_one(
-    assoc: Association,
-    path: Path,
-    key: tuple[str, str],
-    accepted: set[tuple[str, str]],
-    destination: Destination,
-    re_encode: bool,
-) -> SendOutcome:
-    if key not in accepted:
+def _encoded(dataset: Dataset, transfer_syntax_uid: str) -> bytes:
+    """``dataset`` encoded in ``transfer_syntax_uid`` (its pixel data as it is)."""
+    syntax = UID(transfer_syntax_uid)
+    data = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+    if data is None:
+        raise ValueError("the dataset cannot be encoded in its transfer syntax")
+    return data
+
+
+def _store_one(association: Requestor, found: _File, destination: Destination) -> SendOutcome:
+    path = found.path
+    if found.key not in association.accepted:
         return SendOutcome(
             path,
             False,
             failure=Failure.PERMANENT,
-            reason=f"{destination} does not accept SOP class {key[0]} in transfer syntax {key[1]}",
+            reason=(
+                f"{destination} does not accept SOP class {found.sop_class_uid} in transfer "
+                f"syntax {found.transfer_syntax_uid}"
+            ),
         )
-    if not assoc.is_established:
+    if not association.established:
         return SendOutcome(path, False, failure=Failure.TRANSIENT, reason="association lost")
     try:
-        status = assoc.send_c_store(_padded_dataset(path) if re_encode else path)
+        dataset: tuple[Path, int] | bytes = (
+            _encoded(_padded_dataset(path), found.transfer_syntax_uid)
+            if found.odd_length
+            else (path, found.offset)
+        )
+        response = association.store(
+            found.sop_class_uid, found.sop_instance_uid, found.transfer_syntax_uid, dataset
+        )
+    except TimeoutError:
+        return SendOutcome(
+            path, False, failure=Failure.TRANSIENT, reason="no response (timeout or abort)"
+        )
+    except AssociationAbortedError:
+        return SendOutcome(
+            path, False, failure=Failure.TRANSIENT, reason="no response (timeout or abort)"
+        )
     except Exception as exc:
         return SendOutcome(
             path, False, failure=Failure.TRANSIENT, reason=f"send failed ({type(exc).__name__})"
         )
-    if "Status" not in status:
-        return SendOutcome(
-            path, False, failure=Failure.TRANSIENT, reason="no response (timeout or abort)"
-        )
-    code = int(status.Status)
+    code = response.status
     if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
         return SendOutcome(path, True, status=code)
-    comment = str(status.get("ErrorComment", "") or "")
+    comment = response.comment
     return SendOutcome(
         path,
         False,

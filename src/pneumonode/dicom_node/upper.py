@@ -6,7 +6,7 @@ that hand every PDU and primitive through queues polled with 1 ms sleeps, so eac
 a few milliseconds of waiting whatever the object's size; that caps small-object ingest at about
 half of Orthanc's rate on a 2-core machine. Here one thread reads a PDU, writes its dataset
 fragments straight into the spool file and, after the last fragment, calls the handler and
-answers: no queue, no sleep. pynetdicom still sends our results (``scu.py``).
+answers: no queue, no sleep. Results go out through the requestor side (``requestor.py``).
 
 What is supported, as an acceptor only:
 
