@@ -287,3 +287,26 @@ def test_overlay_capture_of_a_siim_image(
     assert back.SOPClassUID == source.SOPClassUID  # Secondary Capture Image Storage
     assert back.SOPInstanceUID != source.SOPInstanceUID
     assert "not for clinical use" in back.SeriesDescription
+
+
+def test_the_seg_is_referenced_by_its_frame_alone_in_every_report() -> None:
+    """The ROI group's IMAGE item references frame 1 of our SEG, without the segment number
+    the SOP Instance Reference Macro forbids beside a frame; the same in the next report made
+    (the parts a model's reports share are never changed)."""
+    source = make_dx(synthetic_chest(64, 48, 12), 12)
+    mask = np.zeros((64, 48), dtype=bool)
+    mask[5:15, 30:40] = True
+
+    def references(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+        found = []
+        for item in dataset.get("ContentSequence", []):
+            found += list(item.get("ReferencedSOPSequence", []))
+            found += references(item)
+        return found
+
+    for _ in range(2):
+        seg = build_segmentation(source, mask, ALGORITHM)
+        report = build_report(source, summarise(mask, 0.9, source), ALGORITHM, segmentation=seg)
+        to_seg = [r for r in references(report) if r.ReferencedSOPInstanceUID == seg.SOPInstanceUID]
+        assert [r.ReferencedFrameNumber for r in to_seg] == [1]
+        assert all("ReferencedSegmentNumber" not in r for r in references(report))

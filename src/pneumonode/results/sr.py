@@ -16,6 +16,7 @@ A negative image gets the same report with "Absent": the PACS shows that the ima
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, cast
 
@@ -59,6 +60,35 @@ def _algorithm(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
     )
 
 
+@lru_cache(maxsize=16)
+def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+    """The observer (our model as a device), made once per model like ``_algorithm``."""
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=derived_uid(algorithm.name, algorithm.version, "device"),
+                name=algorithm.name,
+                manufacturer_name=algorithm.manufacturer,
+                model_name=f"{algorithm.name} {algorithm.version}"[:64],
+            ),
+        )
+    )
+
+
+@lru_cache(maxsize=8)
+def _finding_sites(side: str) -> tuple[hd.sr.FindingSite, ...]:
+    """The lung on ``side`` (none for an unknown side), made once per side."""
+    if side not in _SIDES:
+        return ()
+    return (hd.sr.FindingSite(codes.SCT.Lung, laterality=_SIDES[side]),)
+
+
+@lru_cache(maxsize=2)
+def _evaluation(present: bool) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(PNEUMOTHORAX, PRESENT if present else ABSENT)
+
+
 def build_report(
     source: Dataset,
     finding: Finding,
@@ -82,11 +112,7 @@ def build_report(
     clean = result_source(source)
     version = algorithm.version
     sop_uid = str(source.SOPInstanceUID)
-    sites = (
-        [hd.sr.FindingSite(codes.SCT.Lung, laterality=_SIDES[finding.side])]
-        if finding.present and finding.side in _SIDES
-        else None
-    )
+    sites = list(_finding_sites(finding.side)) if finding.present else []
     groups: list[
         hd.sr.MeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -98,10 +124,8 @@ def build_report(
             ),
             finding_type=PNEUMOTHORAX,
             algorithm_id=_algorithm(algorithm),
-            finding_sites=sites,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(PNEUMOTHORAX, PRESENT if finding.present else ABSENT)
-            ],
+            finding_sites=sites or None,
+            qualitative_evaluations=[_evaluation(finding.present)],
             measurements=[
                 hd.sr.Measurement(
                     name=MAX_PROBABILITY,
@@ -115,6 +139,7 @@ def build_report(
         )
     ]
     evidence = [clean]
+    frame_reference: hd.sr.ReferencedSegmentationFrame | None = None
     if finding.present and segmentation is not None:
         if finding.area_mm2 is not None:
             area, unit = round(finding.area_mm2, 1), codes.UCUM.SquareMillimeter
@@ -123,21 +148,22 @@ def build_report(
                 float(finding.area_pixels),
                 hd.sr.CodedConcept("{pixels}", "UCUM", "pixels"),
             )
+        frame_reference = hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            frame_number=1,
+            segment_number=1,
+            source_image=hd.sr.SourceImageForSegmentation.from_source_image(clean),
+        )
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=derived_uid(sop_uid, version, "SR region"), identifier="pneumothorax region"
                 ),
-                referenced_segment=hd.sr.ReferencedSegmentationFrame(
-                    sop_class_uid=segmentation.SOPClassUID,
-                    sop_instance_uid=segmentation.SOPInstanceUID,
-                    frame_number=1,
-                    segment_number=1,
-                    source_image=hd.sr.SourceImageForSegmentation.from_source_image(clean),
-                ),
+                referenced_segment=frame_reference,
                 finding_type=PNEUMOTHORAX,
                 algorithm_id=_algorithm(algorithm),
-                finding_sites=sites,
+                finding_sites=sites or None,
                 measurements=[
                     hd.sr.Measurement(
                         name=codes.SCT.Area,
@@ -150,17 +176,7 @@ def build_report(
         )
         evidence.append(segmentation)
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(
-            observer_device_context=hd.sr.ObserverContext(
-                observer_type=codes.DCM.Device,
-                observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                    uid=derived_uid(algorithm.name, version, "device"),
-                    name=algorithm.name,
-                    manufacturer_name=algorithm.manufacturer,
-                    model_name=f"{algorithm.name} {version}"[:64],
-                ),
-            )
-        ),
+        observation_context=_observation_context(algorithm),
         procedure_reported=PLAIN_CHEST_XRAY,
         imaging_measurements=groups,
     )
@@ -179,7 +195,8 @@ def build_report(
             is_verified=False,
             series_description=series_description("SR", label),
         )
-    _frame_references_only(sr)
+    if frame_reference is not None:
+        _frame_references_only(frame_reference)
     return sr
 
 
@@ -208,15 +225,15 @@ def _document(
     return sr
 
 
-def _frame_references_only(dataset: Dataset) -> None:
+def _frame_references_only(items: Iterable[Dataset]) -> None:
     """Keep ReferencedFrameNumber, drop ReferencedSegmentNumber, where an item has both.
 
     highdicom writes both into the "Referenced Segmentation Frame" IMAGE item; the SOP Instance
     Reference Macro (PS3.3 C.17.3.4) forbids the segment number once a frame is referenced. The
-    frame (frame 1 of our one-segment SEG) names the segment unambiguously.
+    frame (frame 1 of our one-segment SEG) names the segment unambiguously. ``items``: the
+    items of the reference, which the report's tree holds themselves (not copies).
     """
-    for item in dataset.get("ContentSequence", []):
+    for item in items:
         for reference in item.get("ReferencedSOPSequence", []):
             if "ReferencedFrameNumber" in reference and "ReferencedSegmentNumber" in reference:
                 del reference.ReferencedSegmentNumber
-        _frame_references_only(item)
