@@ -47,7 +47,16 @@ from pneumonode.config import Settings
 from pneumonode.conversion import ConversionError, encode_png
 from pneumonode.conversion.decode import read_dataset
 from pneumonode.conversion.prepare import prepare_radiograph
-from pneumonode.db.models import Delivery, Job, JobState, Result, WorkerHeartbeat, utcnow
+from pneumonode.db.models import (
+    Delivery,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    Study,
+    WorkerHeartbeat,
+    utcnow,
+)
 from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import (
@@ -344,27 +353,40 @@ def claim_job(
         )
         if claimed.rowcount != 1:
             return None
-        job = session.get(Job, job_id)
-        assert job is not None
-        instance = job.instance
+        # one query for what the job needs of its instance and study (not three lazy loads)
+        row = session.execute(
+            select(
+                Job.attempts,
+                Job.queued_at,
+                Instance.id,
+                Instance.path,
+                Instance.sop_uid,
+                Instance.received_at,
+                Study.study_uid,
+            )
+            .join(Instance, Instance.id == Job.instance_id)
+            .join(Study, Study.id == Instance.study_id)
+            .where(Job.id == job_id)
+        ).one()
+        attempts, queued_at, instance_id, path, sop_uid, received_at, study_uid = row
         audit(
             session,
             "job.started",
-            f"job {job_id} started (attempt {job.attempts})",
-            study_uid=instance.study.study_uid,
-            sop_uid=instance.sop_uid,
-            detail={"job_id": job_id, "worker": worker, "attempt": job.attempts},
+            f"job {job_id} started (attempt {attempts})",
+            study_uid=study_uid,
+            sop_uid=sop_uid,
+            detail={"job_id": job_id, "worker": worker, "attempt": attempts},
         )
         return ClaimedJob(
             job_id=job_id,
-            instance_id=instance.id,
-            path=Path(instance.path),
-            study_uid=instance.study.study_uid,
-            sop_uid=instance.sop_uid,
-            received_at=instance.received_at,
-            queued_at=job.queued_at,
+            instance_id=instance_id,
+            path=Path(path),
+            study_uid=study_uid,
+            sop_uid=sop_uid,
+            received_at=received_at,
+            queued_at=queued_at,
             started_at=now,
-            attempt=job.attempts,
+            attempt=attempts,
         )
 
 
