@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -259,3 +263,23 @@ def test_results_on_100k_images_use_the_indexes(tmp_path: Path) -> None:
             )
             assert index in plan, plan
     database.dispose()
+
+
+def test_results_into_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    """`pneumonode results | head`: when the reader goes, the command stops quietly (the exit
+    status of a process ended by SIGPIPE), with no error on stderr."""
+    database_url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
+    database = Database.open(database_url)
+    _fill(database, 400)  # about 100 kB of CSV: more than a pipe holds
+    database.dispose()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "pneumonode", "results", "--format", "csv", "--limit", "400"],
+        env={**os.environ, "PNEUMONODE_DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert command.stdout is not None and command.stderr is not None
+    assert command.stdout.readline().startswith(b"received_at,")
+    command.stdout.close()
+    assert command.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert command.stderr.read() == b""

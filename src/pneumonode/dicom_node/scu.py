@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from pneumonode.dicom_node.upper import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION
 
 __all__ = ["EchoResult", "Failure", "SendOutcome", "echo", "send_files"]
 
-log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # presentation contexts one association can propose
 
