@@ -21,12 +21,13 @@ import contextlib
 import socket
 import ssl
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from pneumonode.dicom_node.upper import (
+    _MAX_CONTROL_PDU,
+    _PDU_HEADER,
     A_ABORT,
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,
@@ -45,9 +46,11 @@ from pneumonode.dicom_node.upper import (
     REASON_NOT_SPECIFIED,
     VERIFICATION,
     _ascii,
+    _command_elements,
     _item,
     _items,
     _pdu,
+    _pdv_items,
     _ProtocolError,
     _uid_bytes,
     encode_command,
@@ -67,9 +70,6 @@ __all__ = [
 OUR_MAX_PDU = 16_384
 #: Fragment size when the peer states no maximum (0: unlimited).
 UNLIMITED_FRAGMENT = 1 << 20
-#: Longest PDU we read from a peer (its A-ASSOCIATE-AC, or a P-DATA-TF with a response).
-_MAX_READ = 4 * 1024 * 1024
-_HEADER = struct.Struct(">BBI")
 
 _RESULTS = {1: "Rejected Permanent", 2: "Rejected Transient"}
 _REASONS = {
@@ -353,7 +353,7 @@ class Requestor:
                 raise AssociationAbortedError("the peer aborted the association")
             if kind != P_DATA_TF:
                 raise _ProtocolError(f"PDU type {kind} while waiting for a response")
-            for pdv_context, control, value in _pdvs(body):
+            for pdv_context, control, value in _pdv_items(body):
                 if pdv_context != context_id or not control & 0x01:
                     raise _ProtocolError("a response on another context, or with a dataset")
                 command += value
@@ -385,8 +385,8 @@ class Requestor:
         return data
 
     def _read_pdu(self) -> tuple[int, memoryview]:
-        kind, _, length = _HEADER.unpack(self._recv_exactly(6))
-        if length > _MAX_READ:
+        kind, _, length = _PDU_HEADER.unpack(self._recv_exactly(6))
+        if length > _MAX_CONTROL_PDU:  # an A-ASSOCIATE-AC, or a response
             raise _ProtocolError(f"a PDU of {length} bytes")
         return kind, memoryview(self._recv_exactly(length))
 
@@ -401,35 +401,14 @@ def _us(value: int) -> bytes:
 
 def _p_data(context_id: int, control: int, value: bytes | memoryview) -> bytes:
     return (
-        _HEADER.pack(P_DATA_TF, 0, len(value) + 6)
+        _PDU_HEADER.pack(P_DATA_TF, 0, len(value) + 6)
         + struct.pack(">IBB", len(value) + 2, context_id, control)
         + bytes(value)
     )
 
 
-def _pdvs(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
-    offset = 0
-    while offset < len(body):
-        if offset + 6 > len(body):
-            raise _ProtocolError("truncated PDV item")
-        length = struct.unpack_from(">I", body, offset)[0]
-        end = offset + 4 + length
-        if length < 2 or end > len(body):
-            raise _ProtocolError("PDV item length out of range")
-        yield body[offset + 4], body[offset + 5], body[offset + 6 : end]
-        offset = end
-
-
 def _parse_response(data: bytes, message_id: int) -> Response:
-    values: dict[int, bytes] = {}
-    offset = 0
-    while offset + 8 <= len(data):
-        group, element, length = struct.unpack_from("<HHI", data, offset)
-        offset += 8
-        if group != 0x0000 or offset + length > len(data):
-            raise _ProtocolError("malformed response command set")
-        values[element] = data[offset : offset + length]
-        offset += length
+    values = _command_elements(data)
     status = values.get(0x0900, b"")
     if len(status) != 2:
         raise _ProtocolError("a response without a status")

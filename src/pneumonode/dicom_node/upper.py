@@ -298,8 +298,8 @@ class _Command:
     has_dataset: bool
 
 
-def _parse_command(data: bytes) -> _Command:
-    """The elements we use of a command set (group 0000, Implicit VR Little Endian)."""
+def _command_elements(data: bytes) -> dict[int, bytes]:
+    """Element number -> value of a command set (group 0000, Implicit VR Little Endian)."""
     values: dict[int, bytes] = {}
     offset = 0
     while offset + 8 <= len(data):
@@ -309,6 +309,26 @@ def _parse_command(data: bytes) -> _Command:
             raise _ProtocolError("malformed command set", REASON_INVALID_PARAMETER)
         values[element] = data[offset : offset + length]
         offset += length
+    return values
+
+
+def _pdv_items(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
+    """(presentation context id, message control header, value) of each PDV of a P-DATA-TF."""
+    offset = 0
+    while offset < len(body):
+        if offset + 6 > len(body):
+            raise _ProtocolError("truncated PDV item", REASON_INVALID_PARAMETER)
+        length = struct.unpack_from(">I", body, offset)[0]
+        end = offset + 4 + length
+        if length < 2 or end > len(body):
+            raise _ProtocolError("PDV item length out of range", REASON_INVALID_PARAMETER)
+        yield body[offset + 4], body[offset + 5], body[offset + 6 : end]
+        offset = end
+
+
+def _parse_command(data: bytes) -> _Command:
+    """The elements we use of a command set (group 0000, Implicit VR Little Endian)."""
+    values = _command_elements(data)
 
     def number(element: int) -> int:
         value = values.get(element, b"")
@@ -578,19 +598,9 @@ class Association:
                 pass
 
     def _p_data(self, body: memoryview) -> None:
-        offset = 0
-        while offset < len(body):
-            if offset + 6 > len(body):
-                raise _ProtocolError("truncated PDV item", REASON_INVALID_PARAMETER)
-            length = struct.unpack_from(">I", body, offset)[0]
-            end = offset + 4 + length
-            if length < 2 or end > len(body):
-                raise _ProtocolError("PDV item length out of range", REASON_INVALID_PARAMETER)
-            context_id, control = body[offset + 4], body[offset + 5]
+        for context_id, control, data in _pdv_items(body):
             if context_id not in self.info.contexts:
                 raise _ProtocolError(f"PDV on presentation context {context_id} not accepted")
-            data = body[offset + 6 : end]
-            offset = end
             if control & 0x01:
                 self._command_fragment(context_id, data, last=bool(control & 0x02))
             else:
