@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pneumonode.api.security import ApiToken
     from pneumonode.db.session import Database
     from pneumonode.dicom_node.peers import Destination
+    from pneumonode.model.data import Sample
     from pneumonode.model.predictor import Predictor
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
@@ -151,16 +152,78 @@ def _build_parser() -> argparse.ArgumentParser:
             help_text = f"{field_info.description}; " if field_info.description else ""
             train.add_argument(flag, default=None, help=f"{help_text}default {field_info.default}")
 
+    prepare = sub.add_parser(
+        "prepare-training",
+        help="split films of both classes by patient and write a training bundle",
+        description="Join the --data folders (positives with masks, negatives without), split "
+        "them by patient into training, validation and test (split.json; or reuse --split), "
+        "and write the training and validation films in model space (bundle.json, "
+        "samples.csv, images/, masks/) into --out for train-bundle.",
+    )
+    prepare.add_argument("--data", type=Path, action="append", required=True, help="repeatable")
+    prepare.add_argument("--out", type=Path, required=True)
+    prepare.add_argument("--size", type=_positive_int, default=512)
+    prepare.add_argument("--split", type=Path, help="an existing split.json to keep")
+    prepare.add_argument("--val-fraction", type=float, default=0.15)
+    prepare.add_argument("--test-fraction", type=float, default=0.15)
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--workers", type=_positive_int, default=2)
+    prepare.add_argument("--no-progress", action="store_true")
+
+    fit = sub.add_parser(
+        "train-bundle",
+        help="train the triage model (U-Net + image-level head) on a training bundle",
+        description="Positives and negatives drawn by a weighted sampler, augmented on the "
+        "device, BCE + Dice (positives) + BCE on the image label, AdamW with a cosine schedule "
+        "(over --time-limit minutes when given), a moving average of the weights. Writes "
+        "best/, last/, metrics.csv, curves.png and log.txt into --out. Then: pneumonode "
+        "calibrate.",
+    )
+    fit.add_argument("--bundle", type=Path, required=True)
+    fit.add_argument("--out", type=Path, required=True)
+    fit.add_argument("--no-progress", action="store_true")
+    from pneumonode.model.train_config import FastTrainConfig
+
+    for name, field_info in FastTrainConfig.model_fields.items():
+        if name in ("bundle", "out"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if field_info.annotation is bool:
+            fit.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            help_text = f"{field_info.description}; " if field_info.description else ""
+            fit.add_argument(flag, default=None, help=f"{help_text}default {field_info.default}")
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit the probability calibration and the operating point on the validation split",
+        description="Runs the model on the validation films of --split and writes into the "
+        "checkpoint's config.json: the image score (head or top pixel, the better ranking), "
+        "its Platt scaling, the operating point (sensitivity >= --min-sensitivity, then the "
+        "best specificity) and the pixel threshold and minimum area with the best Dice.",
+    )
+    calibrate.add_argument("--weights", type=Path, required=True)
+    calibrate.add_argument("--data", type=Path, action="append", required=True)
+    calibrate.add_argument("--split", type=Path, required=True)
+    calibrate.add_argument("--min-sensitivity", type=float, default=0.9)
+    calibrate.add_argument("--score", choices=("auto", "head", "max_pixel"), default="auto")
+    calibrate.add_argument("--method", choices=("platt", "temperature"), default="platt")
+    calibrate.add_argument("--no-progress", action="store_true")
+
     evaluate = sub.add_parser(
         "evaluate",
-        help="Dice/IoU/SIIM score of a checkpoint on labelled images; --tune post-processing",
-        description="Writes evaluation.json, evaluation.csv and worst_cases.png. --tune searches "
-        "threshold, minimum area and top-score gate and writes them into the checkpoint.",
+        help="how good a checkpoint is: ROC, sensitivity/specificity, Dice, calibration",
+        description="A calibrated model (pneumonode calibrate) on films of both classes: "
+        "evaluation.json/.csv, roc.png, reliability.png, worst_cases.png (sensitivity and "
+        "specificity at the operating point with 95%% intervals, specificity on normal and "
+        "abnormal films, Dice at the source's resolution, the SIIM score at 22%% prevalence). "
+        "A model without an operating point: Dice/IoU/SIIM score; --tune searches threshold, "
+        "minimum area and top-score gate and writes them into the checkpoint.",
     )
     evaluate.add_argument("--weights", type=Path, required=True)
-    evaluate.add_argument("--data", type=Path, required=True)
-    evaluate.add_argument("--split", type=Path, help="a training run's split.json")
-    evaluate.add_argument("--subset", choices=("train", "validation"), default="validation")
+    evaluate.add_argument("--data", type=Path, action="append", required=True, help="repeatable")
+    evaluate.add_argument("--split", type=Path, help="a split.json")
+    evaluate.add_argument("--subset", choices=("train", "validation", "test"), default="validation")
     evaluate.add_argument("--out", type=Path, help="default: <weights>/evaluation")
     evaluate.add_argument("--tune", action="store_true")
     evaluate.add_argument("--tta", action="store_true")
@@ -564,13 +627,174 @@ def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cohort_side(data: Sequence[Path], split: Path | None, subset: str) -> list[Sample]:
+    from pneumonode.model.data import DatasetLayoutError, discover_cohort, read_split
+
+    try:
+        samples = discover_cohort(data)
+        chosen = samples if split is None else read_split(split, samples)[subset]
+    except (DatasetLayoutError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    if not chosen:
+        raise CliError(f"no {subset} images in {split}")
+    return chosen
+
+
+def _cmd_prepare_training(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.model.bundle import write_bundle
+    from pneumonode.model.data import (
+        DatasetLayoutError,
+        discover_cohort,
+        read_split,
+        split_cohort,
+        write_split,
+    )
+
+    try:
+        samples = discover_cohort(args.data)
+        if args.split is not None:
+            sides = read_split(args.split, samples)
+        else:
+            train, val, test = split_cohort(
+                samples, args.val_fraction, args.test_fraction, args.seed
+            )
+            sides = {"train": train, "validation": val, "test": test}
+    except (DatasetLayoutError, ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_split(
+        args.out / "split.json",
+        sides["train"],
+        sides["validation"],
+        sides["test"],
+        seed=args.seed,
+        data=[str(d) for d in args.data],
+    )
+    bar = tqdm(total=len(sides["train"]) + len(sides["validation"]), unit="img",
+               desc="prepare", disable=args.no_progress)  # fmt: skip
+
+    def advance(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    described = write_bundle(
+        {"train": sides["train"], "validation": sides["validation"]},
+        args.size,
+        args.out,
+        workers=args.workers,
+        progress=advance,
+        info={"split": "split.json", "data": [str(d) for d in args.data]},
+    )
+    bar.close()
+    for side in ("train", "validation", "test"):
+        chosen = sides[side]
+        positives = sum(s.positive for s in chosen)
+        patients = len({s.patient_id or s.image_id for s in chosen})
+        print(f"{side:10} {len(chosen):5} films {positives:5} positive {patients:5} patients")
+    print(f"bundle: {args.out} ({described['size']} px); split: {args.out / 'split.json'}")
+    return EXIT_OK
+
+
+def _cmd_train_bundle(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError as ConfigError
+
+    from pneumonode.model.bundle import BundleError
+    from pneumonode.model.fast_train import fast_train
+    from pneumonode.model.train_config import FastTrainConfig
+
+    values = {
+        name: getattr(args, name)
+        for name in FastTrainConfig.model_fields
+        if getattr(args, name, None) is not None
+    }
+    if values.get("encoder_weights") in ("none", "None", ""):
+        values["encoder_weights"] = None
+    try:
+        config = FastTrainConfig(**values)
+    except ConfigError as exc:
+        error = exc.errors()[0]
+        where = f"{error['loc'][0]}: " if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise CliError(f"invalid training option: {where}{message}") from None
+    try:
+        best = fast_train(config, progress=not args.no_progress)
+    except (BundleError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if "epoch" not in best:
+        raise CliError("no epoch finished; nothing was saved")
+    print(
+        f"best epoch {best['epoch']}: validation AUC {best['val_auc']:.3f}, Dice (positives) "
+        f"{best['val_dice_positives']:.3f}; {best['train_images_per_second']:.1f} images/s"
+    )
+    print(f"checkpoint: {config.out / 'best'}; curves: {config.out / 'curves.png'}")
+    print(f"next: pneumonode calibrate --weights {config.out / 'best'} --split ... --data ...")
+    return EXIT_OK
+
+
+def _cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.model.assess import calibrate
+
+    if not 0 < args.min_sensitivity < 1:
+        raise CliError("--min-sensitivity must be between 0 and 1")
+    samples = _cohort_side(args.data, args.split, "validation")
+    predictor = _load_predictor_for(settings, args.weights)
+    try:
+        chosen = calibrate(
+            predictor,
+            samples,
+            args.weights,
+            min_sensitivity=args.min_sensitivity,
+            score=args.score,
+            method=args.method,
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    calibration, decision = chosen["calibration"], chosen["decision"]
+    figures = calibration["fitted_on"]
+    print(
+        f"score: {calibration['score']} (validation AUC "
+        + ", ".join(f"{k} {v:.3f}" for k, v in figures["auc"].items())
+        + ")"
+    )
+    print(
+        f"calibration: {calibration['method']} a={calibration['a']:.4f} b={calibration['b']:.4f}"
+        f"; log loss {figures['log_loss_raw']:.4f} -> {figures['log_loss_calibrated']:.4f}"
+    )
+    print(
+        f"operating point: probability >= {decision['threshold']:.4f}; validation sensitivity "
+        f"{decision['validation']['sensitivity']:.3f}, specificity "
+        f"{decision['validation']['specificity']:.3f}"
+    )
+    post = chosen["postprocess"]
+    print(
+        f"pixels: threshold {post['threshold']}, minimum area {post['min_area_pixels']} px; "
+        f"validation Dice (positives, model size) {chosen['validation_mean_dice_positives']:.3f}"
+    )
+    print(f"written into {args.weights}")
+    return EXIT_OK
+
+
+def _load_predictor_for(settings: Settings, weights: Path) -> Predictor:
+    from pneumonode.model.checkpoint import CheckpointError
+    from pneumonode.model.predictor import Predictor
+
+    try:
+        return Predictor.load(weights, backend="torch")
+    except (CheckpointError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
 def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.model.data import DatasetLayoutError
     from pneumonode.model.evaluate import evaluate, select_samples
 
     predictor = _load_predictor(settings, args)
+    if predictor.config.decision is not None:
+        return _evaluate_cohort(predictor, args)
+    if len(args.data) != 1:
+        raise CliError("a model without an operating point is evaluated on one --data folder")
     try:
-        samples = select_samples(args.data, args.split, args.subset)
+        samples = select_samples(args.data[0], args.split, args.subset)
     except (DatasetLayoutError, ValueError, OSError, KeyError) as exc:
         raise CliError(str(exc)) from None
     if not samples:
@@ -603,6 +827,39 @@ def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         f"post-processing        {summary['postprocess']}{' (tuned, saved)' if args.tune else ''}"
     )
     print(f"written to {out}")
+    return EXIT_OK
+
+
+def _evaluate_cohort(predictor: Predictor, args: argparse.Namespace) -> int:
+    from pneumonode.model.assess import evaluate_cohort
+
+    if args.tune:
+        raise CliError("--tune is for models without an operating point; use pneumonode calibrate")
+    samples = _cohort_side(args.data, args.split, args.subset)
+    folder = args.weights if args.weights.is_dir() else args.weights.parent
+    out = args.out or folder / "evaluation"
+    summary = evaluate_cohort(predictor, samples, out, progress=not args.no_progress)
+
+    def ratio(entry: dict[str, Any]) -> str:
+        low, high = entry["ci95"]
+        return f"{entry['value']:.3f} (95% CI {low:.3f}-{high:.3f}, n={entry['n']})"
+
+    print(f"images                 {summary['images']} ({summary['positives']} positive)")
+    print(f"AUC                    {summary['auc']:.4f}")
+    print(f"operating point        probability >= {summary['operating_point']:.4f}")
+    print(f"sensitivity            {ratio(summary['sensitivity'])}")
+    print(f"specificity            {ratio(summary['specificity'])}")
+    for group, entry in summary["specificity_by_group"].items():
+        print(f"  on {group:19} {ratio(entry)}")
+    print(f"mean Dice (positives)  {summary['mean_dice_positives']:.4f} (source resolution)")
+    for bucket, entry in summary["dice_by_size"].items():
+        value = "-" if entry["mean_dice"] is None else f"{entry['mean_dice']:.4f}"
+        print(f"  {bucket:20} {value} (n={entry['images']})")
+    print(
+        f"SIIM score             {summary['siim_score_at_prevalence']:.4f} "
+        f"(at {summary['prevalence']:.0%} prevalence)"
+    )
+    print(f"written to {out} (evaluation.json, roc.png, reliability.png, worst_cases.png)")
     return EXIT_OK
 
 
@@ -1031,6 +1288,9 @@ COMMANDS = {
     "predict": _cmd_predict,
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "prepare-training": _cmd_prepare_training,
+    "train-bundle": _cmd_train_bundle,
+    "calibrate": _cmd_calibrate,
     "serve": _cmd_serve,
     "dicom-listen": _cmd_serve,
     "dispatch": _cmd_dispatch,

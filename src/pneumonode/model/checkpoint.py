@@ -27,8 +27,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: reading a config needs 
 
 __all__ = [
     "Architecture",
+    "Calibration",
     "CheckpointConfig",
     "CheckpointError",
+    "Decision",
     "InputSpec",
     "PostProcessing",
     "file_sha256",
@@ -55,6 +57,9 @@ class Architecture(_Strict):
     decoder_interpolation: Literal["bilinear", "nearest"] = "bilinear"
     in_channels: Literal[1] = 1
     classes: Literal[1] = 1
+    classification_head: bool = Field(
+        default=False, description="image-level head: the network returns (mask, image logit)"
+    )
 
 
 class InputSpec(_Strict):
@@ -75,6 +80,30 @@ class PostProcessing(_Strict):
     )
 
 
+class Calibration(_Strict):
+    """How the image score becomes a calibrated probability (fitted on validation).
+
+    ``score``: ``head`` (the image-level head's probability) or ``max_pixel`` (the highest pixel
+    probability: the SIIM winners' top score). ``p = sigmoid(a * logit(score) + b)``: Platt
+    scaling, temperature scaling when ``b = 0``; monotone (``a > 0``).
+    """
+
+    score: Literal["head", "max_pixel"] = "head"
+    method: Literal["platt", "temperature"] = "platt"
+    a: float = Field(default=1.0, gt=0)
+    b: float = 0.0
+    fitted_on: dict[str, Any] = Field(default_factory=dict)
+
+
+class Decision(_Strict):
+    """The operating point: a film is called positive when its calibrated probability is at
+    least ``threshold``; the mask is reported only then."""
+
+    threshold: float = Field(gt=0.0, lt=1.0)
+    rule: str = "sensitivity >= 0.90 on validation, then the best specificity"
+    validation: dict[str, Any] = Field(default_factory=dict)
+
+
 class CheckpointConfig(_Strict):
     format: Literal["pneumonode-checkpoint"] = "pneumonode-checkpoint"
     format_version: Literal[1] = 1
@@ -83,6 +112,8 @@ class CheckpointConfig(_Strict):
     architecture: Architecture = Architecture()
     input: InputSpec = InputSpec()
     postprocess: PostProcessing = PostProcessing()
+    calibration: Calibration | None = None
+    decision: Decision | None = None
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     weights_file: str = WEIGHTS_NAME
@@ -96,6 +127,7 @@ class CheckpointConfig(_Strict):
         return build_unet(
             self.architecture.encoder,
             decoder_interpolation=self.architecture.decoder_interpolation,
+            classification_head=self.architecture.classification_head,
         )
 
 

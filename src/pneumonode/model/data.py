@@ -3,7 +3,12 @@
 Layouts understood (``discover_samples``):
 - ``png_images/`` + ``png_masks/`` (``pneumonode convert-siim`` output; the vbookshelf Kaggle set,
   names like ``0_train_1_.png``), with ``index.csv`` giving PatientID when convert-siim wrote it;
-- ``images/`` + ``masks/`` with JPEG or PNG images (like ``siim-positives``).
+- ``images/`` + ``masks/`` with JPEG or PNG images (like ``siim-positives``), or ``images/`` alone
+  (films without a finding, like ``negatives``: no mask means negative).
+An ``index.csv`` beside them gives each film's patient (``PatientID``, ``patient_id`` or the NIH
+name's part before ``_``: ``nih_name``, preferred where present so that SIIM and NIH films of one
+patient agree) and its ``category`` (e.g. "normal (NIH No Finding)"). ``discover_cohort`` joins
+several such folders; ``split_cohort`` splits them by patient into training, validation and test.
 Images go through the same letterbox as inference (``prepare_8bit_image``); masks through its
 nearest-neighbour twin, binarised at 127. Randomness is seeded per epoch and sample index.
 """
@@ -17,12 +22,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# albumentations asks pypi.org for its latest version on import (up to 2 s, and an outbound
-# connection from a hospital machine, where there is often no way out): never.
-os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
-import albumentations as A  # noqa: N812  (the library's own convention)
 import cv2
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from pneumonode.conversion.geometry import Letterbox
 from pneumonode.conversion.prepare import prepare_8bit_image
 
+if TYPE_CHECKING:
+    import albumentations as A  # noqa: N812  (the library's own convention)
+
 __all__ = [
     "DatasetLayoutError",
     "Sample",
@@ -38,7 +42,10 @@ __all__ = [
     "augmentations",
     "balanced_sampler",
     "crop_window",
+    "discover_cohort",
     "discover_samples",
+    "read_split",
+    "split_cohort",
     "split_samples",
 ]
 
@@ -56,14 +63,28 @@ class Sample:
     mask: str | None  # None: no mask (unlabelled, or negative when the layout says so)
     patient_id: str | None
     positive: bool
+    category: str | None = None  # "pneumothorax", "normal (NIH No Finding)", ... where known
 
 
-def _patients(root: Path) -> dict[str, str]:
+def _index(root: Path) -> dict[str, tuple[str | None, str | None]]:
+    """image stem -> (patient id, category) from ``root/index.csv`` (empty without one)."""
     index = root / "index.csv"
     if not index.is_file():
         return {}
-    with index.open(newline="", encoding="utf-8") as handle:
-        return {r["ImageId"]: r["PatientID"] for r in csv.DictReader(handle) if r.get("PatientID")}
+    rows: dict[str, tuple[str | None, str | None]] = {}
+    with index.open(newline="", encoding="utf-8-sig") as handle:
+        for row in csv.DictReader(handle):
+            key = row.get("ImageId") or Path(row.get("file") or "").stem
+            if not key:
+                continue
+            nih = (row.get("nih_name") or "").strip()
+            patient = (
+                nih.split("_")[0]
+                if nih
+                else (row.get("PatientID") or row.get("patient_id") or "").strip()
+            )
+            rows[key] = (patient or None, (row.get("category") or "").strip() or None)
+    return rows
 
 
 def discover_samples(root: Path) -> list[Sample]:
@@ -78,7 +99,7 @@ def discover_samples(root: Path) -> list[Sample]:
     else:
         raise DatasetLayoutError(f"{root}: expected png_images/ + png_masks/ or images/ + masks/")
     masks = {p.stem: p for p in masks_dir.glob("*.png")} if masks_dir.is_dir() else {}
-    patients = _patients(root)
+    index = _index(root)
     samples = []
     for path in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         mask_path = masks.get(path.stem)
@@ -88,13 +109,15 @@ def discover_samples(root: Path) -> list[Sample]:
             if mask is None:
                 raise DatasetLayoutError(f"{mask_path}: unreadable mask")
             positive = bool((mask > 127).any())
+        patient, category = index.get(path.stem, (None, None))
         samples.append(
             Sample(
                 image_id=path.stem,
                 image=str(path),
                 mask=str(mask_path) if mask_path else None,
-                patient_id=patients.get(path.stem),
+                patient_id=patient,
                 positive=positive,
+                category=category or ("pneumothorax" if positive else None),
             )
         )
     if not samples:
@@ -121,14 +144,95 @@ def split_samples(
     return train, val
 
 
-def write_split(path: Path, train: Sequence[Sample], val: Sequence[Sample], **info: Any) -> None:
+def discover_cohort(roots: Sequence[Path]) -> list[Sample]:
+    """The samples of several folders (e.g. positives with masks and negatives), sorted by id.
+
+    Raises DatasetLayoutError when two folders hold an image of the same id.
+    """
+    samples: dict[str, Sample] = {}
+    for root in roots:
+        for sample in discover_samples(root):
+            if sample.image_id in samples:
+                raise DatasetLayoutError(
+                    f"{sample.image}: image id {sample.image_id!r} is also in "
+                    f"{Path(samples[sample.image_id].image).parent}"
+                )
+            samples[sample.image_id] = sample
+    return [samples[k] for k in sorted(samples)]
+
+
+def split_cohort(
+    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Seeded (train, validation, test) split by patient: no patient on two sides.
+
+    Patients with a positive film and patients with negatives only are shuffled separately and
+    cut at the same fractions, so that each side has about the cohort's share of positives.
+    Films without a patient id are their own patient.
+    """
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be "
+            "fractions that leave images to train on"
+        )
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.patient_id or f"image:{sample.image_id}", []).append(sample)
+    rng = random.Random(seed)
+    val_keys: set[str] = set()
+    test_keys: set[str] = set()
+    for stratum in (True, False):
+        keys = sorted(k for k, g in groups.items() if any(s.positive for s in g) == stratum)
+        rng.shuffle(keys)
+        n_test = round(len(keys) * test_fraction)
+        n_val = round(len(keys) * val_fraction)
+        test_keys.update(keys[:n_test])
+        val_keys.update(keys[n_test : n_test + n_val])
+    train = [s for k in sorted(groups) if k not in val_keys | test_keys for s in groups[k]]
+    val = [s for k in sorted(groups) if k in val_keys for s in groups[k]]
+    test = [s for k in sorted(groups) if k in test_keys for s in groups[k]]
+    return train, val, test
+
+
+def write_split(
+    path: Path,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    test: Sequence[Sample] = (),
+    **info: Any,
+) -> None:
+    """The split file: image ids per side (``test`` never to be used for any choice)."""
+    everything = (*train, *val, *test)
     payload = {
         **info,
+        "by": "patient" if any(s.patient_id for s in everything) else "image",
         "train": [s.image_id for s in train],
         "validation": [s.image_id for s in val],
-        "by": "patient" if any(s.patient_id for s in (*train, *val)) else "image",
+        "test": [s.image_id for s in test],
     }
     path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def read_split(path: Path, samples: Sequence[Sample]) -> dict[str, list[Sample]]:
+    """{"train": [...], "validation": [...], "test": [...]} of ``samples`` as ``path`` says.
+
+    Raises DatasetLayoutError when the file names an image that is not among ``samples``.
+    """
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetLayoutError(f"{path}: unreadable split file ({exc})") from None
+    by_id = {s.image_id: s for s in samples}
+    sides: dict[str, list[Sample]] = {}
+    for side in ("train", "validation", "test"):
+        ids = payload.get(side, [])
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise DatasetLayoutError(
+                f"{path}: {len(unknown)} {side} image(s) not in the data, e.g. {unknown[0]}"
+            )
+        sides[side] = [by_id[i] for i in ids]
+    return sides
 
 
 def augmentations(seed: int) -> tuple[A.Compose, A.Compose]:
@@ -137,6 +241,11 @@ def augmentations(seed: int) -> tuple[A.Compose, A.Compose]:
     Positives: flips, brightness/contrast, Gaussian noise, CLAHE, mild affine. Negatives: light
     changes, mild noise, an occasional flip.
     """
+    # albumentations asks pypi.org for its latest version on import (up to 2 s, and an outbound
+    # connection from a hospital machine, where there is often no way out): never.
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    import albumentations as A  # noqa: N812  (the library's own convention)
+
     positive = A.Compose(
         [
             A.HorizontalFlip(p=0.5),

@@ -61,7 +61,7 @@ def siim_score(dices: Sequence[float]) -> float:
     return float(np.mean(dices)) if len(dices) else float("nan")
 
 
-def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+def auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float | None:
     """Area under the ROC curve (Mann-Whitney, ties counted half); None without both classes."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)

