@@ -563,7 +563,10 @@ def _verdict(finding: Any) -> str:
         else f"{finding.area_pixels} px"
     )
     verdict = f"pneumothorax, {finding.side}, {area}" if finding.present else "no pneumothorax"
-    return f"{verdict} (max probability {finding.max_probability:.2f})"
+    if finding.probability is None:
+        return f"{verdict} (max pixel probability {finding.max_probability:.2f})"
+    point = "" if finding.threshold is None else f", operating point {finding.threshold:.2f}"
+    return f"{verdict} (probability {finding.probability:.2f}{point})"
 
 
 def _cmd_predict(settings: Settings, args: argparse.Namespace) -> int:

@@ -211,6 +211,14 @@ class Settings(BaseSettings):
     inference_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 where the hardware has it natively, else fp32"
     )
+    operating_point: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="A film is called positive when its calibrated probability is at least "
+        "this; default: the model's own (chosen on validation for sensitivity >= 0.90, in its "
+        "config.json). Lower finds more, with more false alarms.",
+    )
 
     # --- HTTP API ---------------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="API bind address.")

@@ -120,23 +120,23 @@ def test_threads_share_a_predictor_one_inference_at_a_time(tiny_checkpoint: Path
     predictor = Predictor.load(tiny_checkpoint, device="cpu", precision="fp32")
     inputs = np.random.default_rng(1).random((8, 1, 1, 64, 64), dtype=np.float32)
     alone = [predictor.probabilities(x)[0] for x in inputs]
-    engine_logits = predictor.engine.logits
+    engine_forward = predictor.engine.forward
     inside: list[int] = []
     most = [0]
     guard = threading.Lock()
 
-    def counted(batch: np.ndarray) -> np.ndarray:
+    def counted(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with guard:
             inside.append(1)
             most[0] = max(most[0], len(inside))
         time.sleep(0.01)  # long enough for another thread to try to come in
         try:
-            return engine_logits(batch)
+            return engine_forward(batch)
         finally:
             with guard:
                 inside.pop()
 
-    predictor.engine.logits = counted  # type: ignore[method-assign]
+    predictor.engine.forward = counted  # type: ignore[method-assign]
     with ThreadPoolExecutor(4) as pool:
         shared = list(pool.map(lambda x: predictor.probabilities(x)[0], inputs))
     assert most[0] == 1

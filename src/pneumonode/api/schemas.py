@@ -87,7 +87,15 @@ class ResultOut(_Out):
     id: int
     model_version: str
     pneumothorax: bool
-    max_probability: float
+    probability: float | None = Field(
+        default=None,
+        description="calibrated probability of a pneumothorax on the image (null: a model "
+        "without one)",
+    )
+    operating_point: float | None = Field(
+        default=None, description="called present when probability >= operating_point"
+    )
+    max_probability: float = Field(description="the highest pixel probability (not calibrated)")
     area_pixels: int
     area_mm2: float | None
     side: str | None

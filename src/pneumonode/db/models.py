@@ -172,6 +172,10 @@ class Result(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     model_version: Mapped[str] = mapped_column(String(64))
     pneumothorax: Mapped[bool] = mapped_column(Boolean)
+    # the calibrated image-level probability and the operating point it was compared with
+    # (null for a model without them); max_probability is the highest pixel probability
+    probability: Mapped[float | None] = mapped_column(Float)
+    operating_point: Mapped[float | None] = mapped_column(Float)
     max_probability: Mapped[float] = mapped_column(Float)
     area_pixels: Mapped[int] = mapped_column(BigInteger)
     area_mm2: Mapped[float | None] = mapped_column(Float)

@@ -164,7 +164,14 @@ def _row(row: object, names: dict[int, list[str]]) -> ResultRow:
         skip_reason=instance.skip_reason,
         error=job.error if job is not None else None,
         finding=None if result is None else ("present" if result.pneumothorax else "absent"),
-        probability=result.max_probability if result is not None else None,
+        # the calibrated probability of the finding where the model has one, else its top pixel
+        probability=(
+            None
+            if result is None
+            else result.probability
+            if result.probability is not None
+            else result.max_probability
+        ),
         area_mm2=result.area_mm2 if result is not None else None,
         area_pixels=result.area_pixels if result is not None else None,
         side=result.side if result is not None else None,

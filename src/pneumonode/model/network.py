@@ -18,6 +18,7 @@ does. A path to a saved encoder state_dict (either naming) works for every encod
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -88,14 +89,18 @@ def build_unet(
             "default), or pass the path of a saved encoder state_dict as encoder weights."
         )
     try:
-        model: nn.Module = smp.Unet(
-            encoder_name=encoder,
-            encoder_weights=hub_weights,
-            in_channels=1,
-            classes=1,
-            decoder_interpolation=decoder_interpolation,
-            aux_params={"classes": 1, "dropout": HEAD_DROPOUT} if classification_head else None,
-        )
+        with warnings.catch_warnings():
+            # smp 0.6 marks its timm- encoders deprecated (in favour of tu-, whose weight names
+            # the Lite packages do not map onto); the version is pinned below 0.7
+            warnings.filterwarnings("ignore", "`timm-` encoders are deprecated", DeprecationWarning)
+            model: nn.Module = smp.Unet(
+                encoder_name=encoder,
+                encoder_weights=hub_weights,
+                in_channels=1,
+                classes=1,
+                decoder_interpolation=decoder_interpolation,
+                aux_params={"classes": 1, "dropout": HEAD_DROPOUT} if classification_head else None,
+            )
     except Exception as exc:
         if hub_weights is None:
             raise

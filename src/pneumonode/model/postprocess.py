@@ -15,6 +15,7 @@ from pydicom import Dataset
 __all__ = [
     "Finding",
     "binary_mask",
+    "describe_finding",
     "pixel_spacing_mm",
     "remove_small_components",
     "summarise",
@@ -132,3 +133,20 @@ def summarise(
     return Finding(
         present, float(max_probability), area, area_mm2, side, assumed, probability, threshold
     )
+
+
+def describe_finding(finding: Finding) -> str:
+    """One line for logs, the audit trail and the CLI, e.g. ``pneumothorax present (left,
+    probability 0.93 >= 0.35)``; a model without a calibrated probability names its top pixel
+    probability as such."""
+    if finding.probability is not None and finding.threshold is not None:
+        sign = ">=" if finding.present else "<"
+        score = f"probability {finding.probability:.2f} {sign} {finding.threshold:.2f}"
+    elif finding.probability is not None:
+        score = f"probability {finding.probability:.2f}"
+    else:
+        score = f"max pixel probability {finding.max_probability:.2f}"
+    if finding.present:
+        side = f"{finding.side}, " if finding.side else ""
+        return f"pneumothorax present ({side}{score})"
+    return f"no pneumothorax ({score})"

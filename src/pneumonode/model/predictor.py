@@ -606,6 +606,22 @@ class Predictor:
         log.info("inference: %s %s on %s", engine.backend, engine.precision, engine.device)
         return cls(engine, config, tta=tta)
 
+    def set_operating_point(self, threshold: float) -> None:
+        """Call films positive from ``threshold`` on (calibrated probability) instead of the
+        checkpoint's own operating point.
+
+        Raises ValueError for a model without a calibrated probability.
+        """
+        from pneumonode.model.checkpoint import Decision
+
+        if self.config.calibration is None:
+            raise ValueError(
+                f"{self.config.name} has no calibrated probability to set an operating point "
+                "on (pneumonode calibrate makes one)"
+            )
+        decision = Decision(threshold=threshold, rule="set by PNEUMONODE_OPERATING_POINT")
+        self.config = self.config.model_copy(update={"decision": decision})
+
     @property
     def size(self) -> int:
         return self.config.input.size

@@ -62,6 +62,7 @@ class AlgorithmInfo:
     intended_use: str
     manufacturer: str = MANUFACTURER
     software_version: str = SOFTWARE_VERSION
+    operating_point: float | None = None  # on the calibrated image-level probability
 
     @classmethod
     def from_checkpoint(cls, config: CheckpointConfig) -> AlgorithmInfo:
@@ -73,6 +74,7 @@ class AlgorithmInfo:
             min_area_pixels=post.min_area_pixels,
             top_score_threshold=post.top_score_threshold,
             intended_use=config.intended_use,
+            operating_point=None if config.decision is None else config.decision.threshold,
         )
 
     def parameters(self) -> list[str]:
@@ -80,6 +82,8 @@ class AlgorithmInfo:
         values = [f"threshold={self.threshold:g}", f"min_area_pixels={self.min_area_pixels}"]
         if self.top_score_threshold is not None:
             values.append(f"top_score_threshold={self.top_score_threshold:g}")
+        if self.operating_point is not None:
+            values.append(f"operating_point={self.operating_point:g}")
         return values
 
 

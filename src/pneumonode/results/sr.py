@@ -89,6 +89,32 @@ def _evaluation(present: bool) -> hd.sr.QualitativeEvaluation:
     return hd.sr.QualitativeEvaluation(PNEUMOTHORAX, PRESENT if present else ABSENT)
 
 
+def _probabilities(finding: Finding, algorithm: AlgorithmInfo) -> list[hd.sr.Measurement]:
+    """The calibrated probability of a pneumothorax on the image (where the model has one),
+    then the highest pixel probability (derivation: Maximum): the first is the finding's
+    probability, the second where on the image the model was most certain."""
+    measurements = []
+    if finding.probability is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=MAX_PROBABILITY,
+                value=round(finding.probability, 4),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=_algorithm(algorithm),
+            )
+        )
+    measurements.append(
+        hd.sr.Measurement(
+            name=MAX_PROBABILITY,
+            value=round(finding.max_probability, 4),
+            unit=codes.UCUM.NoUnits,
+            derivation=codes.SCT.Maximum,
+            algorithm_id=_algorithm(algorithm),
+        )
+    )
+    return measurements
+
+
 def build_report(
     source: Dataset,
     finding: Finding,
@@ -126,15 +152,7 @@ def build_report(
             algorithm_id=_algorithm(algorithm),
             finding_sites=sites or None,
             qualitative_evaluations=[_evaluation(finding.present)],
-            measurements=[
-                hd.sr.Measurement(
-                    name=MAX_PROBABILITY,
-                    value=round(finding.max_probability, 4),
-                    unit=codes.UCUM.NoUnits,
-                    derivation=codes.SCT.Maximum,
-                    algorithm_id=_algorithm(algorithm),
-                )
-            ],
+            measurements=_probabilities(finding, algorithm),
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(clean)],
         )
     ]

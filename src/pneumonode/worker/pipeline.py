@@ -67,6 +67,7 @@ from pneumonode.dicom_node.delivery import (
 )
 from pneumonode.dicom_node.spool import safe_component
 from pneumonode.files import write_atomic
+from pneumonode.model.postprocess import describe_finding
 from pneumonode.results import (
     AlgorithmInfo,
     build_overlay_capture,
@@ -171,6 +172,8 @@ class PipelineContext:
             backend=settings.inference_backend,
             cache_dir=settings.data_dir / "model-cache",
         )
+        if settings.operating_point is not None:
+            predictor.set_operating_point(settings.operating_point)
         return cls(settings, database or Database.open(settings.database), predictor)
 
 
@@ -541,6 +544,8 @@ def _record(
             result = Result(job_id=claimed.job_id, model_version=algorithm.version)
             session.add(result)
         result.pneumothorax = finding.present
+        result.probability = finding.probability
+        result.operating_point = finding.threshold
         result.max_probability = finding.max_probability
         result.area_pixels = finding.area_pixels
         result.area_mm2 = finding.area_mm2
@@ -586,11 +591,7 @@ def _record(
         job.finished_at = utcnow()
         job.lease_until = None
         job.timings = dict(timings)
-        verdict = (
-            f"pneumothorax present ({finding.side}, max probability {finding.max_probability:.2f})"
-            if finding.present
-            else f"no pneumothorax (max probability {finding.max_probability:.2f})"
-        )
+        verdict = describe_finding(finding)
         audit(
             session,
             "job.done",

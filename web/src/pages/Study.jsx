@@ -122,7 +122,20 @@ function Finding({ instance, onAction }) {
           <dd>
             <Badge value={result.pneumothorax ? "present" : "absent"} />
           </dd>
-          <dt className="font-medium">Max probability</dt>
+          {result.probability != null && (
+            <>
+              <dt className="font-medium">Probability</dt>
+              <dd>
+                {result.probability.toFixed(2)}
+                {result.operating_point != null && (
+                  <span className="ml-2 text-slate-600">
+                    (called present at ≥ {result.operating_point.toFixed(2)})
+                  </span>
+                )}
+              </dd>
+            </>
+          )}
+          <dt className="font-medium">Top pixel score</dt>
           <dd>{result.max_probability.toFixed(2)}</dd>
           {result.pneumothorax && (
             <>
