@@ -64,14 +64,14 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/pneumonode --n
 COPY --from=build /opt/venv /opt/venv
 # The page is not package data: it goes where pneumonode.api.app.WEB_DIST looks.
 COPY --from=web /build/src/pneumonode/api/static /opt/venv/lib/python3.11/site-packages/pneumonode/api/static
-COPY models/pneumothorax-unet-b4 /opt/pneumonode/models/pneumothorax-unet-b4
+COPY models/pneumothorax-triage-lite2 /opt/pneumonode/models/pneumothorax-triage-lite2
 COPY deploy/healthcheck.py /opt/pneumonode/healthcheck.py
 # In a container the listener and the API listen on every interface (publishing ports decides
 # what is reachable); the model folder is read-only, so the ONNX export is cached in the data dir.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PNEUMONODE_DATA_DIR=/var/lib/pneumonode \
-    PNEUMONODE_MODEL_PATH=/opt/pneumonode/models/pneumothorax-unet-b4 \
+    PNEUMONODE_MODEL_PATH=/opt/pneumonode/models/pneumothorax-triage-lite2 \
     PNEUMONODE_DICOM_HOST=0.0.0.0 \
     PNEUMONODE_API_HOST=0.0.0.0 \
     XDG_CACHE_HOME=/var/lib/pneumonode/cache \

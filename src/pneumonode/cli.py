@@ -782,7 +782,7 @@ def _load_predictor_for(settings: Settings, weights: Path) -> Predictor:
     from pneumonode.model.predictor import Predictor
 
     try:
-        return Predictor.load(weights, backend="torch")
+        return Predictor.load(weights, backend="torch", precision="fp32")
     except (CheckpointError, ValueError) as exc:
         raise CliError(str(exc)) from None
 

@@ -31,7 +31,7 @@ class ConfigFileError(ValueError):
 
 
 #: The model that ships with pneumonode (models/ at the project root; see MODEL_CARD.md there).
-SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "pneumothorax-unet-b4"
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "pneumothorax-triage-lite2"
 
 
 class Settings(BaseSettings):

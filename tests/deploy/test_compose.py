@@ -166,7 +166,7 @@ def test_each_process_gets_valid_settings(
             monkeypatch.setenv(key, value)
     settings = Settings()  # the validators (AE titles, lists, sc_destinations) run here
     assert settings.data_dir == Path("/var/lib/pneumonode")
-    assert settings.model == Path("/opt/pneumonode/models/pneumothorax-unet-b4")
+    assert settings.model == Path("/opt/pneumonode/models/pneumothorax-triage-lite2")
     database = make_url(settings.database)
     postgres = environment(services["postgres"])
     assert database.get_backend_name() == "postgresql" and database.host == "postgres"

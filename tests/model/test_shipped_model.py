@@ -1,16 +1,17 @@
 """The model that ships in models/: the exact file, and the numbers its model card promises.
 
-The 10 SIIM sample images are the public sanity check (nothing was tuned on them): the shipped
-checkpoint must reproduce the per-image Dice values its MODEL_CARD.md records for them.
+The 10 SIIM sample DICOMs are the public sanity check (nothing was chosen on them): the shipped
+checkpoint must reproduce the calibrated probability, the decision and the Dice its MODEL_CARD.md
+records for each, leave at least 4 of the 5 normal films unmarked and call all 5 positives.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from pneumonode.config import SHIPPED_MODEL, Settings
@@ -18,16 +19,24 @@ from pneumonode.model.checkpoint import file_sha256, read_checkpoint_config
 from pneumonode.model.metrics import dice
 from pneumonode.model.predictor import Predictor
 
-#: sha256 of models/pneumothorax-unet-b4/model.safetensors; a new model changes this on purpose.
-SHIPPED_SHA256 = "eee1b879eea7b3e28f69f120a0ace9ed011a15f3b09bc2327b3f5ddd2633b8b0"
+#: sha256 of models/pneumothorax-triage-lite2/model.safetensors; a new model changes it on purpose.
+SHIPPED_SHA256 = "e0f739daea861408e0e1d7efedd64dabcca3088428a1b0444d9135dc5a037377"
+PROBABILITY_TOLERANCE = 0.02
 DICE_TOLERANCE = 0.02
 
+CARD_ROW = re.compile(
+    r"^\| `([0-9.]+)` \| (negative|positive) \| ([0-9.]+) \| (present|absent) \| ([0-9.]+) \|",
+    re.M,
+)
 
-def _card_dice() -> dict[str, float]:
-    """Image id -> Dice from the model card's table of the SIIM sample images."""
+
+def _card_rows() -> dict[str, tuple[str, float, bool, float]]:
+    """Image id -> (truth, probability, called present, Dice) from the model card's table."""
     card = (SHIPPED_MODEL / "MODEL_CARD.md").read_text()
-    rows = re.findall(r"^\| `([0-9.]+)` \| (negative|positive) \| [^|]+\| ([0-9.]+) \|", card, re.M)
-    return {image_id: float(value) for image_id, _, value in rows}
+    return {
+        image_id: (truth, float(probability), called == "present", float(value))
+        for image_id, truth, probability, called, value in CARD_ROW.findall(card)
+    }
 
 
 def test_the_shipped_checkpoint_is_the_pinned_one() -> None:
@@ -36,9 +45,18 @@ def test_the_shipped_checkpoint_is_the_pinned_one() -> None:
     config = read_checkpoint_config(SHIPPED_MODEL)
     assert config.weights_sha256 == SHIPPED_SHA256
     assert config.weights_dtype == "float16"
-    assert weights.stat().st_size <= 45 * 1024 * 1024
+    assert weights.stat().st_size <= 20 * 1024 * 1024
     assert Settings().model == SHIPPED_MODEL  # the default model the node loads
     assert "not for clinical use" in config.intended_use.lower()
+    # a triage model: an image-level head, a calibrated probability, an operating point
+    assert config.architecture.classification_head
+    assert config.calibration is not None and config.decision is not None
+    assert config.decision.validation["sensitivity"] >= 0.9
+    # the split it was made and calibrated on travels with it: no patient on two sides
+    split = json.loads((SHIPPED_MODEL / "split.json").read_text())
+    assert split["by"] == "patient" and split["test"]
+    assert not set(split["train"]) & set(split["validation"])
+    assert not set(split["test"]) & (set(split["train"]) | set(split["validation"]))
 
 
 def test_a_users_own_weights_replace_it_through_one_setting(
@@ -52,12 +70,21 @@ def test_a_users_own_weights_replace_it_through_one_setting(
 def test_predictions_on_the_siim_samples_match_the_model_card(
     siim_sample: Path, siim_sample_dicoms: list[Path]
 ) -> None:
-    recorded = _card_dice()
+    recorded = _card_rows()
     assert len(recorded) == 10
     predictor = Predictor.load(SHIPPED_MODEL, backend="torch", precision="fp32", device="cpu")
+    called = {"negative": [], "positive": []}
     for path in siim_sample_dicoms:
+        truth_name, probability, present, expected_dice = recorded[path.stem]
         truth = cv2.imread(str(siim_sample / "masks" / f"{path.stem}.png"), cv2.IMREAD_GRAYSCALE)
-        mask = predictor.predict_dicom(path).mask
-        measured = dice(mask, truth > 127)
-        assert measured == pytest.approx(recorded[path.stem], abs=DICE_TOLERANCE), path.stem
-    assert np.isfinite(list(recorded.values())).all()
+        prediction = predictor.predict_dicom(path)
+        finding = prediction.finding
+        assert finding.probability == pytest.approx(probability, abs=PROBABILITY_TOLERANCE)
+        assert finding.present == present, path.stem
+        assert dice(prediction.mask, truth > 127) == pytest.approx(
+            expected_dice, abs=DICE_TOLERANCE
+        )
+        assert bool(truth.any()) == (truth_name == "positive")
+        called[truth_name].append(finding.present)
+    assert sum(called["negative"]) <= 1, "at least 4 of the 5 normal films are left unmarked"
+    assert all(called["positive"]), "all 5 positives are called positive"

@@ -338,3 +338,170 @@ def test_the_gate_reports_a_mask_only_on_films_called_positive() -> None:
     # no operating point: the mask decides, as for the models before
     legacy = _predictor(_lesion(), -1.5, decision=False).predict_prepared(prepared)
     assert legacy.finding.present and legacy.finding.threshold is None
+
+
+# ------------------------------------------------------------------------ the whole loop
+
+
+def _real_cohort(shared_data: Path, root: Path, count: int) -> list[Path]:
+    """``count`` real positives (with masks) and ``count`` real negatives, as two folders."""
+    import shutil
+
+    positives = shared_data / "siim-positives"
+    negatives = shared_data / "negatives"
+    with (positives / "index.csv").open() as handle:
+        pos_rows = list(csv.DictReader(handle))[:count]
+    with (negatives / "index.csv").open() as handle:
+        neg_rows = list(csv.DictReader(handle))[:count]
+    pos, neg = root / "pos", root / "neg"
+    for folder, sub in ((pos, "images"), (pos, "masks"), (neg, "images")):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for row in pos_rows:
+        shutil.copy(positives / "images" / f"{row['ImageId']}.jpg", pos / "images")
+        shutil.copy(positives / "masks" / f"{row['ImageId']}.png", pos / "masks")
+    for row in neg_rows:
+        shutil.copy(negatives / row["file"], neg / "images")
+    for folder, rows in ((pos, pos_rows), (neg, neg_rows)):
+        with (folder / "index.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return [pos, neg]
+
+
+@pytest.mark.slow
+def test_prepare_train_calibrate_evaluate_from_the_command_line(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pneumonode.cli import main
+
+    folders = _real_cohort(shared_data, tmp_path, 12)
+    data = [arg for folder in folders for arg in ("--data", str(folder))]
+    bundle = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "prepare-training",
+                *data,
+                "--out",
+                str(bundle),
+                "--size",
+                "64",
+                "--val-fraction",
+                "0.3",
+                "--test-fraction",
+                "0.3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "validation" in capsys.readouterr().out
+    split = json.loads((bundle / "split.json").read_text())
+    assert split["by"] == "patient" and split["test"]
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train-bundle",
+                "--bundle",
+                str(bundle),
+                "--out",
+                str(run),
+                "--encoder",
+                "timm-tf_efficientnet_lite0",
+                "--encoder-weights",
+                "none",
+                "--epochs",
+                "2",
+                "--samples-per-epoch",
+                "8",
+                "--batch-size",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "best epoch" in capsys.readouterr().out
+    assert (run / "metrics.csv").is_file() and (run / "curves.png").is_file()
+    weights = str(run / "best")
+    assert (
+        main(
+            [
+                "calibrate",
+                "--weights",
+                weights,
+                *data,
+                "--split",
+                str(bundle / "split.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "operating point" in capsys.readouterr().out
+    config = CheckpointConfig.model_validate_json((run / "best" / "config.json").read_text())
+    assert config.calibration is not None and config.decision is not None
+    out = tmp_path / "evaluation"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--weights",
+                weights,
+                *data,
+                "--split",
+                str(bundle / "split.json"),
+                "--subset",
+                "test",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "sensitivity" in printed and "SIIM score" in printed
+    summary = json.loads((out / "evaluation.json").read_text())["summary"]
+    assert summary["images"] == len(split["test"])
+    for name in ("roc.png", "reliability.png", "worst_cases.png", "evaluation.csv"):
+        assert (out / name).is_file(), name
+    # the predicted film carries the calibrated probability and the decision
+    predictions = tmp_path / "predictions"
+    film = next((folders[0] / "images").iterdir())
+    assert main(["predict", str(film), "--weights", weights, "--out", str(predictions)]) == 0
+    found = json.loads((predictions / "predictions.json").read_text())["predictions"][0]
+    assert 0 <= found["probability"] <= 1 and found["threshold"] == config.decision.threshold
+    assert found["present"] == (found["probability"] >= found["threshold"])
+
+
+def test_every_engine_runs_the_head(tmp_path: Path) -> None:
+    """The ONNX export carries the image logit as a second output; ONNX Runtime and OpenVINO
+    give the head's probability as torch does."""
+    from pneumonode.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(5)
+    config = CheckpointConfig(
+        architecture=Architecture(encoder="timm-tf_efficientnet_lite0", classification_head=True),
+        input=InputSpec(size=64),
+        calibration=Calibration(score="head", a=0.8, b=-0.2),
+        decision=Decision(threshold=0.5),
+    )
+    model = build_unet("timm-tf_efficientnet_lite0", classification_head=True)
+    save_checkpoint(model, tmp_path / "ck", config)
+    batch = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
+    reference = Predictor.load(tmp_path / "ck", backend="torch", precision="fp32", device="cpu")
+    pixels, image = reference.forward(batch)
+    assert image is not None and image.shape == (2,)
+    for backend in ("onnxruntime", "openvino"):
+        engine = Predictor.load(tmp_path / "ck", backend=backend, precision="fp32")
+        other_pixels, other_image = engine.forward(batch)
+        assert other_image is not None
+        assert np.abs(other_image - image).max() < 1e-4, backend
+        assert np.abs(other_pixels - pixels).max() < 1e-4, backend
+    prepared = prepare_8bit_image(np.full((80, 64), 90, np.uint8), 64)
+    finding = reference.predict_prepared(prepared).finding
+    head = float(reference.forward(prepared.tensor()[None])[1][0])
+    assert finding.probability == pytest.approx(float(reference.image_probability(head, 0.0)))
