@@ -52,6 +52,7 @@ def line_chart(
         1,
         cv2.LINE_AA,
     )
+    legend_x = left + 10
     for n, (name, data) in enumerate(series.items()):
         colour = _COLOURS[n % len(_COLOURS)]
         points = [point(i, v) for i, v in enumerate(data) if np.isfinite(v)]
@@ -59,10 +60,12 @@ def line_chart(
             cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
         for p in points:
             cv2.circle(canvas, p, 3, colour, -1, cv2.LINE_AA)
+        at_x = legend_x
+        legend_x += cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)[0][0] + 20
         cv2.putText(
             canvas,
             name,
-            (left + 10 + 150 * n, top + 18),
+            (at_x, top + 18),
             cv2.FONT_HERSHEY_SIMPLEX,
             0.5,
             colour,
