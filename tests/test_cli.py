@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -76,3 +77,20 @@ def test_unwritable_output_is_one_line(
     assert code == EXIT_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(blocker) in err[0]
+
+
+def test_an_operating_point_needs_a_calibrated_model(
+    tiny_checkpoint: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """PNEUMONODE_OPERATING_POINT on a model without a calibrated probability stops the worker
+    with one line naming the setting, before anything starts."""
+    monkeypatch.setenv("PNEUMONODE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PNEUMONODE_MODEL_PATH", str(tiny_checkpoint()))
+    monkeypatch.setenv("PNEUMONODE_OPERATING_POINT", "0.4")
+    assert main(["worker"]) == EXIT_ERROR
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "PNEUMONODE_OPERATING_POINT" in error and "calibrated" in error

@@ -898,11 +898,16 @@ def _require_model(settings: Settings) -> None:
     from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
 
     try:
-        read_checkpoint_config(settings.model)
+        config = read_checkpoint_config(settings.model)
     except CheckpointError as exc:
         raise CliError(
             f"{exc} (set PNEUMONODE_MODEL_PATH to a checkpoint folder or best_model.pth)"
         ) from None
+    if settings.operating_point is not None and config.calibration is None:
+        raise CliError(
+            f"PNEUMONODE_OPERATING_POINT: the model {config.name} has no calibrated probability "
+            "to set it on (pneumonode calibrate makes one)"
+        )
 
 
 def _api_token(settings: Settings) -> ApiToken:
