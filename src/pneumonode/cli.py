@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom.config
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
 from pneumonode import __version__
@@ -56,6 +56,21 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {value}")
     return value
+
+
+def _add_option_flags(
+    parser: argparse.ArgumentParser, options: type[BaseModel], skip: tuple[str, ...]
+) -> None:
+    """One ``--flag`` per field of a training options model (booleans as --x/--no-x)."""
+    for name, field_info in options.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if field_info.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            help_text = f"{field_info.description}; " if field_info.description else ""
+            parser.add_argument(flag, default=None, help=f"{help_text}default {field_info.default}")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -140,17 +155,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--resume", action="store_true")
     train.add_argument("--no-progress", action="store_true")
-    from pneumonode.model.train_config import TrainConfig
+    from pneumonode.model.train_config import FastTrainConfig, TrainConfig
 
-    for name, field_info in TrainConfig.model_fields.items():
-        if name in ("data", "out"):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if field_info.annotation is bool:
-            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            help_text = f"{field_info.description}; " if field_info.description else ""
-            train.add_argument(flag, default=None, help=f"{help_text}default {field_info.default}")
+    _add_option_flags(train, TrainConfig, skip=("data", "out"))
 
     prepare = sub.add_parser(
         "prepare-training",
@@ -182,17 +189,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--bundle", type=Path, required=True)
     fit.add_argument("--out", type=Path, required=True)
     fit.add_argument("--no-progress", action="store_true")
-    from pneumonode.model.train_config import FastTrainConfig
-
-    for name, field_info in FastTrainConfig.model_fields.items():
-        if name in ("bundle", "out"):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if field_info.annotation is bool:
-            fit.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            help_text = f"{field_info.description}; " if field_info.description else ""
-            fit.add_argument(flag, default=None, help=f"{help_text}default {field_info.default}")
+    _add_option_flags(fit, FastTrainConfig, skip=("bundle", "out"))
 
     calibrate = sub.add_parser(
         "calibrate",

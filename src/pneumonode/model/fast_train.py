@@ -45,6 +45,8 @@ from pneumonode.model.checkpoint import (
 from pneumonode.model.losses import soft_dice
 from pneumonode.model.metrics import auc
 from pneumonode.model.network import build_unet
+from pneumonode.model.predictor import resolve_device
+from pneumonode.model.train import _autocast_dtype
 from pneumonode.model.train_config import Augment, FastTrainConfig
 
 __all__ = ["Augment", "FastTrainConfig", "device_augment", "fast_train", "weighted_draws"]
@@ -114,22 +116,6 @@ def device_augment(
     noise = torch.randn(images.shape, device=device, dtype=images.dtype) * params.noise_std
     images = images + noise * noisy
     return images.clamp(0, 1), masks
-
-
-def _autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    from pneumonode.model.predictor import cpu_supports_bf16
-
-    return torch.bfloat16 if cpu_supports_bf16() else None
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _Ema:
@@ -326,7 +312,7 @@ def fast_train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     dtype = _autocast_dtype(device, config.amp)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
