@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     UID,
     BasicTextSRStorage,
@@ -103,3 +105,67 @@ def basic_text_sr(path: Path) -> Path:
     ds.Modality = "SR"
     ds.ValueType = "CONTAINER"
     return save(ds, path)
+
+
+# ------------------------------------------------------------------ damaged datasets
+
+#: The damaged datasets of issue 22, each acknowledged with Success before the structure check.
+DAMAGE = (
+    "truncated inside the pixel data",
+    "cut after 500 bytes",
+    "a US element of 3 bytes",
+    "a Pixel Data length past the end",
+)
+_UNDEFINED = b"\xff\xff\xff\xff"
+
+
+def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, 'DICM' and a valid file meta, as a peer's file would start."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.10.1447.99")
+    buffer = BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+def split_file(path: Path) -> tuple[bytes, bytes]:
+    """(preamble and File Meta Information, dataset) of a DICOM file, split where the meta's
+    group length says."""
+    data = path.read_bytes()
+    end = 144 + int.from_bytes(data[140:144], "little")
+    return data[:end], data[end:]
+
+
+def damage(dataset: bytes, how: str) -> bytes:
+    """``dataset`` (Explicit VR Little Endian, native or encapsulated) damaged as ``how`` (one
+    of DAMAGE) says; the damage is where the issue found it, the rest as it was."""
+    pixels = dataset.index(b"\xe0\x7f\x10\x00O")  # (7FE0,0010) OB or OW
+    if how == "truncated inside the pixel data":
+        return dataset[: pixels + 12 + (len(dataset) - pixels - 12) // 2]
+    if how == "cut after 500 bytes":
+        return dataset[:500]
+    if how == "a US element of 3 bytes":
+        bits_stored = dataset.index(b"\x28\x00\x01\x01US\x02\x00")  # (0028,0101) Bits Stored
+        value = bits_stored + 8
+        return (
+            dataset[: bits_stored + 6]
+            + b"\x03\x00"
+            + dataset[value : value + 2]
+            + b"\x00"
+            + dataset[value + 2 :]
+        )
+    if how == "a Pixel Data length past the end":
+        length_at = pixels + 8
+        if dataset[length_at : length_at + 4] == _UNDEFINED:  # encapsulated: the first fragment
+            basic_offset_table = length_at + 4
+            table_length = int.from_bytes(
+                dataset[basic_offset_table + 4 : basic_offset_table + 8], "little"
+            )
+            length_at = basic_offset_table + 8 + table_length + 4
+        past_the_end = len(dataset) - length_at + 2
+        return dataset[:length_at] + past_the_end.to_bytes(4, "little") + dataset[length_at + 4 :]
+    raise ValueError(f"unknown damage {how!r}; one of {DAMAGE}")

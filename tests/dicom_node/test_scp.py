@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,17 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from sqlalchemy import select
 
-from dicom_factory import basic_text_sr, make_dx, minimal_pdf, save, synthetic_chest
+from dicom_factory import (
+    DAMAGE,
+    basic_text_sr,
+    damage,
+    file_meta_bytes,
+    make_dx,
+    minimal_pdf,
+    save,
+    split_file,
+    synthetic_chest,
+)
 from peers_harness import (
     dcmtk_env,
     echoscu,
@@ -287,6 +298,82 @@ def test_corrupt_dataset_gets_cannot_understand(node, siim_sample_dicoms, tmp_pa
     assert len(instances(node.database)) == 1
     assert events(node.database, "instance.refused")[-1].message.startswith("refused: ")
     assert not incoming(node)
+
+
+def _store_raw(port: int, path: Path) -> Dataset:
+    """C-STORE ``path``'s dataset bytes as they are (pynetdicom does not decode them)."""
+    ae = AE(ae_title="STORESCU")
+    meta = pydicom.filereader.read_file_meta_info(path)
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMONODE")
+    assert assoc.is_established
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        return assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assoc.release()
+
+
+@pytest.mark.parametrize(
+    ("base", "how"),
+    [
+        *(("siim", how) for how in DAMAGE),
+        ("native", "truncated inside the pixel data"),
+        ("native", "a Pixel Data length past the end"),
+    ],
+)
+def test_a_damaged_dataset_is_never_acknowledged(
+    node_factory, siim_sample_dicoms: list[Path], tmp_path: Path, base: str, how: str
+) -> None:
+    """Issue 22: each of these was stored with Success (a job queued for the truncated one),
+    and dcmdump could read none of the stored files. Now: 0xC210, nothing kept, no job, the
+    refusal audited by tag (no value), and the same association stores the whole file."""
+    node = node_factory()
+    if base == "siim":
+        source = siim_sample_dicoms[0]
+    else:
+        source = save(make_dx(synthetic_chest(200, 160, 12, seed=4), 12), tmp_path / "dx.dcm")
+    meta, dataset = split_file(source)
+    damaged = tmp_path / "damaged.dcm"
+    damaged.write_bytes(meta + damage(dataset, how))
+    status = _store_raw(node.port, damaged)
+    assert status.Status == 0xC210, hex(status.Status)
+    assert status.ErrorComment.startswith("cannot understand: damaged dataset")
+    assert not spooled(node) and not incoming(node)
+    assert not instances(node.database) and not jobs(node.database)
+    [refused] = events(node.database, "instance.refused")
+    assert refused.message.startswith("refused: damaged dataset: ")
+    assert re.search(r"\([0-9A-F]{4},[0-9A-F]{4}\)", refused.message)  # the element, by tag
+    assert refused.sop_uid == sop_uid(source) and refused.calling_ae == "STORESCU"
+    identifiers = {str(pydicom.dcmread(source).PatientID), str(pydicom.dcmread(source).PatientName)}
+    assert not any(i and i in f"{refused.message} {refused.detail}" for i in identifiers)
+    assert _store_raw(node.port, source).Status == 0x0000
+    assert len(instances(node.database)) == 1
+
+
+def test_a_dataset_of_another_sop_class_than_its_c_store_is_refused(
+    node_factory, siim_sample_dicoms: list[Path], tmp_path: Path
+) -> None:
+    """Issue 22: a Secondary Capture dataset sent as a CT C-STORE (on a CT context) was stored
+    with Success, the file meta saying CT and the dataset SC. PS3.4 B.2.3: 0xA900, "Data Set
+    does not match SOP Class"."""
+    node = node_factory()
+    source = siim_sample_dicoms[0]
+    _, dataset = split_file(source)
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    meta = file_meta_bytes(
+        "1.2.840.10008.5.1.4.1.1.2", str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID)
+    )
+    mismatched = tmp_path / "ct.dcm"
+    mismatched.write_bytes(meta + dataset)
+    status = _store_raw(node.port, mismatched)
+    assert status.Status == 0xA900, hex(status.Status)
+    assert "SOP Class" in status.ErrorComment
+    assert not spooled(node) and not incoming(node) and not instances(node.database)
+    [refused] = events(node.database, "instance.refused")
+    assert "SOP Class UID" in refused.message
+    assert _store_raw(node.port, source).Status == 0x0000
 
 
 def test_disk_watermark_refuses_then_recovers(node, siim_sample_dicoms) -> None:

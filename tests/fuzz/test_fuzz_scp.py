@@ -2,8 +2,9 @@
 
 Mutants of the SIIM samples go to our in-process listener over real associations (several
 C-STOREs each, several associations). Every one must be answered with a C-STORE status:
-success when the bytes are a dataset we can store (kept byte for byte, with its row), 0xC2xx
-"cannot understand" otherwise; never a dropped association, an exception status (0x0110,
+success when the bytes are a whole dataset we can store (kept byte for byte, with its row),
+0xC2xx "cannot understand" otherwise, or 0xA900 "data set does not match SOP Class" when its
+SOP Class UID is not the C-STORE's; never a dropped association, an exception status (0x0110,
 0xC211) or out of resources. Afterwards the node answers C-ECHO, stores a good file, and its
 spool holds no partial file and nothing the database does not know.
 
@@ -99,7 +100,9 @@ class Sent:
 
     @property
     def refused(self) -> bool:
-        return self.status is not None and 0xC200 <= self.status <= 0xC2FF
+        return self.status is not None and (
+            0xC200 <= self.status <= 0xC2FF or self.status == 0xA900
+        )
 
 
 def _storage_scu() -> AE:
@@ -208,13 +211,14 @@ def check_no_patient_data(
 
 
 def check_answers(sent: list[Sent], seed: int) -> None:
-    """Each mutant got a status, success or 'cannot understand', in good time."""
+    """Each mutant got a status, success or a refusal (cannot understand, data set does not
+    match SOP Class), in good time."""
     problems = []
     for one in sent:
         if one.status is None:
             problems.append(f"{one}: no answer, the association ended after {one.seconds:.1f} s")
         elif not (one.stored or one.refused):
-            problems.append(f"{one}: neither success nor 'cannot understand'")
+            problems.append(f"{one}: neither success nor a refusal")
         elif one.seconds > PER_STORE_SECONDS:
             problems.append(f"{one}: answered after {one.seconds:.1f} s")
     replay = f"seed {seed} (PNEUMONODE_TEST_FUZZ_SEED replays it)"
@@ -406,8 +410,8 @@ def test_an_element_whose_value_cannot_be_decoded_is_not_understood(
     """Found by 'VR of (0028,0004) CS -> b'FD'': 12 bytes are no whole number of 8-byte floats,
     and pydicom raised (BytesLengthException) when the selection first read Photometric
     Interpretation, in the middle of storing: 0x0110 processing failure, with a traceback
-    that quoted the value in the log. Now every value the receiver uses is read with the
-    header: 0xC210, refused and audited."""
+    that quoted the value in the log. Now the structure check finds it first (an FD value is
+    a whole number of 8-byte floats): 0xC210, refused and audited by tag."""
     node = node_factory()
     base = scp_bases[0]
     data = bytearray(base.data)
@@ -418,7 +422,8 @@ def test_an_element_whose_value_cannot_be_decoded_is_not_understood(
     with node.database.session() as session:
         refused = session.scalars(select(AuditEvent).where(AuditEvent.kind == "instance.refused"))
         assert [e.message for e in refused] == [
-            "refused: unreadable dataset (BytesLengthException)"
+            "refused: damaged dataset: Photometric Interpretation (0028,0004) FD of 12 bytes is "
+            "no whole number of 8-byte values"
         ]
 
 

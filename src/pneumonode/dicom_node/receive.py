@@ -1,7 +1,11 @@
-"""Receiving one instance: parse the header, spool the bytes durably, record it, answer a status.
+"""Receiving one instance: check its structure, parse the header, spool the bytes durably,
+record it, answer a status.
 
 ``InstanceReceiver.receive`` never raises: every failure becomes a DICOM status with a comment
-(0xA700 out of resources, 0xC210 cannot understand, 0x0110 processing failure).
+(PS3.4 B.2.3: 0xA700 out of resources, 0xA900 data set does not match SOP Class, 0xC210 cannot
+understand; 0x0110 processing failure). A dataset is acknowledged only once its whole structure
+is known to be readable (``structure.check_structure``): a peer answered Success never sends it
+again.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ from pneumonode.db.session import Database
 from pneumonode.dicom_node.header import read_header
 from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
 from pneumonode.dicom_node.spool import Spool, Syncs
+from pneumonode.dicom_node.structure import (
+    DamagedDatasetError,
+    check_structure,
+    prepare_structure_check,
+)
 
 __all__ = ["InstanceReceiver", "Status", "dataset_offset"]
 
@@ -52,7 +61,13 @@ _KEPT = {
 }
 _HASH_CHUNK = 1 << 20
 #: What ``receive`` reads from a dataset.
-_HEADER_KEYWORDS = ("StudyInstanceUID", "SOPInstanceUID", *_KEPT, *SELECTION_KEYWORDS)
+_HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SOPInstanceUID",
+    *_KEPT,
+    *SELECTION_KEYWORDS,
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class Status:
 
 
 OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 PROCESSING_FAILURE = 0x0110
 
@@ -149,8 +165,9 @@ class InstanceReceiver:
     def warm_up(self) -> None:
         """Make the first C-STORE as quick as the next ones: run what receiving one writes to
         the database (the instance's statements and an audit event) once, in a transaction that
-        is rolled back, and start the threads that fsync. The first image used to take about
-        30 ms more while SQLAlchemy configured its mappers and compiled these statements."""
+        is rolled back, build the structure check's data dictionary table, and start the
+        threads that fsync. The first image used to take about 30 ms more while SQLAlchemy
+        configured its mappers and compiled these statements."""
         item = ReceivedInstance(
             study_uid="2.25.1",
             series_uid="2.25.2",
@@ -177,6 +194,7 @@ class InstanceReceiver:
                 transaction.rollback()
         except SQLAlchemyError as exc:  # the first C-STORE will say what is wrong
             log.warning("could not warm up the database statements: %s", type(exc).__name__)
+        prepare_structure_check()
         self.spool.start_threads()
 
     def receive(
@@ -198,10 +216,19 @@ class InstanceReceiver:
             # dataset is fsynced for nothing: refusals are rare, stored datasets are not)
             synced = self.spool.start_sync(temp)
             try:
+                check_structure(temp, dataset_offset(temp), transfer_syntax_uid)
+            except DamagedDatasetError as exc:  # names elements by tag, never a value
+                self._audit_refusal(f"damaged dataset: {exc}", **who)
+                return Status(CANNOT_UNDERSTAND, "cannot understand: damaged dataset")
+            except ValueError:  # no File Meta Information Group Length (an upload)
+                self._audit_refusal("no File Meta Information Group Length", **who)
+                return Status(CANNOT_UNDERSTAND, "cannot understand: no file meta group length")
+            try:
                 # a malformed element (a length that does not fit its VR, an unknown VR)
                 # raises when its value is converted: every value we use is converted here,
                 # so that such a dataset is refused, not a processing failure
                 values, has_pixels, offset = _read_header(temp)
+                dataset_class = _text(values, "SOPClassUID", 128)
                 study_uid = _text(values, "StudyInstanceUID", 128)
                 dataset_sop = _text(values, "SOPInstanceUID", 128)
                 kept = {keyword: _text(values, keyword, limit) for keyword, limit in _KEPT.items()}
@@ -209,6 +236,12 @@ class InstanceReceiver:
             except Exception as exc:  # pydicom raises many types on corrupt input
                 self._audit_refusal(f"unreadable dataset ({type(exc).__name__})", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset")
+            if dataset_class != sop_class_uid:
+                self._audit_refusal("the dataset's SOP Class UID differs from the request's", **who)
+                return Status(
+                    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                    "data set does not match SOP Class: SOP Class UID differs",
+                )
             if not study_uid:
                 self._audit_refusal("no Study Instance UID", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: no Study Instance UID")
