@@ -112,18 +112,26 @@ def test_an_unknown_pdu_gets_an_abort_and_the_listener_carries_on(node) -> None:
     assert echoscu(node.port).returncode == 0
 
 
-def _associate_rq(context: str = "1.2.840.10008.3.1.1.1", version: int = 1) -> bytes:
-    """A minimal A-ASSOCIATE-RQ (Verification) from STORESCU to PNEUMONODE."""
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(value)) + value
 
-    def item(kind: int, value: bytes) -> bytes:
-        return struct.pack(">BBH", kind, 0, len(value)) + value
 
-    proposed = item(0x30, Verification.encode() + b"\x00") + item(0x40, b"1.2.840.10008.1.2\x00")
-    items = (
-        item(0x10, context.encode())
-        + item(0x20, bytes([1, 0, 0, 0]) + proposed)
-        + item(0x50, item(0x51, struct.pack(">I", 16_384)))
-    )
+def _uid(uid: str) -> bytes:
+    return uid.encode() + b"\x00" * (len(uid) % 2)
+
+
+def _associate_rq(
+    context: str = "1.2.840.10008.3.1.1.1",
+    version: int = 1,
+    presentation: tuple[tuple[int, str, str], ...] = ((1, Verification, ImplicitVRLittleEndian),),
+) -> bytes:
+    """An A-ASSOCIATE-RQ from STORESCU to PNEUMONODE proposing ``presentation`` ((context id,
+    abstract syntax, transfer syntax), by default Verification)."""
+    items = _item(0x10, context.encode())
+    for context_id, abstract, syntax in presentation:
+        proposed = _item(0x30, _uid(abstract)) + _item(0x40, _uid(syntax))
+        items += _item(0x20, bytes([context_id, 0, 0, 0]) + proposed)
+    items += _item(0x50, _item(0x51, struct.pack(">I", 16_384)))
     body = struct.pack(">HH", version, 0) + b"PNEUMONODE".ljust(16) + b"STORESCU".ljust(16)
     body += b"\x00" * 32 + items
     return b"\x01\x00" + struct.pack(">I", len(body)) + body
@@ -242,3 +250,132 @@ def _store_command(sop_class: str, sop_instance: str) -> bytes:
     write_dataset(body, ds)
     encoded = body.getvalue()
     return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(encoded)) + encoded
+
+
+# ------------------------------------------- PS3.7 and PS3.8 checks (issue 22)
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    sock.settimeout(10)
+    header = sock.recv(6, socket.MSG_WAITALL)
+    assert len(header) == 6, "the connection closed"
+    body = sock.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL)
+    return header[0], body
+
+
+def _p_data(context_id: int, control: int, data: bytes) -> bytes:
+    pdv = struct.pack(">IBB", len(data) + 2, context_id, control) + data
+    return b"\x04\x00" + struct.pack(">I", len(pdv)) + pdv
+
+
+def _echo_command() -> bytes:
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = Dataset()
+    ds.AffectedSOPClassUID = Verification
+    ds.CommandField = 0x0030
+    ds.MessageID = 3
+    ds.CommandDataSetType = 0x0101
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True
+    write_dataset(body, ds)
+    encoded = body.getvalue()
+    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(encoded)) + encoded
+
+
+#: Verification on context 1, Secondary Capture (JPEG Baseline) on context 3.
+_CONTEXTS = (
+    (1, Verification, ImplicitVRLittleEndian),
+    (3, SECONDARY_CAPTURE, JPEGBaseline8Bit),
+)
+
+
+@pytest.mark.parametrize(
+    ("context_id", "command", "why"),
+    [
+        pytest.param(
+            3,
+            _store_command(CTImageStorage, "1.2.3.4"),
+            f"C-STORE-RQ for {CTImageStorage} on presentation context 3 ({SECONDARY_CAPTURE})",
+            id="CT on a Secondary Capture context",
+        ),
+        pytest.param(
+            1,
+            _store_command(SECONDARY_CAPTURE, "1.2.3.4"),
+            f"C-STORE-RQ for {SECONDARY_CAPTURE} on presentation context 1 ({Verification})",
+            id="C-STORE on the Verification context",
+        ),
+        pytest.param(
+            1,
+            _store_command(Verification, "1.2.3.4"),
+            f"C-STORE-RQ on presentation context 1 ({Verification}), which carries C-ECHO only",
+            id="C-STORE of Verification",
+        ),
+        pytest.param(
+            3,
+            _echo_command(),
+            f"C-ECHO-RQ for {Verification} on presentation context 3 ({SECONDARY_CAPTURE})",
+            id="C-ECHO on a storage context",
+        ),
+    ],
+)
+def test_a_command_that_does_not_match_its_presentation_context_is_aborted(
+    node_factory, context_id: int, command: bytes, why: str
+) -> None:
+    """PS3.7 (and issue 22): a DIMSE message belongs to its context's abstract syntax, and the
+    Verification context carries C-ECHO only. storescp and Orthanc abort such an association;
+    so do we (A-ABORT from the service user, as pynetdicom's ``Association.abort()``), before
+    any dataset is kept, and the audit trail says why."""
+    node = node_factory()
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(_associate_rq(presentation=_CONTEXTS))
+        kind, _ = _read_pdu(sock)
+        assert kind == 0x02  # A-ASSOCIATE-AC
+        sock.sendall(_p_data(context_id, 0x03, command))
+        reply = _recv_all(sock)
+    assert reply[:1] == b"\x07", reply[:16]  # A-ABORT, then the connection closes
+    assert reply[8:9] == b"\x00"  # source: the DICOM UL service-user
+    assert not list(node.spool.glob("*/*.dcm")) and not any((node.spool / ".incoming").iterdir())
+    with node.database.session() as session:
+        [event] = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "association.aborted")
+        ).all()
+    assert event.message == f"association aborted: {why}"
+    ae = _requestor((Verification, [ImplicitVRLittleEndian]))
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="PNEUMONODE")  # the next one works
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+@pytest.mark.parametrize(
+    ("context_ids", "why"),
+    [
+        ((2,), "presentation context ID 2 is even"),
+        ((1, 3, 1), "presentation context ID 1 is proposed twice"),
+    ],
+)
+def test_even_or_duplicate_presentation_context_ids_are_rejected(
+    node_factory, context_ids: tuple[int, ...], why: str
+) -> None:
+    """PS3.8 9.3.2.2: context IDs are odd; 7.1.1.13: each is unused by the others. A duplicate
+    used to replace the earlier context silently. The request is not acceptable to the service
+    provider: A-ASSOCIATE-RJ (rejected permanent, UL service-provider (ACSE related function),
+    no reason given), as PS3.8 9.2 AE-6 and 7.1.2.6 say."""
+    node = node_factory()
+    presentation = tuple((i, Verification, ImplicitVRLittleEndian) for i in context_ids)
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(_associate_rq(presentation=presentation))
+        reply = _recv_all(sock)
+    assert reply[:1] == b"\x03" and reply[7:10] == b"\x01\x02\x01", reply[:10]
+    with node.database.session() as session:
+        [event] = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "association.rejected")
+        ).all()
+    assert why in event.message
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:  # odd and unique: fine
+        sock.sendall(_associate_rq(presentation=((1, Verification, ImplicitVRLittleEndian),)))
+        assert _read_pdu(sock)[0] == 0x02

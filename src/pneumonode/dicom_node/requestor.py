@@ -12,7 +12,8 @@ What is supported, as a requestor only: A-ASSOCIATE-RQ with up to 128 presentati
 transfer syntax each, user information with our maximum length, implementation class UID and
 version name (no role selection, asynchronous operations or extended negotiation: the defaults
 apply, one operation at a time); C-ECHO-RQ; C-STORE-RQ of a file's dataset as stored (streamed,
-fragmented to the peer's maximum length) or of bytes given; A-RELEASE; A-ABORT on any failure.
+fragmented to the peer's maximum length) or of bytes given; A-RELEASE, a release collision
+answered as PS3.8 says; A-ABORT on any failure.
 """
 
 from __future__ import annotations
@@ -234,7 +235,11 @@ class Requestor:
                         self.peer_max_pdu = struct.unpack(">I", sub_value)[0]
 
     def release(self) -> None:
-        """A-RELEASE-RQ, wait for the answer, close (an abort if the peer does not answer)."""
+        """A-RELEASE-RQ, wait for the answer, close (an abort if the peer does not answer).
+
+        A release collision (the peer asks for release too, PS3.8 9.2, AR-8): as the
+        requestor we answer its A-RELEASE-RQ with A-RELEASE-RP (AR-9), then wait for its
+        A-RELEASE-RP to ours and close the connection (AR-3)."""
         if not self.established:
             self.close()
             return
@@ -245,7 +250,9 @@ class Requestor:
                 kind, _body = self._read_pdu()
                 if kind in (A_RELEASE_RP, A_ABORT):
                     break
-                if kind != P_DATA_TF:  # a late response may still come first
+                if kind == A_RELEASE_RQ:  # a release collision
+                    self._send(_pdu(A_RELEASE_RP, b"\x00" * 4))
+                elif kind != P_DATA_TF:  # a late response may still come first
                     raise _ProtocolError(f"PDU type {kind} instead of A-RELEASE-RP")
         except (OSError, _ProtocolError):
             self._send_abort()

@@ -124,8 +124,11 @@ class ListenerServices:
             {"tls": info.tls},
         )
 
-    def aborted(self, info: AssociationInfo) -> None:
-        self._audit_peer(info, "association.aborted", "association aborted")
+    def aborted(self, info: AssociationInfo, reason: str = "") -> None:
+        """The association was aborted (by the peer, by us, or dropped); ``reason`` when we
+        aborted it for a reason of its own (tags and UIDs only, never a value)."""
+        message = f"association aborted: {reason}" if reason else "association aborted"
+        self._audit_peer(info, "association.aborted", message)
 
     def temporary_path(self) -> Path:
         return self.receiver.spool.incoming / f"{uuid.uuid4().hex}.part"

@@ -16,12 +16,18 @@ What is supported, as an acceptor only:
   class UID and version name are read and answered; SCP/SCU role selection, asynchronous
   operations, extended negotiation and user identity are ignored (the defaults apply: the
   requestor is the SCU, one operation at a time), as the standard allows.
-* A-ASSOCIATE-RJ for a wrong protocol version or application context, and for whatever
-  ``Services.check`` refuses (called AE title, calling AE title, disk space, too many
+* A-ASSOCIATE-RJ for a wrong protocol version or application context, for presentation context
+  IDs that are even (PS3.8 9.3.2.2) or proposed twice (7.1.1.13; rejected permanent, by the UL
+  service-provider's ACSE function, no reason given: PS3.8 9.2 AE-6 and 7.1.2.6), and for
+  whatever ``Services.check`` refuses (called AE title, calling AE title, disk space, too many
   associations).
 * P-DATA-TF: commands in Implicit VR Little Endian, C-ECHO-RQ and C-STORE-RQ answered; any other
-  command gets "unrecognised operation" (0x0211). Datasets stream to a file in ``incoming``,
-  behind a File Meta Information we write; the dataset bytes are kept as received.
+  command gets "unrecognised operation" (0x0211). A C-ECHO-RQ or C-STORE-RQ must match its
+  presentation context (PS3.7): its Affected SOP Class UID is the context's abstract syntax, and
+  the Verification context carries C-ECHO only; otherwise the association is aborted (A-ABORT
+  from the service user, as storescp and Orthanc do and as pynetdicom does for a message it
+  cannot place on a context) before any of its dataset is kept. Datasets stream to a file in
+  ``incoming``, behind a File Meta Information we write; the dataset bytes are kept as received.
 * A-RELEASE, A-ABORT, a peer that disappears, and silence longer than the network timeout
   (then we abort). A C-STORE cut short leaves no file behind.
 """
@@ -32,6 +38,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import select
 import socket
 import ssl
@@ -67,6 +74,12 @@ IMPLEMENTATION_CLASS_UID = str(generate_uid(entropy_srcs=["pneumonode DICOM uppe
 # PDU types
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
 P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
+
+# A-ASSOCIATE-RJ result, source and reason (PS3.8 9.3.4)
+REJECTED_PERMANENT = 0x01
+SOURCE_SERVICE_USER, SOURCE_PROVIDER_ACSE = 0x01, 0x02
+USER_APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
+ACSE_NO_REASON_GIVEN, ACSE_PROTOCOL_VERSION_NOT_SUPPORTED = 0x01, 0x02
 
 # A-ABORT source / reason
 ABORT_SERVICE_USER, ABORT_PROVIDER = 0x00, 0x02
@@ -144,7 +157,7 @@ class Services(Protocol):
     def check(self, info: AssociationInfo, active: int) -> None: ...
     def rejected(self, info: AssociationInfo, rejection: RejectionError) -> None: ...
     def accepted(self, info: AssociationInfo) -> None: ...
-    def aborted(self, info: AssociationInfo) -> None: ...
+    def aborted(self, info: AssociationInfo, reason: str = "") -> None: ...
     def store(self, info: AssociationInfo, request: StoreRequest) -> Answer: ...
     def too_large(self, info: AssociationInfo, request: StoreRequest) -> Answer: ...
     def temporary_path(self) -> Path: ...
@@ -161,6 +174,10 @@ class _ProtocolError(Exception):
     def __init__(self, message: str, reason: int = REASON_UNEXPECTED_PDU) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class _CommandRefusedError(Exception):
+    """A DIMSE message we refuse as its service user (PS3.7): abort the association."""
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -345,6 +362,47 @@ def _parse_command(data: bytes) -> _Command:
     )
 
 
+_COMMAND_NAMES = {C_STORE_RQ: "C-STORE-RQ", C_ECHO_RQ: "C-ECHO-RQ"}
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _shown_uid(uid: str) -> str:
+    """A UID from the peer as a reason may show it (logged and audited): only a well-formed one."""
+    if not uid:
+        return "no SOP Class UID"
+    return uid if len(uid) <= 64 and _UID.fullmatch(uid) else "an invalid UID"
+
+
+def _context_mismatch(command: _Command, context_id: int, abstract: str) -> str | None:
+    """Why a C-ECHO-RQ or C-STORE-RQ does not belong on its presentation context (PS3.7: the
+    Affected SOP Class UID is the context's abstract syntax; Verification carries C-ECHO
+    only), or None."""
+    name = _COMMAND_NAMES.get(command.field)
+    if name is None:
+        return None  # other commands: unrecognised operation, answered as such
+    where = f"presentation context {context_id} ({abstract})"
+    if command.sop_class_uid != abstract:
+        return f"{name} for {_shown_uid(command.sop_class_uid)} on {where}"
+    if (command.field == C_ECHO_RQ) != (abstract == VERIFICATION):
+        return f"{name} on {where}, which carries " + (
+            "C-ECHO only" if abstract == VERIFICATION else "no C-ECHO"
+        )
+    return None
+
+
+def _context_id_error(contexts: list[tuple[int, str, list[str]]]) -> str | None:
+    """Why the proposed presentation context IDs are not acceptable, or None: they are odd
+    (PS3.8 9.3.2.2) and each names one context (7.1.1.13: an unused identifier for each)."""
+    seen: set[int] = set()
+    for context_id, _abstract, _syntaxes in contexts:
+        if not context_id % 2:
+            return f"presentation context ID {context_id} is even"
+        if context_id in seen:
+            return f"presentation context ID {context_id} is proposed twice"
+        seen.add(context_id)
+    return None
+
+
 # --- one association ------------------------------------------------------------------------
 
 
@@ -435,6 +493,10 @@ class Association:
             log.warning("protocol error from %s: %s; aborting", self.info.address, exc)
             self._send_abort(ABORT_PROVIDER, exc.reason)
             self._ended(aborted=self.established)
+        except _CommandRefusedError as exc:
+            log.warning("refused from %s: %s; aborting", self.info.address, exc)
+            self._send_abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+            self._ended(aborted=True, reason=str(exc))
         except OSError as exc:
             if not self._aborting:
                 log.warning("connection to %s failed: %s", self.info.address, exc.strerror)
@@ -454,14 +516,14 @@ class Association:
             self.acceptor.services.tls_refused(self.info.address, str(reason))
             return False
 
-    def _ended(self, aborted: bool) -> None:
+    def _ended(self, aborted: bool, reason: str = "") -> None:
         """Clean up after the association ends (released, aborted or dropped)."""
         if self._store is not None:
             self._store.discard()
             self._store = None
         was_established, self.established = self.established, False
         if aborted and was_established:
-            self.acceptor.services.aborted(self.info)
+            self.acceptor.services.aborted(self.info, reason)
 
     def abort(self) -> None:
         """Abort from another thread (shutdown): A-ABORT, then unblock the reader."""
@@ -518,9 +580,24 @@ class Association:
         info.peer_implementation_version = request.implementation_version
         try:
             if not request.protocol_version & 0x0001:
-                raise RejectionError("protocol version not supported", 0x01, 0x02, 0x02)
+                raise RejectionError(
+                    "protocol version not supported",
+                    REJECTED_PERMANENT,
+                    SOURCE_PROVIDER_ACSE,
+                    ACSE_PROTOCOL_VERSION_NOT_SUPPORTED,
+                )
             if request.application_context != APPLICATION_CONTEXT:
-                raise RejectionError("application context not supported", 0x01, 0x01, 0x02)
+                raise RejectionError(
+                    "application context not supported",
+                    REJECTED_PERMANENT,
+                    SOURCE_SERVICE_USER,
+                    USER_APPLICATION_CONTEXT_NOT_SUPPORTED,
+                )
+            context_ids = _context_id_error(request.contexts)
+            if context_ids is not None:
+                raise RejectionError(
+                    context_ids, REJECTED_PERMANENT, SOURCE_PROVIDER_ACSE, ACSE_NO_REASON_GIVEN
+                )
             self.acceptor.services.check(info, self.acceptor.active_count())
         except RejectionError as rejection:
             self.acceptor.services.rejected(info, rejection)
@@ -619,18 +696,18 @@ class Association:
             return
         command = _parse_command(bytes(self._command))
         self._command.clear()
+        abstract, syntax = self.info.contexts[context_id]
+        mismatch = _context_mismatch(command, context_id, abstract)
+        if mismatch is not None:
+            raise _CommandRefusedError(mismatch)
         if command.has_dataset:
             path = None
             if command.field == C_STORE_RQ:
                 path = self.acceptor.services.temporary_path()
             self._store = _Store(path, command, context_id)
             if path is not None:
-                abstract, syntax = self.info.contexts[context_id]
                 meta = encode_file_meta(
-                    command.sop_class_uid or abstract,
-                    command.sop_instance_uid,
-                    syntax,
-                    self.info.calling_ae,
+                    abstract, command.sop_instance_uid, syntax, self.info.calling_ae
                 )
                 assert self._store.fd is not None
                 os.write(self._store.fd, meta)
@@ -660,7 +737,7 @@ class Association:
             abstract, syntax = self.info.contexts[context_id]
             request = StoreRequest(
                 path=store.path if store.path is not None else Path(),
-                sop_class_uid=command.sop_class_uid or abstract,
+                sop_class_uid=abstract,  # the command's, checked against its context
                 sop_instance_uid=command.sop_instance_uid,
                 transfer_syntax_uid=syntax,
                 size=store.size,
