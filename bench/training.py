@@ -13,6 +13,11 @@ augmentation (``device_augment``); the network's step is the same for both.
 
     .venv/bin/python bench/training.py [--sizes 256 384] [--encoders timm-tf_efficientnet_lite2
         efficientnet-b4] [--precisions bf16 fp32] [--steps 4]
+        [--accelerations none freeze-depthwise fold-bn both]
+
+``--accelerations`` times train-bundle's CPU shortcuts (``pneumonode.model.acceleration``:
+depthwise kernels frozen, the encoder's BatchNorm folded into its convolutions) against the plain
+step in the same run ("vs none").
 
 Not a test: it prints ratios measured in the same run, it asserts nothing.
 """
@@ -29,17 +34,33 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from inference import conv_peak_gflops, cores  # noqa: E402
 
+ACCELERATIONS = {  # name: (freeze_depthwise, fold_batchnorm), as train-bundle's options
+    "none": (False, False),
+    "freeze-depthwise": (True, False),
+    "fold-bn": (False, True),
+    "both": (True, True),
+}
 
-def step_speed(encoder: str, size: int, precision: str, batch: int, steps: int) -> dict[str, float]:
+
+def step_speed(
+    encoder: str, size: int, precision: str, batch: int, steps: int, acceleration: str = "none"
+) -> dict[str, float]:
     import torch
     import torch.nn.functional as F  # noqa: N812
     from torch.utils.flop_counter import FlopCounterMode
 
+    from pneumonode.model.acceleration import fold_batchnorm, freeze_depthwise
     from pneumonode.model.network import build_unet
 
     torch.manual_seed(0)
-    model = build_unet(encoder, classification_head=True).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = build_unet(encoder, classification_head=True)
+    depthwise, fold = ACCELERATIONS[acceleration]
+    if depthwise:
+        freeze_depthwise(model)
+    if fold:
+        fold_batchnorm(model)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x = torch.rand(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(batch, 1, size, size) > 0.95).float()
     label = y.amax(dim=(1, 2, 3))
@@ -109,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         default=["timm-tf_efficientnet_lite0", "timm-tf_efficientnet_lite2", "efficientnet-b4"],
     )
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
+    parser.add_argument(
+        "--accelerations",
+        nargs="+",
+        choices=list(ACCELERATIONS),
+        default=["none"],
+        help="train-bundle's --freeze-depthwise / --fold-batchnorm (none, either, both)",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args(argv)
@@ -120,18 +148,27 @@ def main(argv: list[str] | None = None) -> int:
     peak = conv_peak_gflops(threads)
     print(f"{threads} threads; 3x3 conv peak {peak['fp32']:.0f} GFLOP/s fp32, "
           f"{peak['bf16']:.0f} GFLOP/s bf16")  # fmt: skip
-    print("\n| encoder | size | precision | images/s | GFLOP/step | GFLOP/s | of the peak |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| encoder | size | precision | acceleration | images/s | vs none | GFLOP/step "
+        "| GFLOP/s | of the peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for encoder in args.encoders:
         for size in args.sizes:
             for precision in args.precisions:
-                row = step_speed(encoder, size, precision, args.batch, args.steps)
-                share = row["gflops"] / peak[precision]
-                print(
-                    f"| {encoder} | {size} | {precision} | {row['images_per_s']:.2f} | "
-                    f"{row['gflop_step']:.0f} | {row['gflops']:.0f} | {share:.1%} |",
-                    flush=True,
-                )
+                reference = None
+                for acceleration in args.accelerations:
+                    row = step_speed(encoder, size, precision, args.batch, args.steps, acceleration)
+                    if acceleration == "none":
+                        reference = row["images_per_s"]
+                    ratio = f"{row['images_per_s'] / reference:.2f}x" if reference else "-"
+                    share = row["gflops"] / peak[precision]
+                    print(
+                        f"| {encoder} | {size} | {precision} | {acceleration} | "
+                        f"{row['images_per_s']:.2f} | {ratio} | {row['gflop_step']:.0f} | "
+                        f"{row['gflops']:.0f} | {share:.1%} |",
+                        flush=True,
+                    )
     print("\n| size | seed loader (albumentations per film) | device_augment (batch) | ratio |")
     print("|---|---|---|---|")
     for size in args.sizes:

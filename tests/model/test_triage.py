@@ -418,6 +418,8 @@ def test_prepare_train_calibrate_evaluate_from_the_command_line(
                 "8",
                 "--batch-size",
                 "4",
+                "--freeze-depthwise",  # the CPU shortcuts: the checkpoint is saved unfolded
+                "--fold-batchnorm",
                 "--no-progress",
             ]
         )

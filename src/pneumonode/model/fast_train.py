@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from pneumonode.model.acceleration import Fold, fold_batchnorm, freeze_depthwise, unfold
 from pneumonode.model.bundle import Bundle, load_bundle, resize_bundle
 from pneumonode.model.checkpoint import (
     Architecture,
@@ -347,11 +348,19 @@ def fast_train(
         model = build_unet(
             config.encoder, encoder_weights=config.encoder_weights, classification_head=True
         )
+    folds: list[Fold] = []
+    if config.freeze_depthwise:
+        say(f"{freeze_depthwise(model)} depthwise kernels frozen")
+    if config.fold_batchnorm:
+        folds = fold_batchnorm(model)
+        say(f"{len(folds)} BatchNorm layers of the encoder frozen and folded")
     model = model.to(device).to(memory_format=memory_format)
     ema = _Ema(model, config.ema) if config.ema > 0 else None
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     optimizer = torch.optim.AdamW(
         [
@@ -456,10 +465,11 @@ def fast_train(
             f"Dice {summary['val_dice_positives']:.3f}, label BCE {summary['val_label_bce']:.3f}"
         )
         checkpoint = _checkpoint_config(config, bundle, summary, epoch)
-        save_checkpoint(scored, out / "last", checkpoint, dtype="float16")
+        saved = unfold(scored, folds) if folds else scored
+        save_checkpoint(saved, out / "last", checkpoint, dtype="float16")
         if summary["val_score"] > best["val_score"]:
             best = {**summary, "epoch": epoch}
-            save_checkpoint(scored, out / "best", checkpoint, dtype="float16")
+            save_checkpoint(saved, out / "best", checkpoint, dtype="float16")
         if done < steps_per_epoch:  # the time is up
             break
     best["train_images_per_second"] = seen / max(train_seconds, 1e-9)

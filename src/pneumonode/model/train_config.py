@@ -131,6 +131,16 @@ class FastTrainConfig(BaseModel):
     focal_gamma: float = Field(default=1.0, gt=0)
     cls_weight: float = Field(default=0.5, ge=0)
     ema: float = Field(default=0.998, ge=0, lt=1, description="0: no moving average")
+    freeze_depthwise: bool = Field(
+        default=False,
+        description="the encoder's depthwise kernels stop learning (their weight gradient is most "
+        "of a CPU step; see pneumonode.model.acceleration)",
+    )
+    fold_batchnorm: bool = Field(
+        default=False,
+        description="freeze the encoder's BatchNorm at its running statistics and fold it into "
+        "the convolutions while training (saved unfolded); for a pretrained encoder",
+    )
     augment: bool = True
     threshold: float = Field(default=0.5, gt=0, lt=1)
     seed: int = 0
