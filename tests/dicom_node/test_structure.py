@@ -23,8 +23,13 @@ from pydicom.uid import (
 )
 
 from dicom_factory import DAMAGE, damage, make_dx, save, split_file, synthetic_chest
+from pneumonode.dicom_node import structure
 from pneumonode.dicom_node.receive import dataset_offset
-from pneumonode.dicom_node.structure import DamagedDatasetError, check_structure
+from pneumonode.dicom_node.structure import (
+    DamagedDatasetError,
+    TooLargeToCheckError,
+    check_structure,
+)
 
 
 def _check(path: Path) -> None:
@@ -262,3 +267,15 @@ def test_a_jpeg_file_with_the_siim_layout_passes(tmp_path: Path) -> None:
     ds.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 100 + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     _check(save(ds, tmp_path / "jpeg.dcm"))
+
+
+def test_a_deflate_bomb_is_not_inflated_past_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(structure, "MAX_INFLATED_BYTES", 1 << 20)  # a small limit, same code
+    path = save(_chest(DeflatedExplicitVRLittleEndian), tmp_path / "deflated.dcm")
+    compressor = zlib.compressobj(9, wbits=-15)
+    bomb = compressor.compress(bytes((1 << 20) + 1)) + compressor.flush()
+    assert len(bomb) < 2000
+    with pytest.raises(TooLargeToCheckError, match="over 1 MiB"):
+        _check(_with_dataset(path, bomb, tmp_path / "bomb.dcm"))

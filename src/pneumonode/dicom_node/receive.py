@@ -42,6 +42,7 @@ from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
 from pneumonode.dicom_node.spool import Spool, Syncs
 from pneumonode.dicom_node.structure import (
     DamagedDatasetError,
+    TooLargeToCheckError,
     check_structure,
     prepare_structure_check,
 )
@@ -220,6 +221,9 @@ class InstanceReceiver:
             except DamagedDatasetError as exc:  # names elements by tag, never a value
                 self._audit_refusal(f"damaged dataset: {exc}", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: damaged dataset")
+            except TooLargeToCheckError as exc:
+                self._audit_refusal(str(exc), **who)
+                return Status(OUT_OF_RESOURCES, "out of resources: deflated dataset too large")
             except ValueError:  # no File Meta Information Group Length (an upload)
                 self._audit_refusal("no File Meta Information Group Length", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: no file meta group length")

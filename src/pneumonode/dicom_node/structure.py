@@ -41,6 +41,7 @@ from pydicom.datadict import dictionary_description, dictionary_VR, keyword_dict
 __all__ = [
     "MAX_INFLATED_BYTES",
     "DamagedDatasetError",
+    "TooLargeToCheckError",
     "check_structure",
     "prepare_structure_check",
 ]
@@ -60,8 +61,9 @@ NATIVE_SYNTAXES = frozenset(
     }
 )
 _STANDARD_SYNTAX_ROOT = "1.2.840.10008.1.2."
-#: Largest dataset a deflated one may inflate to.
-MAX_INFLATED_BYTES = 1 << 30
+#: Largest dataset a deflated one may inflate to: it is inflated in memory to be checked (a
+#: deflated chest radiograph inflates to tens of MB; a deflate bomb to whatever it likes).
+MAX_INFLATED_BYTES = 256 << 20
 #: Datasets up to this size are read at once; larger ones are mapped (which costs more than
 #: reading a chest radiograph of a few hundred kB).
 _READ_WHOLE = 1 << 20
@@ -118,6 +120,10 @@ _VALUE_SIZE = {
 class DamagedDatasetError(ValueError):
     """The dataset cannot be read whole: the message says which element (its name and tag) and
     what is wrong with it, never a value."""
+
+
+class TooLargeToCheckError(Exception):
+    """A deflated dataset inflates to more than MAX_INFLATED_BYTES: not checked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,8 +431,8 @@ def _inflate(deflated: bytes) -> bytes:
     except zlib.error:
         raise DamagedDatasetError("the deflated dataset is not a deflate stream") from None
     if len(data) > MAX_INFLATED_BYTES:
-        raise DamagedDatasetError(
-            f"the deflated dataset inflates to over {MAX_INFLATED_BYTES} bytes"
+        raise TooLargeToCheckError(
+            f"the deflated dataset inflates to over {MAX_INFLATED_BYTES >> 20} MiB"
         )
     if not inflater.eof:
         raise DamagedDatasetError(
@@ -458,7 +464,8 @@ def _check(data: bytes | mmap.mmap, start: int, size: int, transfer_syntax_uid: 
 def check_structure(path: Path, offset: int, transfer_syntax_uid: str) -> None:
     """Raise ``DamagedDatasetError`` unless the dataset of the DICOM file at ``path``, from byte
     ``offset`` (after the File Meta Information) to the end, reads whole in
-    ``transfer_syntax_uid``: see the module's description."""
+    ``transfer_syntax_uid``: see the module's description. ``TooLargeToCheckError`` for a
+    deflated dataset that inflates to more than MAX_INFLATED_BYTES."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
