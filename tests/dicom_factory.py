@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     UID,
     BasicTextSRStorage,
@@ -117,19 +115,6 @@ DAMAGE = (
     "a Pixel Data length past the end",
 )
 _UNDEFINED = b"\xff\xff\xff\xff"
-
-
-def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
-    """Preamble, 'DICM' and a valid file meta, as a peer's file would start."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.10.1447.99")
-    buffer = BytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return buffer.getvalue()
 
 
 def split_file(path: Path) -> tuple[bytes, bytes]:

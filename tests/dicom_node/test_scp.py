@@ -22,7 +22,6 @@ from dicom_factory import (
     DAMAGE,
     basic_text_sr,
     damage,
-    file_meta_bytes,
     make_dx,
     minimal_pdf,
     save,
@@ -42,6 +41,7 @@ from peers_harness import (
 from pneumonode.db.models import AuditEvent, Instance, Job
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.receive import dataset_offset
+from pneumonode.dicom_node.upper import encode_file_meta
 
 pytestmark = pytest.mark.integration
 
@@ -362,8 +362,11 @@ def test_a_dataset_of_another_sop_class_than_its_c_store_is_refused(
     source = siim_sample_dicoms[0]
     _, dataset = split_file(source)
     ds = pydicom.dcmread(source, stop_before_pixels=True)
-    meta = file_meta_bytes(
-        "1.2.840.10008.5.1.4.1.1.2", str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID)
+    meta = encode_file_meta(
+        "1.2.840.10008.5.1.4.1.1.2",
+        str(ds.SOPInstanceUID),
+        str(ds.file_meta.TransferSyntaxUID),
+        source_ae="",
     )
     mismatched = tmp_path / "ct.dcm"
     mismatched.write_bytes(meta + dataset)

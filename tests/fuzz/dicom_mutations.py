@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_fragmented_frames
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -36,8 +38,6 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-
-from dicom_factory import file_meta_bytes
 
 __all__ = [
     "Base",
@@ -582,6 +582,19 @@ def with_uid(base: Base, uid: str) -> Base:
                 raise ValueError(f"a UID of {len(uid)} characters does not fit in {f.length}")
             data[f.value_at : f.value_at + f.length] = uid.encode().ljust(f.length, b"\x00")
     return replace(base, data=bytes(data))
+
+
+def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, 'DICM' and a valid file meta, as a peer's file would start."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.10.1447.99")
+    buffer = BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
 
 
 def _encode(ds: Dataset) -> bytes:
