@@ -176,11 +176,11 @@ def _vr(vr: bytes | None) -> str:
 
 
 class _Walk:
-    """One walk of a dataset in ``data`` up to ``size``; notes the top-level image attributes."""
+    """One walk of a dataset in ``data`` (top level in ``encoding``); notes the top-level image
+    attributes."""
 
-    def __init__(self, data: bytes | mmap.mmap, size: int, encoding: _Encoding) -> None:
+    def __init__(self, data: bytes | mmap.mmap, encoding: _Encoding) -> None:
         self.data = data
-        self.size = size
         self.encoding = encoding
         self.sizes, self.sequences = _dictionary()
         #: top-level tag -> (value position, length) of the elements in _NOTED
@@ -456,7 +456,7 @@ def _check(data: bytes | mmap.mmap, start: int, size: int, transfer_syntax_uid: 
         encoding = _EXPLICIT_BE
     else:
         encoding = _EXPLICIT_LE
-    walk = _Walk(data, size, encoding)
+    walk = _Walk(data, encoding)
     walk.dataset(start, size, encoding, 0, None)
     walk.check_pixels(transfer_syntax_uid)
 
