@@ -231,6 +231,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--no-progress", action="store_true")
 
+    card = sub.add_parser(
+        "model-card",
+        help="refresh a model card's measured tables from the measurements",
+        description="Copies the summary of `pneumonode evaluate --subset test` (evaluation.json) "
+        "and the predictions on the SIIM sample DICOMs into the model folder, then rewrites the "
+        "tables between <!-- measured: NAME --> markers in its MODEL_CARD.md (calibration, test, "
+        "siim); the prose around them is left alone.",
+    )
+    card.add_argument("--weights", type=Path, required=True, help="the model folder")
+    card.add_argument("--evaluation", type=Path, help="an evaluate --out folder (test split)")
+    card.add_argument("--siim-sample", type=Path, help="a folder with dicom/ and masks/")
+
     package = sub.add_parser(
         "package-model",
         help="copy a checkpoint for deployment (fp16 weights, new version/name)",
@@ -891,6 +903,17 @@ def _cmd_package_model(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_model_card(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.model.card import CardError, write_card
+    from pneumonode.model.checkpoint import CheckpointError
+
+    try:
+        write_card(args.weights, evaluation=args.evaluation, siim_sample=args.siim_sample)
+    except (CardError, CheckpointError, OSError, KeyError, ValueError) as exc:
+        raise CliError(f"{args.weights}: {exc}") from None
+    return EXIT_OK
+
+
 def _require_model(settings: Settings) -> None:
     from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
 
@@ -1302,6 +1325,7 @@ COMMANDS = {
     "worker": _cmd_worker,
     "api": _cmd_api,
     "package-model": _cmd_package_model,
+    "model-card": _cmd_model_card,
     "predict-dicom": _cmd_predict_dicom,
     "results": _cmd_results,
     "echo": _cmd_echo,
