@@ -10,7 +10,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from pneumonode.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, main
 from pneumonode.conversion import encode_siim_rle, prepare_radiograph
@@ -104,6 +106,7 @@ def test_unlabeled_missing_and_corrupt_files_are_reported(
     corrupt.write_bytes(siim_sample_dicoms[5].read_bytes()[:5000])
     unlabeled = dicom_dir / "1.2.3.unlabeled.DCM"
     shutil.copy(siim_sample_dicoms[6], unlabeled)
+    unlabeled_id = siim_sample_dicoms[6].stem  # named by its header's SOP Instance UID
     labels = (siim_sample / "train-rle-sample.csv").read_text(encoding="utf-8-sig").splitlines()
     labelled_ids = {p.stem for p in siim_sample_dicoms[:4]} | {"1.2.3.corrupt"}
     kept = [line for line in labels if line.split(",")[0] in labelled_ids]
@@ -117,10 +120,11 @@ def test_unlabeled_missing_and_corrupt_files_are_reported(
     index = read_index(out)
     assert index["1.2.3.corrupt"]["status"] == "failed"
     assert "truncated" in index["1.2.3.corrupt"]["error"]
-    assert index["1.2.3.unlabeled"]["status"] == "unlabeled"
-    assert index["1.2.3.unlabeled"]["has_pneumothorax"] == ""
-    assert (out / "png_images" / "1.2.3.unlabeled.png").exists()
-    assert not (out / "png_masks" / "1.2.3.unlabeled.png").exists()
+    assert index[unlabeled_id]["status"] == "unlabeled"
+    assert index[unlabeled_id]["has_pneumothorax"] == ""
+    assert index[unlabeled_id]["source_path"] == str(unlabeled)
+    assert (out / "png_images" / f"{unlabeled_id}.png").exists()
+    assert not (out / "png_masks" / f"{unlabeled_id}.png").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labels_without_image_ids"] == ["9.9.9.nofile"]
     assert list(summary["failed_files"]) == ["1.2.3.corrupt"]
@@ -167,6 +171,82 @@ def test_several_label_rows_of_one_image_are_united(
     written = cv2.imread(str(out / "png_masks" / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(written, mask)
     assert read_index(out)[path.stem]["regions"] == "2"
+
+
+def _positive_and_negative(siim_sample: Path, dicoms: list[Path]) -> tuple[Path, Path]:
+    """A sample DICOM whose mask has pixels, and one whose mask is empty."""
+
+    def positive(path: Path) -> bool:
+        mask = cv2.imread(str(siim_sample / "masks" / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
+        return bool(mask.any())
+
+    return next(p for p in dicoms if positive(p)), next(p for p in dicoms if not positive(p))
+
+
+def test_a_renamed_file_is_matched_to_its_labels_by_its_sop_instance_uid(
+    siim_sample: Path, siim_sample_dicoms: list[Path], tmp_path: Path
+) -> None:
+    positive, negative = _positive_and_negative(siim_sample, siim_sample_dicoms)
+    dicom_dir = tmp_path / "renamed"
+    (dicom_dir / "patient-7").mkdir(parents=True)
+    shutil.copy(positive, dicom_dir / "patient-7" / "chest-pa.dcm")
+    shutil.copy(negative, dicom_dir / "film 2.DCM")
+    out = tmp_path / "out"
+    labels = siim_sample / "train-rle-sample.csv"
+    assert convert("--dicom-dir", dicom_dir, "--rle-csv", labels, "--out", out) == EXIT_OK
+
+    index = read_index(out)
+    assert set(index) == {positive.stem, negative.stem}
+    for original, renamed in (
+        (positive, dicom_dir / "patient-7" / "chest-pa.dcm"),
+        (negative, dicom_dir / "film 2.DCM"),
+    ):
+        row = index[original.stem]
+        assert row["status"] == "ok" and row["source_path"] == str(renamed)
+        written = cv2.imread(str(out / "png_masks" / f"{original.stem}.png"), cv2.IMREAD_UNCHANGED)
+        expected = cv2.imread(
+            str(siim_sample / "masks" / f"{original.stem}.png"), cv2.IMREAD_UNCHANGED
+        )
+        assert np.array_equal(written, expected)
+    assert index[positive.stem]["has_pneumothorax"] == "1"
+    assert index[negative.stem]["has_pneumothorax"] == "0"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labels_without_image"] == 8 and summary["unlabeled"] == 0
+
+
+def test_a_file_whose_header_uid_has_no_labels_is_matched_by_its_file_name(
+    siim_sample: Path, siim_sample_dicoms: list[Path], tmp_path: Path
+) -> None:
+    positive, _ = _positive_and_negative(siim_sample, siim_sample_dicoms)
+    dataset = pydicom.dcmread(positive)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dicom_dir = tmp_path / "reidentified"
+    dicom_dir.mkdir()
+    dataset.save_as(dicom_dir / positive.name, enforce_file_format=True)
+    out = tmp_path / "out"
+    labels = siim_sample / "train-rle-sample.csv"
+    assert convert("--dicom-dir", dicom_dir, "--rle-csv", labels, "--out", out) == EXIT_OK
+    assert read_index(out)[positive.stem]["has_pneumothorax"] == "1"
+    written = cv2.imread(str(out / "png_masks" / f"{positive.stem}.png"), cv2.IMREAD_UNCHANGED)
+    expected = cv2.imread(str(siim_sample / "masks" / f"{positive.stem}.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(written, expected)
+
+
+def test_two_files_of_one_image_under_different_names_are_a_duplicate(
+    siim_sample: Path, siim_sample_dicoms: list[Path], tmp_path: Path
+) -> None:
+    _, negative = _positive_and_negative(siim_sample, siim_sample_dicoms)
+    dicom_dir = tmp_path / "twice"
+    dicom_dir.mkdir()
+    shutil.copy(negative, dicom_dir / negative.name)
+    shutil.copy(negative, dicom_dir / "copy.dcm")
+    out = tmp_path / "out"
+    labels = siim_sample / "train-rle-sample.csv"
+    assert convert("--dicom-dir", dicom_dir, "--rle-csv", labels, "--out", out) == EXIT_PARTIAL
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["converted"] == 1
+    (failed,) = summary["failed_files"].items()
+    assert failed[0].startswith(negative.stem) and "duplicate ImageId" in failed[1]
 
 
 def test_unreadable_label_file_is_one_line_on_stderr(

@@ -7,6 +7,12 @@ Output layout (the vbookshelf / seed-notebook layout the model's Dataset reads):
     OUT/index.csv                  one row per DICOM found (see ``INDEX_COLUMNS``)
     OUT/summary.json               counts, failed files with reasons, label rows without image
 
+The challenge's ImageId is the image's SOP Instance UID, and the download names each file after
+it. A file is matched to its label rows by the SOP Instance UID in its header, then by its file
+name (``<ImageId>.dcm``), so a renamed file still gets its mask and a file whose header cannot be
+read is still reported under its name. A file with no label rows is named by its SOP Instance UID
+too (by its file name when the header has none).
+
 Re-running skips images whose outputs exist and verify (PNG decodes at the right size, mask
 equal to the labels); files are written atomically, so an interrupted run resumes cleanly.
 """
@@ -14,10 +20,12 @@ equal to the labels); files are written atomically, so an interrupted run resume
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +33,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from tqdm import tqdm
 
-from pneumonode.conversion.decode import read_dataset
+from pneumonode.conversion.decode import BoundedReader, keep_dicom_values_out_of_logs, read_dataset
 from pneumonode.conversion.errors import ConversionError
 from pneumonode.conversion.geometry import Letterbox
 from pneumonode.conversion.png import encode_png
@@ -40,6 +48,8 @@ __all__ = [
     "SiimConversionSummary",
     "convert_siim_dataset",
     "find_dicom_files",
+    "header_sop_instance_uid",
+    "match_image_id",
     "parse_age_years",
 ]
 
@@ -134,6 +144,39 @@ def parse_age_years(value: object) -> int | None:
 def find_dicom_files(root: Path) -> list[Path]:
     """All ``*.dcm`` files under ``root`` (any depth, any case of the suffix), sorted."""
     return sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def header_sop_instance_uid(path: Path) -> str | None:
+    """The SOP Instance UID in the header of the DICOM file at ``path`` (read without its pixel
+    data), or None when the header cannot be read or holds no well-formed UID (then the caller
+    falls back to the file name, which is never built from a value it has not checked)."""
+    keep_dicom_values_out_of_logs()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged file is reported by its conversion
+            with BoundedReader(io.FileIO(str(path), "rb")) as handle:
+                ds = dcmread(handle, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip().rstrip("\x00")
+    except MemoryError:
+        raise  # not a property of the file
+    except Exception:  # pydicom raises many types on corrupt input
+        return None
+    return uid if len(uid) <= 64 and _UID.fullmatch(uid) else None
+
+
+def match_image_id(path: Path, labels: dict[str, list[str]]) -> str:
+    """The ImageId of the DICOM at ``path``: its header's SOP Instance UID when the labels
+    know it, else its file name when they know that, else the UID (the file name when the
+    header has none)."""
+    uid = header_sop_instance_uid(path)
+    if uid is not None and uid in labels:
+        return uid
+    if path.stem in labels or uid is None:
+        return path.stem
+    return uid
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -245,7 +288,7 @@ def convert_siim_dataset(
     seen: dict[str, Path] = {}
     index_rows: list[dict[str, Any]] = []
     for path in files:
-        image_id = path.stem
+        image_id = match_image_id(path, labels)
         if image_id in seen:
             summary.failed[f"{image_id} ({path})"] = f"duplicate ImageId, also at {seen[image_id]}"
             row = dict.fromkeys(INDEX_COLUMNS, "")
