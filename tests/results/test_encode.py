@@ -44,7 +44,8 @@ def _results(source: Dataset, region: tuple[slice, slice] | None) -> list[Datase
     finding = summarise(mask, 0.9 if mask.any() else 0.2, source)
     report = results.build_report(source, finding, ALGORITHM, segmentation=seg)
     grey = (np.arange(mask.size) % 251).astype(np.uint8).reshape(mask.shape)
-    capture = results.build_overlay_capture(source, results.render_overlay(grey, mask), ALGORITHM)
+    overlay = results.render_overlay(grey, mask)
+    capture = results.build_overlay_capture(source, overlay, ALGORITHM, finding=finding)
     return [seg, report, capture]
 
 

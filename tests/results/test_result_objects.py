@@ -84,9 +84,10 @@ def test_seg_sr_sc_are_valid_over_other_radiographs(
     mask = np.zeros((source.Rows, source.Columns), dtype=bool)
     mask[source.Rows // 4 : source.Rows // 2, source.Columns // 8 : source.Columns // 3] = True
     seg = build_segmentation(source, mask, ALGORITHM)
-    sr = build_report(source, summarise(mask, 0.9, source), ALGORITHM, segmentation=seg)
-    grey = (np.arange(source.Rows * source.Columns) % 251).astype(np.uint8)
-    sc = build_overlay_capture(source, render_overlay(grey.reshape(mask.shape), mask), ALGORITHM)
+    finding = summarise(mask, 0.9, source)
+    sr = build_report(source, finding, ALGORITHM, segmentation=seg)
+    grey = (np.arange(source.Rows * source.Columns) % 251).astype(np.uint8).reshape(mask.shape)
+    sc = build_overlay_capture(source, render_overlay(grey, mask), ALGORITHM, finding=finding)
     for kind, dataset in (("seg", seg), ("sr", sr), ("sc", sc)):
         out = tmp_path / f"{kind}.dcm"
         dataset.save_as(out)
@@ -276,13 +277,16 @@ def test_overlay_capture_of_a_siim_image(
     source = pydicom.dcmread(path)
     mask = _truth(siim_sample, path)
     overlay = render_overlay(source.pixel_array, mask)
-    capture = build_overlay_capture(source, overlay, ALGORITHM)
+    finding = summarise(mask, 0.9, source)
+    capture = build_overlay_capture(source, overlay, ALGORITHM, finding=finding)
     out = tmp_path / "sc.dcm"
     capture.save_as(out)
     assert dciodvfy_errors(out) == []
     back = pydicom.dcmread(out)
     assert back.PhotometricInterpretation == "RGB"
-    assert np.array_equal(back.pixel_array, overlay)
+    banner = back.Rows - source.Rows
+    assert banner > 0 and back.Columns == source.Columns
+    assert np.array_equal(back.pixel_array[banner:], overlay)  # the radiograph under the banner
     assert back.StudyInstanceUID == source.StudyInstanceUID
     assert back.SOPClassUID == source.SOPClassUID  # Secondary Capture Image Storage
     assert back.SOPInstanceUID != source.SOPInstanceUID

@@ -193,7 +193,7 @@ def test_secondary_capture_goes_only_where_asked(
         assert sorted(ds.Modality for ds in at_viewer) == ["OT", "SEG", "SR"]
         capture = next(ds for ds in at_viewer if ds.Modality == "OT")
         assert capture.PhotometricInterpretation == "RGB"
-        assert (capture.Rows, capture.Columns) == (1024, 1024)
+        assert capture.Columns == 1024 and capture.Rows > 1024  # the film under its banner
 
 
 @pytest.mark.integration

@@ -2,8 +2,8 @@
 
 from pneumonode.results import iod_lookup
 from pneumonode.results.common import AlgorithmInfo, derived_uid
-from pneumonode.results.overlay import render_overlay
-from pneumonode.results.sc import build_overlay_capture
+from pneumonode.results.overlay import add_banner, render_overlay
+from pneumonode.results.sc import banner_lines, build_overlay_capture
 from pneumonode.results.seg import build_segmentation
 from pneumonode.results.sr import build_report
 
@@ -11,6 +11,8 @@ iod_lookup.install()
 
 __all__ = [
     "AlgorithmInfo",
+    "add_banner",
+    "banner_lines",
     "build_overlay_capture",
     "build_report",
     "build_segmentation",

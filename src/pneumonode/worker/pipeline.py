@@ -268,7 +268,7 @@ def analyse(
         source, prediction.finding, algorithm, segmentation=segmentation, label=label
     )
     capture = (
-        build_overlay_capture(source, overlay, algorithm, label=label)
+        build_overlay_capture(source, overlay, algorithm, finding=prediction.finding, label=label)
         if overlay is not None and with_capture
         else None
     )
