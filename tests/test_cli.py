@@ -12,7 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from dicom_factory import synthetic_chest
 from pneumonode.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
+from pneumonode.config import SHIPPED_MODEL
 
 
 def test_console_script_is_installed() -> None:
@@ -94,3 +96,82 @@ def test_an_operating_point_needs_a_calibrated_model(
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert "PNEUMONODE_OPERATING_POINT" in error and "calibrated" in error
+
+
+def test_info_shows_the_model_the_node_serves(
+    tiny_checkpoint: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Its path, name, version, input size (the checkpoint's, not the convert setting's 1024)
+    and the engine the node would pick, without loading the weights."""
+    checkpoint = tiny_checkpoint(size=64)
+    monkeypatch.setenv("PNEUMONODE_MODEL_PATH", str(checkpoint))
+    monkeypatch.setenv("PNEUMONODE_INFERENCE_BACKEND", "torch")
+    monkeypatch.setenv("PNEUMONODE_DEVICE", "cpu")
+    assert main(["info"]) == EXIT_OK
+    table = capsys.readouterr().out.splitlines()
+    model = table[table.index("model served:") + 1 : table.index("settings:")]
+    assert model == [
+        f"  path                 {checkpoint} (PNEUMONODE_MODEL_PATH)",
+        "  name                 pneumonode-test-unet",
+        "  version              0.0.1-test",
+        "  input size           64 px (its config.json)",
+        "  encoder              efficientnet-b0",
+        "  probability          none calibrated (the mask decides)",
+        "  engine               torch on cpu, precision auto (PNEUMONODE_INFERENCE_BACKEND=torch)",
+    ]
+    assert "  image_size           1024 (convert, convert-siim)" in table
+    assert main(["info", "--format", "json"]) == EXIT_OK
+    served = json.loads(capsys.readouterr().out)["model"]
+    assert (served["path"], served["input_size"], served["version"]) == (
+        str(checkpoint),
+        64,
+        "0.0.1-test",
+    )
+    assert (served["backend"], served["device"]) == ("torch", "cpu")
+
+
+def test_info_shows_the_shipped_model_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    config = json.loads((SHIPPED_MODEL / "config.json").read_text())
+    assert main(["info", "--format", "json"]) == EXIT_OK
+    served = json.loads(capsys.readouterr().out)["model"]
+    assert served["path"] == str(SHIPPED_MODEL)
+    assert served["configured_by"] == "shipped model"
+    assert (served["name"], served["version"]) == (config["name"], config["version"])
+    assert served["input_size"] == config["input"]["size"]
+    assert served["calibrated"] is True
+    assert served["operating_point"] == config["decision"]["threshold"]
+    assert served["backend"] in ("torch", "onnxruntime", "openvino")
+
+
+def test_info_names_a_model_it_cannot_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PNEUMONODE_MODEL_PATH", str(tmp_path / "none"))
+    assert main(["info"]) == EXIT_OK  # info shows what is wrong; serve refuses to start
+    table = capsys.readouterr().out
+    assert f"  error                {tmp_path / 'none'}: no such checkpoint" in table
+
+
+def test_predict_without_weights_uses_the_served_model(
+    tiny_checkpoint: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    film = tmp_path / "film.png"
+    cv2.imwrite(str(film), synthetic_chest(96, 80, 8))
+    monkeypatch.setenv("PNEUMONODE_MODEL_PATH", str(tiny_checkpoint(bias=20.0)))
+    out = tmp_path / "out"
+    args = ["predict", str(film), "--out", str(out), "--backend", "torch", "--precision", "fp32"]
+    assert main(args) == EXIT_OK
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["version"] == "0.0.1-test"
+    assert [p["present"] for p in report["predictions"]] == [True]
+    assert "film.png: pneumothorax" in capsys.readouterr().out
+    # at the node's operating point, which this uncalibrated model cannot take: one line
+    monkeypatch.setenv("PNEUMONODE_OPERATING_POINT", "0.4")
+    assert main(args) == EXIT_ERROR
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: PNEUMONODE_OPERATING_POINT")

@@ -132,7 +132,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "for each file, and predictions.json with the findings. AI result, not for clinical use.",
     )
     predict.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    predict.add_argument("--weights", type=Path, required=True, help="checkpoint folder or .pth")
+    predict.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="checkpoint folder or .pth (default: the configured model, PNEUMONODE_MODEL_PATH, "
+        "else the shipped one)",
+    )
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--tta", action="store_true", help="average with a horizontal flip")
     predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
@@ -318,7 +324,10 @@ def _build_parser() -> argparse.ArgumentParser:
     predict_dicom.add_argument("files", nargs="+", type=Path, metavar="FILE")
     predict_dicom.add_argument("--out", type=Path, default=Path("pneumonode-results"))
     predict_dicom.add_argument(
-        "--weights", type=Path, default=None, help="default: the configured model"
+        "--weights",
+        type=Path,
+        default=None,
+        help="default: the configured model (PNEUMONODE_MODEL_PATH, else the shipped one)",
     )
     predict_dicom.add_argument("--sc", action="store_true", help="also a Secondary Capture")
     predict_dicom.add_argument("--tta", action="store_true")
@@ -426,21 +435,103 @@ def _since(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _served_model(settings: Settings) -> dict[str, Any]:
+    """The model the node would serve and the engine it would run on, from the checkpoint's
+    config.json and this host (the weights are not loaded); ``error`` where either fails."""
+    from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
+    from pneumonode.model.predictor import BackendUnavailableError, choose_backend
+
+    served: dict[str, Any] = {
+        "path": str(settings.model),
+        "configured_by": "PNEUMONODE_MODEL_PATH" if settings.model_path else "shipped model",
+    }
+    try:
+        config = read_checkpoint_config(settings.model)
+    except CheckpointError as exc:
+        return {**served, "error": str(exc)}
+    operating_point = settings.operating_point
+    if operating_point is None and config.decision is not None:
+        operating_point = config.decision.threshold
+    served |= {
+        "name": config.name,
+        "version": config.version,
+        "input_size": config.input.size,
+        "encoder": config.architecture.encoder,
+        "calibrated": config.calibration is not None,
+        "operating_point": operating_point,
+        "operating_point_from": (
+            "PNEUMONODE_OPERATING_POINT" if settings.operating_point is not None else "model"
+        ),
+        "backend_setting": settings.inference_backend,
+        "device_setting": settings.device,
+        "precision_setting": settings.inference_precision,
+    }
+    try:
+        backend = choose_backend(
+            settings.inference_backend, settings.device, settings.inference_precision
+        )
+    except BackendUnavailableError as exc:
+        return {**served, "error": str(exc)}
+    return served | {"backend": backend, "device": settings.device if backend == "torch" else "cpu"}
+
+
+def _model_lines(served: dict[str, Any]) -> list[str]:
+    """``info``'s table of the served model, one ``name value`` row each."""
+    rows = [("path", f"{served['path']} ({served['configured_by']})")]
+    if "name" in served:
+        if not served["calibrated"]:
+            probability = "none calibrated (the mask decides)"
+        elif served["operating_point"] is None:
+            probability = "calibrated"
+        else:
+            probability = (
+                f"calibrated, positive from {served['operating_point']:g} "
+                f"({served['operating_point_from']})"
+            )
+        rows += [
+            ("name", served["name"]),
+            ("version", served["version"]),
+            ("input size", f"{served['input_size']} px (its config.json)"),
+            ("encoder", served["encoder"]),
+            ("probability", probability),
+        ]
+    if "backend" in served:
+        device = "cuda when present, else cpu" if served["device"] == "auto" else served["device"]
+        rows.append(
+            (
+                "engine",
+                f"{served['backend']} on {device}, precision {served['precision_setting']} "
+                f"(PNEUMONODE_INFERENCE_BACKEND={served['backend_setting']})",
+            )
+        )
+    if "error" in served:
+        rows.append(("error", served["error"]))
+    return [f"  {name:20} {value}" for name, value in rows]
+
+
 def _cmd_info(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.conversion import decoder_table
 
     decoders = decoder_table()
+    served = _served_model(settings)
     if args.format == "json":
         payload = {
             "version": __version__,
+            "model": served,
             "settings": json.loads(settings.model_dump_json()),
             "decoders": [{"name": n, "uid": u, "plugins": p} for n, u, p in decoders],
         }
         print(json.dumps(payload, indent=2))
         return EXIT_OK
     print(f"pneumonode {__version__}")
+    print("model served:")
+    for line in _model_lines(served):
+        print(line)
+    print("settings:")
     for key, value in settings.model_dump().items():
-        print(f"  {key:20} {value}")
+        # the model reads images at its own size (above); this one is convert's
+        note = " (convert, convert-siim)" if key == "image_size" else ""
+        print(f"  {key:20} {value}{note}")
     print("pixel data decoders (in order of preference):")
     for name, uid, plugins in decoders:
         print(f"  {name[:56]:56} {uid:24} {plugins}")
@@ -524,13 +615,16 @@ def _cmd_inspect_dataset(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _load_predictor(settings: Settings, args: argparse.Namespace) -> Predictor:
-    """The checkpoint ``--weights`` on the engine the options (or settings) ask for."""
+    """The checkpoint ``--weights`` on the engine the options (or settings) ask for; without
+    ``--weights`` the model the node serves, at its operating point (PNEUMONODE_OPERATING_POINT
+    where set), so that its findings are the node's."""
     from pneumonode.model.checkpoint import CheckpointError
     from pneumonode.model.predictor import Predictor
 
+    served = args.weights is None
     try:
-        return Predictor.load(
-            args.weights,
+        predictor = Predictor.load(
+            settings.model if served else args.weights,
             device=args.device,
             precision=args.precision,
             tta=args.tta,
@@ -539,6 +633,12 @@ def _load_predictor(settings: Settings, args: argparse.Namespace) -> Predictor:
         )
     except (CheckpointError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    if served and settings.operating_point is not None:
+        try:
+            predictor.set_operating_point(settings.operating_point)
+        except ValueError as exc:
+            raise CliError(f"PNEUMONODE_OPERATING_POINT: {exc}") from None
+    return predictor
 
 
 def _write_predictions(
@@ -1010,8 +1110,6 @@ def _cmd_predict_dicom(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.dicom_node.spool import safe_component
     from pneumonode.worker.pipeline import analyse, write_results
 
-    if args.weights is None:
-        args.weights = settings.model
     predictor = _load_predictor(settings, args)
     failed = 0
     summary = []
