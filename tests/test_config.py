@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pneumonode.config import ConfigFileError, Settings
+from pneumonode.config import (
+    ConfigError,
+    ConfigFileError,
+    Settings,
+    child_environment,
+    load_settings,
+    unknown_environment,
+)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -76,3 +83,65 @@ def test_invalid_values(monkeypatch: pytest.MonkeyPatch, key: str, value: str) -
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_load_settings_names_each_setting_as_the_operator_wrote_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One line, ``NAME: problem`` for each: the environment variable, or the config file's key
+    where the file set it; pydantic's own report (types, inputs, URLs) never shows."""
+    config = tmp_path / "pneumonode.toml"
+    config.write_text('image_size = 10\nlog_level = "LOUD"\n')
+    monkeypatch.setenv("PNEUMONODE_LOG_LEVEL", "LOUDER")  # the environment beats the file
+    monkeypatch.setenv("PNEUMONODE_DESTINATIONS", "PACS@10.0.0.5:104, ORTHANC@127.0.0.1")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    problems = str(refused.value).split("; ")
+    assert problems == [
+        f"image_size in {config}: must be at least 64, got 10",
+        "PNEUMONODE_LOG_LEVEL: must be 'DEBUG', 'INFO', 'WARNING' or 'ERROR', got 'LOUDER'",
+        "PNEUMONODE_DESTINATIONS: destination 'ORTHANC@127.0.0.1': expected AE@host:port",
+    ]
+
+
+def test_load_settings_never_repeats_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PNEUMONODE_DATABASE_URL", "postgresql://node:s3cret@db:notaport/x")
+    monkeypatch.setenv("PNEUMONODE_BROKER_URL", "redis:/s3cret@broker")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "s3cret" not in str(refused.value)
+    assert "PNEUMONODE_DATABASE_URL: not a database URL" in str(refused.value)
+    assert "PNEUMONODE_BROKER_URL: not a broker URL" in str(refused.value)
+
+
+def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("image_size = \n")
+    with pytest.raises(ConfigError, match=f"config file {broken}: not valid TOML"):
+        load_settings(broken)
+
+
+def test_model_level_checks_name_their_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PNEUMONODE_DESTINATIONS", "PACS@10.0.0.5:104")
+    monkeypatch.setenv("PNEUMONODE_SC_DESTINATIONS", "VIEWER@10.0.0.6:104")
+    with pytest.raises(ConfigError, match=r"^PNEUMONODE_SC_DESTINATIONS: sc_destinations must"):
+        load_settings()
+
+
+def test_unknown_environment_variables_are_named_with_the_nearest_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PNEUMONODE_AETITLE", "PACS")
+    monkeypatch.setenv("PNEUMONODE_WHATEVER", "1")
+    monkeypatch.setenv("PNEUMONODE_TEST_SOMETHING", "1")  # the test suite's own
+    assert list(unknown_environment()) == [
+        "environment variable PNEUMONODE_AETITLE is not a pneumonode setting and is ignored; "
+        "did you mean PNEUMONODE_AE_TITLE?",
+        "environment variable PNEUMONODE_WHATEVER is not a pneumonode setting and is ignored "
+        "(see docs/configuration.md)",
+    ]
+    children = child_environment()  # child processes do not warn again
+    assert "PNEUMONODE_AETITLE" not in children and "PNEUMONODE_TEST_SOMETHING" in children
+    assert children["PNEUMONODE_DATA_DIR"]

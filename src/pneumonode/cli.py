@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom.config
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from tqdm import tqdm
 
 from pneumonode import __version__
-from pneumonode.config import ConfigFileError, Settings
+from pneumonode.config import ConfigError, Settings, load_settings, unknown_environment
 from pneumonode.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -1439,13 +1439,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _build_parser().parse_args(argv)
     try:
-        settings = Settings(config_file=args.config) if args.config else Settings()
-    except (ConfigFileError, ValidationError) as exc:
-        first = str(exc).strip().splitlines()
-        print(f"error: invalid configuration: {' '.join(first[:3])}", file=sys.stderr)
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # echo/send/resend: their outcome is our one line on stderr
     configure_logging(settings, quiet_network=args.command in ("echo", "send", "resend"))
+    for warning in unknown_environment():
+        log.warning(warning)
     # pydicom's value validation warnings quote values, which may be patient data
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     inference_defaults = {
@@ -1456,9 +1457,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in inference_defaults.items():
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, value)
+    from pneumonode.startup import NODE_PARTS, StartupError, check_startup
+
     try:
+        if args.command in NODE_PARTS:  # before anything starts: the data folder, ports, ...
+            check_startup(settings, args.command)
         return COMMANDS[args.command](settings, args)
-    except CliError as exc:
+    except (CliError, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

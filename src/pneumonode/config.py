@@ -7,12 +7,18 @@ highest first: explicit arguments, environment, config file, defaults.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
+import tomllib
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,14 +26,43 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
 
-__all__ = ["SHIPPED_MODEL", "ConfigFileError", "Settings", "get_settings"]
+from pneumonode.dicom_node.peers import PeerRule, parse_destination
+
+__all__ = [
+    "SHIPPED_MODEL",
+    "ConfigError",
+    "ConfigFileError",
+    "Settings",
+    "child_environment",
+    "get_settings",
+    "load_settings",
+    "unknown_environment",
+]
 
 ENV_PREFIX = "PNEUMONODE_"
+#: Environment variables of the test suite (tests/conftest.py), not settings of the node.
+TEST_PREFIX = "PNEUMONODE_TEST_"
+#: Settings whose values are never repeated in an error message (passwords in URLs, tokens).
+SECRET_SETTINGS = frozenset({"api_token", "database_url", "broker_url"})
 
 
-class ConfigFileError(ValueError):
+class ConfigError(ValueError):
+    """A setting pneumonode cannot use; the message is one line that names it and the problem."""
+
+
+class ConfigFileError(ConfigError):
     """The config file named in the settings is missing or unreadable."""
+
+
+class SettingError(ValueError):
+    """A validator's complaint about one setting (``setting``: its field name), for checks
+    that look at several fields together."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(problem)
+        self.setting = setting
 
 
 #: The model that ships with pneumonode (models/ at the project root; see MODEL_CARD.md there).
@@ -100,14 +135,43 @@ class Settings(BaseSettings):
         "many days, hourly (the database rows and audit trail stay; unfinished or undelivered "
         "work is kept). 0 keeps everything. `pneumonode prune` does it by hand.",
     )
-    max_associations: int = Field(default=16, ge=1, description="Concurrent associations.")
+    max_associations: int = Field(
+        default=16,
+        ge=1,
+        description="Concurrent negotiated associations (connections still negotiating count "
+        "against max_negotiating instead).",
+    )
     max_instance_mb: int = Field(
         default=2048,
         ge=1,
         description="Largest object one C-STORE may bring; a larger one is deleted and "
         "answered 0xA700 (out of resources).",
     )
-    network_timeout: float = Field(default=60.0, gt=0, description="Seconds of silence allowed.")
+    network_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds of silence allowed in an association (before it, artim_timeout).",
+    )
+    artim_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a new connection has to bring its whole A-ASSOCIATE-RQ (TLS "
+        "handshake included), and the peer has to close after our A-ASSOCIATE-RJ, A-RELEASE-RP "
+        "or A-ABORT: PS3.8's ARTIM timer. Arriving bytes do not restart it.",
+    )
+    max_negotiating: int = Field(
+        default=64,
+        ge=1,
+        description="Connections held without an association yet (awaiting their "
+        "A-ASSOCIATE-RQ, or closing after a refusal); beyond it the oldest of the address "
+        "holding the most is closed for the newcomer.",
+    )
+    max_negotiating_per_address: int = Field(
+        default=8,
+        ge=1,
+        description="Of max_negotiating, how many one peer address may hold; its next "
+        "connection closes its oldest.",
+    )
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="Seconds SIGTERM waits for in-flight transfers."
     )
@@ -275,15 +339,87 @@ class Settings(BaseSettings):
     def _valid_ae_title(cls, value: str) -> str:
         value = value.strip()
         if not 1 <= len(value) <= 16 or "\\" in value or not value.isprintable():
-            raise ValueError(f"AE title must be 1-16 printable characters, got {value!r}")
+            raise ValueError(
+                f"AE title must be 1-16 printable characters without a backslash, got {value!r}"
+                f" ({len(value)} characters)"
+            )
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _valid_destinations(cls, value: list[str]) -> list[str]:
+        for text in value:  # the parser `pneumonode echo` and the sender use
+            parse_destination(text)
+        return value
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _valid_peers(cls, value: list[str]) -> list[str]:
+        """Each 'AE' or 'AE@host', with the listener's parser; the host is resolved when the
+        listener starts, not whenever the settings are read."""
+        for text in value:
+            ae_title, sep, host = text.strip().partition("@")
+            try:
+                PeerRule.parse(ae_title)  # no host: nothing to resolve
+            except ValueError:
+                raise ValueError(
+                    f"allowed peer {text!r}: AE title must be 1-16 printable characters "
+                    "without a backslash"
+                ) from None
+            if sep and not host.strip().strip("[]"):
+                raise ValueError(f"allowed peer {text!r}: no host after '@' (AE or AE@host)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+        return value.strip()
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):  # their messages quote the URL, password and all
+            raise ValueError(
+                "not a database URL (e.g. postgresql://user@host:5432/db or sqlite:///path)"
+            ) from None
+        try:
+            url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(
+                f"unknown database kind {url.drivername!r} (postgresql://... or sqlite:///...)"
+            ) from None
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _valid_broker_url(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        from kombu.transport import TRANSPORT_ALIASES
+
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme.partition("+")[0] not in TRANSPORT_ALIASES:
+            raise ValueError(
+                "not a broker URL Celery knows (e.g. redis://host:6379/0 or amqp://host//)"
+            )
         return value
 
     @model_validator(mode="after")
     def _sc_destinations_are_destinations(self) -> Settings:
         unknown = [d for d in self.sc_destinations if d not in self.destinations]
         if unknown:
-            raise ValueError(
-                f"sc_destinations must be listed in destinations too: {', '.join(unknown)}"
+            raise SettingError(
+                "sc_destinations",
+                f"sc_destinations must be listed in destinations too: {', '.join(unknown)}",
             )
         return self
 
@@ -291,18 +427,28 @@ class Settings(BaseSettings):
     def _tls_complete(self) -> Settings:
         unknown = [d for d in self.tls_destinations if d not in self.destinations]
         if unknown:
-            raise ValueError(
-                f"tls_destinations must be listed in destinations too: {', '.join(unknown)}"
+            raise SettingError(
+                "tls_destinations",
+                f"tls_destinations must be listed in destinations too: {', '.join(unknown)}",
             )
         if self.dicom_tls_port is not None:
             if self.tls_cert_file is None or self.tls_key_file is None:
-                raise ValueError("dicom_tls_port needs tls_cert_file and tls_key_file")
+                raise SettingError(
+                    "dicom_tls_port", "dicom_tls_port needs tls_cert_file and tls_key_file"
+                )
             if self.dicom_plaintext and self.dicom_tls_port == self.dicom_port:
-                raise ValueError("dicom_tls_port must differ from dicom_port")
+                raise SettingError("dicom_tls_port", "dicom_tls_port must differ from dicom_port")
         elif not self.dicom_plaintext:
-            raise ValueError("dicom_plaintext is off but no dicom_tls_port is set")
+            raise SettingError(
+                "dicom_plaintext", "dicom_plaintext is off but no dicom_tls_port is set"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file go together")
+            missing, given = (
+                ("tls_key_file", "tls_cert_file")
+                if self.tls_key_file is None
+                else ("tls_cert_file", "tls_key_file")
+            )
+            raise SettingError(missing, f"missing: {given} is set, and the two go together")
         return self
 
     @model_validator(mode="after")
@@ -356,10 +502,139 @@ class Settings(BaseSettings):
         path = Path(config_file).expanduser()
         if not path.is_file():
             raise ConfigFileError(f"config file {path} does not exist or is not a file")
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+        try:
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigFileError(f"config file {path}: not valid TOML ({exc})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigFileError(f"config file {path}: cannot be read ({exc})") from None
+        return (init_settings, env_settings, toml)
+
+    def name_of(self, setting: str) -> str:
+        """How the operator set ``setting``: its environment variable, or its key in the
+        config file when the file set it (for messages that name a setting)."""
+        return _name_of(setting, self.config_file)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """The settings, or :class:`ConfigError` whose message is one line: the setting, as the
+    operator wrote it (environment variable or config file key), and what is wrong with it."""
+    try:
+        return Settings(config_file=config_file) if config_file else Settings()
+    except ValidationError as exc:
+        in_file = config_file or _environment_value("config_file")
+        raise ConfigError(_describe(exc, Path(in_file) if in_file else None)) from None
+    except SettingsError as exc:  # a value the environment source cannot decode (JSON)
+        found = re.search(r'field "(\w+)"', str(exc))
+        where = _env_name(found.group(1)) if found else "an environment variable"
+        raise ConfigError(f"{where}: not valid JSON") from None
+
+
+def unknown_environment() -> Iterator[str]:
+    """A warning for each ``PNEUMONODE_*`` environment variable that is not a setting (and so
+    is ignored), with the nearest real name."""
+    known = [name.upper() for name in Settings.model_fields]
+    for key in sorted(_unknown_environment_names()):
+        near = difflib.get_close_matches(key.upper().removeprefix(ENV_PREFIX), known, n=1)
+        hint = f"; did you mean {ENV_PREFIX}{near[0]}?" if near else " (see docs/configuration.md)"
+        yield f"environment variable {key} is not a pneumonode setting and is ignored{hint}"
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for a child pneumonode process: this one's, without the ``PNEUMONODE_*``
+    variables that are not settings (this process has warned of them already)."""
+    unknown = _unknown_environment_names()
+    return {key: value for key, value in os.environ.items() if key not in unknown}
+
+
+def _unknown_environment_names() -> set[str]:
+    known = {_env_name(name) for name in Settings.model_fields}
+    return {
+        key
+        for key in os.environ
+        if key.upper().startswith(ENV_PREFIX)
+        and key.upper() not in known
+        and not key.upper().startswith(TEST_PREFIX)
+    }
+
+
+def _env_name(setting: str) -> str:
+    return f"{ENV_PREFIX}{setting.upper()}"
+
+
+def _environment_value(setting: str) -> str | None:
+    """The environment's value of ``setting`` (names are case-insensitive, as for Settings)."""
+    wanted = _env_name(setting)
+    return next((v for k, v in os.environ.items() if k.upper() == wanted), None)
+
+
+def _name_of(setting: str, config_file: Path | None) -> str:
+    if setting in Settings.model_fields and _environment_value(setting) is not None:
+        return _env_name(setting)  # the environment beats the file
+    if config_file is not None:
+        return f"{setting} in {config_file}"
+    return _env_name(setting)
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    """One line for a validation error: each problem as ``NAME: what is wrong``."""
+    problems = [_problem(error, config_file) for error in exc.errors(include_url=False)]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
+def _problem(error: ErrorDetails, config_file: Path | None) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    cause = ctx.get("error")
+    setting = str(error["loc"][0]) if error["loc"] else getattr(cause, "setting", None)
+    if kind == "extra_forbidden":
+        fields = list(Settings.model_fields)
+        near = difflib.get_close_matches(str(setting), fields, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        where = f"{setting} in {config_file}" if config_file else str(setting)
+        return f"{where}: not a setting{hint}"
+    if kind in ("value_error", "assertion_error") and cause is not None:
+        what = str(cause)
+    else:
+        try:
+            what = _PROBLEMS[kind].format(**ctx)
+        except (KeyError, IndexError):
+            what = error["msg"][:1].lower() + error["msg"][1:]
+        given = error.get("input")
+        if setting not in SECRET_SETTINGS and isinstance(given, str | int | float):
+            shown = repr(given)
+            what += f", got {shown if len(shown) <= 80 else shown[:76] + '...'}"
+    if setting is None:
+        return what
+    return f"{_name_of(setting, config_file)}: {what}"
+
+
+#: Plain words for pydantic's error types (the rest keep pydantic's own message).
+_PROBLEMS = {
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "literal_error": "must be {expected}",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "string_too_long": "must be at most {max_length} characters",
+    "string_too_short": "must be at least {min_length} characters",
+    "too_short": "needs {min_length} values",
+    "too_long": "takes {max_length} values",
+    "json_invalid": "not valid JSON",
+    "list_type": "must be a list (comma separated)",
+    "tuple_type": "must be a list such as [0.5, 99.5]",
+    "path_type": "must be a path",
+}

@@ -11,6 +11,7 @@ wherever the model should run, against a shared broker and database.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -24,12 +25,13 @@ from types import FrameType
 from typing import Any
 
 from pneumonode.api.security import ApiToken
-from pneumonode.config import Settings
+from pneumonode.config import Settings, child_environment
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import DeliveryLoop, RetryPolicy
 from pneumonode.dicom_node.scp import Listener
 from pneumonode.dicom_node.service import build_listener
 from pneumonode.retention import RetentionLoop
+from pneumonode.startup import StartupError, listen_socket, port_problem
 from pneumonode.worker.dispatch import Dispatcher
 
 __all__ = [
@@ -71,7 +73,7 @@ class _Supervised:
         self._thread.start()
 
     def _popen(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, start_new_session=True)
+        return subprocess.Popen(self.command, start_new_session=True, env=child_environment())
 
     def _spawn(self) -> None:
         self.process = self._popen()
@@ -145,7 +147,11 @@ class DispatcherProcess(_Supervised):
 
     def _popen(self) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            self.command, stdin=subprocess.PIPE, bufsize=0, start_new_session=True
+            self.command,
+            stdin=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,
+            env=child_environment(),
         )
         assert process.stdin is not None
         os.set_blocking(process.stdin.fileno(), False)
@@ -176,13 +182,15 @@ class DispatcherProcess(_Supervised):
 
 
 class ApiServer:
-    """The HTTP API (uvicorn) in a thread of this process."""
+    """The HTTP API (uvicorn) in a thread of this process, on a socket it binds itself (so that
+    a port in use is one :class:`StartupError` naming the setting, not uvicorn's exit)."""
 
     def __init__(self, settings: Settings, database: Database, token: ApiToken) -> None:
         import uvicorn
 
         from pneumonode.api import create_app
 
+        self.settings = settings
         config = uvicorn.Config(
             create_app(settings, database, token),
             host=settings.api_host,
@@ -192,18 +200,28 @@ class ApiServer:
             access_log=False,
         )
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, name="api", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> None:
+        settings = self.settings
+        bound = listen_socket(settings, "api_port", "api_host", settings.api_port)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [bound]}, name="api", daemon=True
+        )
         self._thread.start()
         waited = 0.0
         while not self.server.started and waited < timeout:
             if not self._thread.is_alive():
-                raise RuntimeError("the API server stopped at start (is its port in use?)")
+                raise StartupError(
+                    f"{settings.name_of('api_port')}: the API server stopped at start "
+                    f"on {settings.api_host}:{settings.api_port}"
+                )
             threading.Event().wait(0.05)
             waited += 0.05
 
     def stop(self) -> None:
+        if self._thread is None:
+            return
         self.server.should_exit = True
         self._thread.join(timeout=10)
 
@@ -316,7 +334,7 @@ def run_api(settings: Settings, database: Database, token: ApiToken) -> None:
         _say(settings, f"API on http://{settings.api_host}:{settings.api_port}/")
         _wait_for(stop)
     finally:
-        api.stop()
+        api.stop()  # nothing to stop when it never started
         _restore(previous)
 
 
@@ -387,14 +405,17 @@ def run_node(
     retention = RetentionLoop(settings, database) if settings.retention_days else None
     worker = WorkerProcess(settings.config_file) if with_worker else None
     api = ApiServer(settings, database, token) if token is not None else None
-    started: list[str] = []
+    started: set[str] = set()  # what to stop: a part that failed to start stops nothing
     try:
-        listener.start()
-        started.append("listener")
+        _start_listener(settings, listener)
+        started.add("listener")
         dispatcher.start()
+        started.add("dispatcher")
         deliveries.start()
+        started.add("deliveries")
         if retention is not None:
             retention.start()
+            started.add("retention")
         if api is not None:
             api.start()
             _token_banner(settings, token)  # type: ignore[arg-type]
@@ -403,14 +424,31 @@ def run_node(
         _print_banner(settings, listener, worker, api)
         _wait_for(stop)
     finally:
-        if started:
+        if "listener" in started:
             listener.stop()  # in-flight C-STOREs finish first
         if api is not None:
             api.stop()
-        dispatcher.stop()
-        deliveries.stop()
-        if retention is not None:
+        if "dispatcher" in started:
+            dispatcher.stop()
+        if "deliveries" in started:
+            deliveries.stop()
+        if retention is not None and "retention" in started:
             retention.stop()
         if worker is not None:
             worker.stop(settings.shutdown_grace)
         _restore(previous)
+
+
+def _start_listener(settings: Settings, listener: Listener) -> None:
+    """Start the listener; a port taken since ``pneumonode.startup`` checked it is a
+    :class:`StartupError` naming its setting."""
+    try:
+        listener.start()
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            raise
+        plain_failed = settings.dicom_plaintext and "plain" not in listener.servers
+        failed = "dicom_port" if plain_failed else "dicom_tls_port"
+        listener.stop(grace=0)
+        port = int(getattr(settings, failed))
+        raise port_problem(settings, failed, "dicom_host", port, exc) from None
