@@ -11,10 +11,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    DigitalXRayImageStorageForPresentation,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from dicom_factory import synthetic_chest
 from pneumonode.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
 from pneumonode.config import SHIPPED_MODEL
+from pneumonode.db.models import Delivery
+from pneumonode.db.session import Database
 
 
 def test_console_script_is_installed() -> None:
@@ -175,3 +183,42 @@ def test_predict_without_weights_uses_the_served_model(
     assert main(args) == EXIT_ERROR
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.startswith("error: PNEUMONODE_OPERATING_POINT")
+
+
+def test_deliveries_table_has_a_header_and_names_each_object(
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SEG, SR or SC (other classes by keyword), under a header row, the columns aligned."""
+    monkeypatch.setenv("PNEUMONODE_DATABASE_URL", database.url)
+    classes = [SegmentationStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage]
+    with database.session() as session:
+        for k, sop_class in enumerate([*classes, DigitalXRayImageStorageForPresentation]):
+            session.add(
+                Delivery(
+                    destination="PACS@127.0.0.1:11112",
+                    path=f"/results/{k}.dcm",
+                    sop_uid=f"1.2.3.{k}",
+                    sop_class_uid=sop_class,
+                    last_error="association rejected\nby PACS" if k == 0 else None,
+                )
+            )
+    assert main(["deliveries"]) == EXIT_OK
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == [
+        "ID",
+        "OBJECT",
+        "STATE",
+        "DESTINATION",
+        "ATTEMPTS",
+        "NEXT_ATTEMPT_AT",
+        "SOP_UID",
+        "LAST_ERROR",
+    ]
+    objects = [line.split()[1] for line in lines]
+    assert objects == ["DigitalXRayImageStorageForPresentation", "SC", "SR", "SEG"]  # newest first
+    for line in lines:
+        assert line.index("pending") == header.index("STATE")
+    assert lines[-1].endswith("association rejected by PACS")
+    assert lines[0].endswith("1.2.3.3  -")

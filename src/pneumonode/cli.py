@@ -1312,14 +1312,30 @@ def _emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     else:
-        for row in rows:
-            print("  ".join(str(row.get(c) if row.get(c) is not None else "-") for c in columns))
+        for line in _table(rows, columns):
+            print(line)
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    """A header row of the column names in capitals, then one line per row, the columns
+    aligned; a missing or empty value is ``-``, a line break inside a value a space."""
+
+    def cell(value: Any) -> str:
+        return " ".join(str("" if value is None else value).splitlines()) or "-"
+
+    lines = [[name.upper() for name in columns]]
+    lines += [[cell(row.get(name)) for name in columns] for row in rows]
+    widths = [max(len(line[k]) for line in lines) for k in range(len(columns))]
+    return [
+        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
 
 
 def _cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from pneumonode.db.models import Delivery
+    from pneumonode.results import result_kind
 
     database = _open_database(settings)
     with database.session() as session:
@@ -1329,6 +1345,7 @@ def _cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
         rows = [
             {
                 "id": d.id,
+                "object": result_kind(d.sop_class_uid),
                 "state": d.state,
                 "destination": d.destination,
                 "attempts": d.attempts,
@@ -1341,7 +1358,16 @@ def _cmd_deliveries(settings: Settings, args: argparse.Namespace) -> int:
     _emit(
         rows,
         args.format,
-        ["id", "state", "destination", "attempts", "next_attempt_at", "sop_uid", "last_error"],
+        [
+            "id",
+            "object",
+            "state",
+            "destination",
+            "attempts",
+            "next_attempt_at",
+            "sop_uid",
+            "last_error",
+        ],
     )
     return EXIT_OK
 

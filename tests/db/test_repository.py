@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import bindparam, inspect, select, text
 
-from pneumonode.cli import main
+from pneumonode.cli import AUDIT_COLUMNS, main
 from pneumonode.db.direct import Direct, direct_insert
 from pneumonode.db.models import AuditEvent, Job, JobState, Study, utcnow
 from pneumonode.db.repository import (
@@ -149,6 +149,9 @@ def test_audit_cli_formats(
     assert csv_out[0].startswith("at,kind,") and len(csv_out) == 3
     assert main(["audit", "--kind", "job.created"]) == 0
     table = capsys.readouterr().out
+    header, *lines = table.splitlines()
+    assert header.split() == [column.upper() for column in AUDIT_COLUMNS]
+    assert len(lines) == 1 and lines[0].index("job.created") == header.index("KIND")
     assert "job.created" in table and "instance.received" not in table
     assert "PAT-1" not in table  # the table view never shows patient identifiers
 

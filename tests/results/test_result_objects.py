@@ -20,6 +20,7 @@ from pneumonode.results import (
     build_report,
     build_segmentation,
     render_overlay,
+    result_kind,
 )
 from result_checks import ALGORITHM
 
@@ -314,3 +315,18 @@ def test_the_seg_is_referenced_by_its_frame_alone_in_every_report() -> None:
         to_seg = [r for r in references(report) if r.ReferencedSOPInstanceUID == seg.SOPInstanceUID]
         assert [r.ReferencedFrameNumber for r in to_seg] == [1]
         assert all("ReferencedSegmentNumber" not in r for r in references(report))
+
+
+def test_each_result_object_is_named_by_its_kind() -> None:
+    """What `pneumonode deliveries` and the pages call our objects: SEG, SR, SC by SOP class."""
+    source = make_dx(synthetic_chest(64, 48, 12), 12)
+    mask = np.zeros((64, 48), dtype=bool)
+    mask[5:15, 30:40] = True
+    finding = summarise(mask, 0.9, source)
+    seg = build_segmentation(source, mask, ALGORITHM)
+    sr = build_report(source, finding, ALGORITHM, segmentation=seg)
+    grey = synthetic_chest(64, 48, 8)
+    sc = build_overlay_capture(source, render_overlay(grey, mask), ALGORITHM, finding=finding)
+    assert [result_kind(ds.SOPClassUID) for ds in (seg, sr, sc)] == ["SEG", "SR", "SC"]
+    assert result_kind(source.SOPClassUID) == "DigitalXRayImageStorageForPresentation"
+    assert result_kind("1.2.3.4") == "1.2.3.4"

@@ -21,7 +21,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import insert, text
 
 from peers_harness import dciodvfy_errors
-from pneumonode.cli import EXIT_ERROR, EXIT_OK, main
+from pneumonode.cli import EXIT_ERROR, EXIT_OK, RESULT_COLUMNS, main
 from pneumonode.db.models import (
     Base,
     Delivery,
@@ -234,8 +234,11 @@ def test_results_filters_and_formats(
     assert len(rows) == 5 and {r["finding"] for r in rows} == {"present"}
     assert rows[0]["area"] == "4 mm2" and rows[0]["delivery"] == "sent"
     assert main(["results", "--status", "skipped", "--limit", "3"]) == EXIT_OK
-    table = capsys.readouterr().out.strip().splitlines()
+    header, *table = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == [column.upper() for column in RESULT_COLUMNS]
     assert len(table) == 3 and all("skipped: view position LL" in line for line in table)
+    # aligned: every column starts where its name starts in the header
+    assert all(line.index(" skipped") == header.index(" STATUS") for line in table)
 
 
 @pytest.mark.slow

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydicom import Dataset
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    ComprehensiveSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from pneumonode.identity import MANUFACTURER, SOFTWARE_VERSION
 from pneumonode.model.checkpoint import CheckpointConfig
@@ -23,6 +28,7 @@ __all__ = [
     "AlgorithmInfo",
     "ResultKind",
     "derived_uid",
+    "result_kind",
     "result_source",
     "series_description",
 ]
@@ -33,6 +39,11 @@ ResultKind = Literal["SEG", "SR", "SC"]
 SERIES_NUMBERS: dict[ResultKind, int] = {"SEG": 9901, "SR": 9902, "SC": 9903}
 
 _WHAT = {"SEG": "segmentation", "SR": "report", "SC": "overlay"}
+_KINDS: dict[str, ResultKind] = {
+    SegmentationStorage: "SEG",
+    ComprehensiveSRStorage: "SR",
+    SecondaryCaptureImageStorage: "SC",
+}
 _UID_NAMESPACE = uuid.UUID("6f1c2a4e-8d0b-5b7e-9a51-3c2f1d7e0b64")
 _AGE = re.compile(r"^\d{3}[DWMY]$")
 #: Type 2 attributes of the Patient and General Study modules: our objects must carry them (empty
@@ -95,6 +106,14 @@ def derived_uid(source_uid: str, version: str, what: str) -> UID:
     """
     name = "\x1f".join(("pneumonode", source_uid, version, what))
     return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}")
+
+
+def result_kind(sop_class_uid: str) -> str:
+    """What a sent object is, for people: SEG, SR or SC for the SOP classes of our results,
+    another class by its keyword (``DigitalXRayImageStorageForPresentation``), else its UID."""
+    if sop_class_uid in _KINDS:
+        return _KINDS[sop_class_uid]
+    return UID(sop_class_uid).keyword or sop_class_uid
 
 
 def series_description(kind: ResultKind, label: str) -> str:
