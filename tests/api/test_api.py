@@ -85,7 +85,11 @@ def test_health_needs_no_token_and_says_what_is_up(api: Api) -> None:
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["ready"] is True
-    assert set(body["components"]) == {"listener", "database", "broker", "workers", "model", "disk"}
+    assert set(body["components"]) == {
+        *("listener", "database", "broker", "workers", "model", "disk", "deliveries")
+    }
+    # the results went to a destination that is down, once (send_max_attempts=1): dead-lettered
+    assert body["status"] == body["components"]["deliveries"]["state"] == "degraded"
     assert body["components"]["workers"]["state"] == "ok"
     assert "pneumonode-test-unet" in body["components"]["model"]["detail"]
 

@@ -458,3 +458,35 @@ def test_rejected_calling_ae_is_dead_after_one_attempt(
     answer = echo(parse_destination(destination), CALLING_AE, timeout=5)
     assert not answer.ok
     assert "rejected the association" in answer.reason
+
+
+def test_a_malformed_destination_is_dead_at_once_with_its_reason(
+    database: Database, siim_sample_dicoms: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row whose destination does not parse (queued before the settings were checked) was
+    claimed again and again with 0 attempts ("delivery loop failed; retrying"); now it is one
+    permanent failure, dead-lettered with the parser's reason."""
+    path = siim_sample_dicoms[0]
+    with database.session() as session:
+        bad = add_delivery(
+            session,
+            path,
+            "ORTHANC@127.0.0.1",  # no port: what `pneumonode echo` refuses
+            sop_uid=_sop_uid(path),
+            sop_class_uid=str(read_file_meta_info(path).MediaStorageSOPClassUID),
+        )
+    loop = DeliveryLoop(database, FAST, interval=0.05)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while _rows(database, [bad])[0].state != DeliveryState.DEAD:
+            assert time.monotonic() < deadline, "not dead-lettered"
+            time.sleep(0.05)
+        time.sleep(0.2)  # a few more looks: nothing more happens to it
+    finally:
+        loop.stop()
+    (row,) = _rows(database, [bad])
+    assert (row.state, row.attempts) == (DeliveryState.DEAD, 1)
+    assert row.last_error == "destination 'ORTHANC@127.0.0.1': expected AE@host:port"
+    assert _events(database, "delivery.failed", "delivery.dead") == ["delivery.dead"]
+    assert "delivery loop failed" not in caplog.text

@@ -34,6 +34,9 @@ __all__ = ["router"]
 router = APIRouter(tags=["health"])
 
 WORKER_SILENCE = timedelta(seconds=30)
+#: A pending delivery due this long ago and not attempted: nothing is sending (a listener runs
+#: the delivery loop; it looks every few seconds).
+DELIVERY_OVERDUE = timedelta(minutes=5)
 #: Upper bounds (seconds) of the per-stage latency histograms.
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
@@ -127,13 +130,51 @@ def _disk(settings: Settings) -> ComponentHealth:
     return ComponentHealth(state="ok", detail=f"{free_mb} MB free")
 
 
+def _deliveries(database: Database) -> ComponentHealth:
+    """Degraded while a delivery is dead-lettered (it waits for a re-send) or overdue."""
+    try:
+        with database.session() as session:
+            counts: dict[str, int] = {
+                str(state): int(count)
+                for state, count in session.execute(
+                    select(Delivery.state, func.count())
+                    .where(Delivery.state != DeliveryState.SENT)
+                    .group_by(Delivery.state)
+                )
+            }
+            overdue = session.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(Delivery.state == DeliveryState.PENDING)
+                .where(Delivery.next_attempt_at < utcnow() - DELIVERY_OVERDUE)
+            )
+    except SQLAlchemyError:
+        return ComponentHealth(state="down", detail="database unavailable")
+    dead, pending = counts.get(DeliveryState.DEAD, 0), counts.get(DeliveryState.PENDING, 0)
+    problems = []
+    if dead:
+        problems.append(
+            f"{dead} dead-lettered (`pneumonode deliveries --state dead` says why; "
+            "`pneumonode resend --all` sends them again)"
+        )
+    if overdue:
+        minutes = DELIVERY_OVERDUE.total_seconds() / 60
+        problems.append(
+            f"{overdue} overdue (due over {minutes:.0f} min ago, not attempted: is a "
+            "listener, which sends them, running?)"
+        )
+    if problems:
+        return ComponentHealth(state="degraded", detail="; ".join(problems))
+    return ComponentHealth(state="ok", detail=f"{pending} pending, none dead-lettered or overdue")
+
+
 @router.get(
     "/health",
     response_model=HealthOut,
     responses={503: {"model": HealthOut, "description": "not ready: see the components"}},
 )
 def health(state: StateDep) -> JSONResponse:
-    """Each part's state; HTTP 503 while any of them is down."""
+    """Each part's state, and the worst of them; HTTP 503 while any of them is down."""
     settings, database = state.settings, state.database
     workers, model = _workers_and_model(settings, database)
     components = {
@@ -143,9 +184,12 @@ def health(state: StateDep) -> JSONResponse:
         "workers": workers,
         "model": model,
         "disk": _disk(settings),
+        "deliveries": _deliveries(database),
     }
-    ready = all(c.state != "down" for c in components.values())
-    body = HealthOut(ready=ready, components=components, version=__version__)
+    states = {c.state for c in components.values()}
+    status = next(s for s in ("down", "degraded", "ok") if s in states)
+    ready = status != "down"
+    body = HealthOut(ready=ready, status=status, components=components, version=__version__)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

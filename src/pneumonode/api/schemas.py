@@ -167,6 +167,7 @@ class ComponentHealth(_Out):
 
 class HealthOut(_Out):
     ready: bool
+    status: Literal["ok", "degraded", "down"]  # the worst of the components'
     components: dict[str, ComponentHealth]
     version: str
 

@@ -3,9 +3,10 @@
 Each (file, destination) pair is a row in ``deliveries``. An attempt sends every due row of a
 destination over one association. A transient failure (peer down, out of resources, transient
 rejection) is retried after ``base * 2**(attempts-1)`` seconds (capped); after ``max_attempts``
-the row is dead-lettered. A permanent failure (our AE title rejected, SOP class refused) is
-dead-lettered at once, so a misconfigured peer never causes a retry storm. Dead rows are
-retried only on request (``pneumonode resend``).
+the row is dead-lettered. A permanent failure (our AE title rejected, SOP class refused, a
+destination that does not parse) is dead-lettered at once, so a misconfigured peer never causes
+a retry storm. Whatever goes wrong, every attempt records an outcome: no row stays pending with
+no attempt counted. Dead rows are retried only on request (``pneumonode resend``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pneumonode.config import Settings
 from pneumonode.db.models import Delivery, DeliveryState, utcnow
 from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
-from pneumonode.dicom_node.peers import parse_destination
+from pneumonode.dicom_node.peers import PeerConfigError, parse_destination
 from pneumonode.dicom_node.scu import Failure, SendOutcome, send_files
 from pneumonode.dicom_node.tls import TlsConfigError, TlsSettings
 
@@ -193,22 +194,10 @@ def attempt_claimed(
     sent: list[int] = []
     last = len(by_destination) - 1
     for index, (destination_text, rows) in enumerate(by_destination.items()):
-        destination = parse_destination(destination_text)
         paths = [Path(row.path) for row in rows]
         missing = [p for p in paths if not p.is_file()]
         present = [p for p in paths if p.is_file()]
-        try:
-            tls = policy.tls_context(destination_text)
-        except TlsConfigError as exc:  # unreadable certificates: no retry can help
-            outcomes = {
-                p: SendOutcome(p, False, failure=Failure.PERMANENT, reason=str(exc))
-                for p in present
-            }
-        else:
-            outcomes = {
-                o.path: o
-                for o in send_files(present, destination, policy.calling_ae, policy.timeout, tls)
-            }
+        outcomes = _send(destination_text, present, policy)
         for path in missing:
             outcomes[path] = SendOutcome(
                 path, False, failure=Failure.PERMANENT, reason="file no longer exists"
@@ -224,6 +213,29 @@ def attempt_claimed(
         with database.session() as session:
             then(session)
     return sent
+
+
+def _send(destination_text: str, paths: list[Path], policy: RetryPolicy) -> dict[Path, SendOutcome]:
+    """Send ``paths`` to one destination. Each path gets an outcome whatever goes wrong: a
+    claimed row without one would be claimed again and again, never counting an attempt."""
+
+    def failed(failure: Failure, reason: str) -> dict[Path, SendOutcome]:
+        return {p: SendOutcome(p, False, failure=failure, reason=reason) for p in paths}
+
+    try:
+        destination = parse_destination(destination_text)
+    except PeerConfigError as exc:  # malformed (queued before it was checked): no retry helps
+        return failed(Failure.PERMANENT, str(exc))
+    try:
+        tls = policy.tls_context(destination_text)
+    except TlsConfigError as exc:  # unreadable certificates: no retry can help
+        return failed(Failure.PERMANENT, str(exc))
+    try:
+        sent = send_files(paths, destination, policy.calling_ae, policy.timeout, tls)
+    except Exception as exc:  # a fault of ours: an attempt, so the row ends dead-lettered
+        log.exception("sending to %s failed", destination_text)
+        return failed(Failure.TRANSIENT, f"send failed ({type(exc).__name__})")
+    return {o.path: o for o in sent}
 
 
 def _record(session: Session, row: Delivery, outcome: SendOutcome, policy: RetryPolicy) -> bool:
