@@ -24,7 +24,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import select
 
-from peers_harness import echoscu
 from pneumonode.db.models import AuditEvent
 from pneumonode.dicom_node.receive import dataset_offset
 
@@ -109,7 +108,7 @@ def test_an_unknown_pdu_gets_an_abort_and_the_listener_carries_on(node) -> None:
     with socket.create_connection(("127.0.0.1", node.port)) as sock:
         sock.sendall(b"\x04\x00" + struct.pack(">I", 8) + b"\x00" * 8)  # P-DATA first
         assert _recv_all(sock)[:1] == b"\x07"
-    assert echoscu(node.port).returncode == 0
+    _echo(node.port)
 
 
 def _item(kind: int, value: bytes) -> bytes:
@@ -165,14 +164,41 @@ def test_a_wrong_protocol_version_or_application_context_is_rejected(
         assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
 
 
-def test_silence_is_aborted_after_the_network_timeout(node_factory) -> None:
-    node = node_factory(network_timeout=1.0)
+def test_silence_before_the_request_is_closed_at_the_artim_timeout(node_factory) -> None:
+    """PS3.8 Sta2 + ARTIM expired: the connection is closed, no A-ABORT (AA-2)."""
+    node = node_factory(artim_timeout=1.0, network_timeout=30.0)
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", node.port)) as sock:
         reply = _recv_all(sock)
-    assert reply[:1] == b"\x07"  # A-ABORT, then the connection is closed
-    assert 0.9 < time.monotonic() - started < 8
-    assert echoscu(node.port).returncode == 0
+    assert reply == b""
+    assert 0.9 < time.monotonic() - started < 5
+    _echo(node.port)
+
+
+def test_silence_inside_an_association_is_aborted_after_the_network_timeout(
+    node_factory,
+) -> None:
+    node = node_factory(network_timeout=1.0, artim_timeout=30.0)
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(_associate_rq())
+        assert _read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+        started = time.monotonic()
+        reply = _recv_all(sock)
+    assert reply[:1] == b"\x07"  # A-ABORT, then our end of the connection is closed
+    assert 0.9 < time.monotonic() - started < 5
+    _echo(node.port)
+
+
+def _echo(port: int) -> None:
+    """A C-ECHO from pynetdicom succeeds."""
+    assoc = _requestor((Verification, [ImplicitVRLittleEndian])).associate(
+        "127.0.0.1", port, ae_title="PNEUMONODE"
+    )
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
 
 
 def test_associations_over_the_limit_are_rejected_as_busy(node_factory) -> None:
@@ -193,7 +219,7 @@ def test_associations_over_the_limit_are_rejected_as_busy(node_factory) -> None:
     with node.database.session() as session:
         kinds = session.scalars(select(AuditEvent.message)).all()
     assert any("more than 1 associations" in message for message in kinds)
-    assert echoscu(node.port).returncode == 0
+    _echo(node.port)
 
 
 def test_a_peer_that_vanishes_mid_dataset_leaves_nothing(
@@ -229,7 +255,7 @@ def test_a_peer_that_vanishes_mid_dataset_leaves_nothing(
             select(AuditEvent).where(AuditEvent.kind == "association.aborted")
         ).all()
     assert len(aborted) == 1
-    assert echoscu(node.port).returncode == 0
+    _echo(node.port)
 
 
 def _store_command(sop_class: str, sop_instance: str) -> bytes:

@@ -1,8 +1,9 @@
 """The DICOM listener: Verification and Storage SCP for every storage SOP class.
 
-The protocol runs in ``upper.py`` (our upper layer: one thread per association, datasets streamed
-into the spool's ``incoming`` folder); this module decides who may associate, audits, and hands
-each received file to ``InstanceReceiver``.
+The protocol runs in ``upper.py`` (our upper layer: connections are admitted without threads by
+``admission.py`` under the ARTIM timer, then one thread per association, datasets streamed into
+the spool's ``incoming`` folder); this module decides who may associate, audits, and hands each
+received file to ``InstanceReceiver``.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class ListenerServices:
             reason, rejection = f"called AE title {info.called_ae!r} is not ours", REJECT_CALLED_AE
         elif not self.policy.allows(info.calling_ae, info.address):
             reason = f"calling AE title {info.calling_ae!r} from {info.address} is not allowed"
-        elif active > self.settings.max_associations:
+        elif active > self.settings.max_associations:  # negotiated ones, this one included
             limit = self.settings.max_associations
             reason, rejection = f"more than {limit} associations", REJECT_BUSY
         elif self.receiver.disk_is_low():
@@ -196,6 +197,10 @@ class Listener:
             max_pdu=self.settings.max_pdu,
             network_timeout=self.settings.network_timeout,
             max_object_bytes=self.services.max_bytes,
+            max_associations=self.settings.max_associations,
+            artim_timeout=self.settings.artim_timeout,
+            max_negotiating=self.settings.max_negotiating,
+            max_negotiating_per_address=self.settings.max_negotiating_per_address,
             ssl_context=self.tls_context if tls else None,
             name="dicom-tls" if tls else "dicom",
         )

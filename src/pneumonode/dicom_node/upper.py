@@ -1,6 +1,12 @@
 """The listener's DICOM upper layer (PS3.8): associations, P-DATA, and the DIMSE services we
 provide (Verification and Storage), one thread per association with blocking reads.
 
+Until a connection has brought its whole A-ASSOCIATE-RQ, and after we have refused, released or
+aborted it, it has no thread: ``admission.py`` holds it, under the ARTIM timer and bounds on how
+many connections (in all and per peer address) may be negotiating at once. Only negotiated
+associations count against the association limit; threads are started for at most that many
+plus ``ANSWERING_THREADS`` requests being answered.
+
 Why our own and not pynetdicom's acceptor: pynetdicom runs two reactor threads per association
 that hand every PDU and primitive through queues polled with 1 ms sleeps, so each C-STORE costs
 a few milliseconds of waiting whatever the object's size; that caps small-object ingest at about
@@ -10,17 +16,18 @@ answers: no queue, no sleep. Results go out through the requestor side (``reques
 
 What is supported, as an acceptor only:
 
-* A-ASSOCIATE-RQ with any number of presentation contexts; each is accepted with the first of
-  the requestor's transfer syntaxes we support for its abstract syntax, or refused (abstract
-  syntax or transfer syntaxes not supported). User information: maximum length, implementation
-  class UID and version name are read and answered; SCP/SCU role selection, asynchronous
-  operations, extended negotiation and user identity are ignored (the defaults apply: the
-  requestor is the SCU, one operation at a time), as the standard allows.
+* A-ASSOCIATE-RQ of at most ``MAX_ASSOCIATE_RQ_LENGTH`` bytes (a longer one is aborted after its
+  header, before any of it is read) with any number of presentation contexts; each is accepted
+  with the first of the requestor's transfer syntaxes we support for its abstract syntax, or
+  refused (abstract syntax or transfer syntaxes not supported). User information: maximum
+  length, implementation class UID and version name are read and answered; SCP/SCU role
+  selection, asynchronous operations, extended negotiation and user identity are ignored (the
+  defaults apply: the requestor is the SCU, one operation at a time), as the standard allows.
 * A-ASSOCIATE-RJ for a wrong protocol version or application context, for presentation context
   IDs that are even (PS3.8 9.3.2.2) or proposed twice (7.1.1.13; rejected permanent, by the UL
   service-provider's ACSE function, no reason given: PS3.8 9.2 AE-6 and 7.1.2.6), and for
   whatever ``Services.check`` refuses (called AE title, calling AE title, disk space, too many
-  associations).
+  associations); and, transient, when ``ANSWERING_THREADS`` requests are being answered already.
 * P-DATA-TF: commands in Implicit VR Little Endian, C-ECHO-RQ and C-STORE-RQ answered; any other
   command gets "unrecognised operation" (0x0211). A C-ECHO-RQ or C-STORE-RQ must match its
   presentation context (PS3.7): its Affected SOP Class UID is the context's abstract syntax, and
@@ -29,7 +36,8 @@ What is supported, as an acceptor only:
   cannot place on a context) before any of its dataset is kept. Datasets stream to a file in
   ``incoming``, behind a File Meta Information we write; the dataset bytes are kept as received.
 * A-RELEASE, A-ABORT, a peer that disappears, and silence longer than the network timeout
-  (then we abort). A C-STORE cut short leaves no file behind.
+  (then we abort). A C-STORE cut short leaves no file behind. After our A-ASSOCIATE-RJ,
+  A-RELEASE-RP or A-ABORT the peer has the ARTIM timeout to close the connection (Sta13).
 """
 
 from __future__ import annotations
@@ -39,7 +47,6 @@ import itertools
 import logging
 import os
 import re
-import select
 import socket
 import ssl
 import struct
@@ -51,9 +58,12 @@ from typing import Protocol
 
 from pydicom.uid import generate_uid
 
+from pneumonode.dicom_node.admission import PDU_HEADER, Admission, Refusal
 from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
+    "ANSWERING_THREADS",
+    "MAX_ASSOCIATE_RQ_LENGTH",
     "Acceptor",
     "Answer",
     "AssociationInfo",
@@ -76,10 +86,11 @@ A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
 P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
 
 # A-ASSOCIATE-RJ result, source and reason (PS3.8 9.3.4)
-REJECTED_PERMANENT = 0x01
-SOURCE_SERVICE_USER, SOURCE_PROVIDER_ACSE = 0x01, 0x02
+REJECTED_PERMANENT, REJECTED_TRANSIENT = 0x01, 0x02
+SOURCE_SERVICE_USER, SOURCE_PROVIDER_ACSE, SOURCE_PROVIDER_PRESENTATION = 0x01, 0x02, 0x03
 USER_APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
 ACSE_NO_REASON_GIVEN, ACSE_PROTOCOL_VERSION_NOT_SUPPORTED = 0x01, 0x02
+PRESENTATION_LOCAL_LIMIT_EXCEEDED = 0x02
 
 # A-ABORT source / reason
 ABORT_SERVICE_USER, ABORT_PROVIDER = 0x00, 0x02
@@ -94,11 +105,26 @@ C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 NO_DATASET = 0x0101
 UNRECOGNISED_OPERATION = 0x0211
 
-#: Longest PDU other than P-DATA we read (an A-ASSOCIATE-RQ with hundreds of contexts).
+#: Longest PDU other than P-DATA the requestor reads (an A-ASSOCIATE-AC).
 _MAX_CONTROL_PDU = 4 * 1024 * 1024
+#: Longest A-ASSOCIATE-RQ we read. The largest a peer plausibly sends is about 160 KiB: 128
+#: presentation contexts (IDs 1 to 255, odd) each with a 64-character abstract syntax and ten
+#: 64-character transfer syntaxes (128 x 756 bytes = 94 KiB), and a user information item at its
+#: largest (its length is two bytes: 64 KiB, user identity with a Kerberos ticket or SAML
+#: assertion included). Usual requests are 0.2 to 20 KiB; 4 MiB is never one.
+MAX_ASSOCIATE_RQ_LENGTH = 256 * 1024
+#: The A-ASSOCIATE-RQ's fixed fields (PS3.8 9.3.2): protocol version, reserved, called and
+#: calling AE titles, 32 reserved bytes; its variable items follow.
+_ASSOCIATE_RQ_FIXED = 68
+#: Longest A-RELEASE-RQ, A-RELEASE-RP or A-ABORT body we read: PS3.8 9.3.6 to 9.3.8 fix it at
+#: 4 bytes; the rest is slack for odd peers. A longer one is refused before it is read.
+_MAX_SHORT_PDU_BODY = 64
+#: Threads for association requests being answered (checked, then accepted or rejected), on top
+#: of one per negotiated association; beyond that a request is rejected (transient) at once.
+ANSWERING_THREADS = 8
 #: Longest command set we collect.
 _MAX_COMMAND = 64 * 1024
-_PDU_HEADER = struct.Struct(">BBI")
+_PDU_HEADER = PDU_HEADER
 _ELEMENT_HEADER = struct.Struct("<HHI")
 
 
@@ -273,7 +299,7 @@ class _AssociateRequest:
 
 
 def _parse_associate_rq(body: memoryview) -> _AssociateRequest:
-    if len(body) < 68:
+    if len(body) < _ASSOCIATE_RQ_FIXED:
         raise _ProtocolError("A-ASSOCIATE-RQ too short", REASON_INVALID_PARAMETER)
     request = _AssociateRequest(
         protocol_version=struct.unpack_from(">H", body, 0)[0],
@@ -282,7 +308,7 @@ def _parse_associate_rq(body: memoryview) -> _AssociateRequest:
         raw_called=bytes(body[4:20]),
         raw_calling=bytes(body[20:36]),
     )
-    for kind, value in _items(body, 68):
+    for kind, value in _items(body, _ASSOCIATE_RQ_FIXED):
         if kind == 0x10:
             request.application_context = _ascii(value)
         elif kind == 0x20:
@@ -403,6 +429,40 @@ def _context_id_error(contexts: list[tuple[int, str, list[str]]]) -> str | None:
     return None
 
 
+def _abort_pdu(source: int, reason: int) -> bytes:
+    return _pdu(A_ABORT, bytes([0, 0, source, reason]))
+
+
+#: A-ASSOCIATE-RJ: transient, by the UL service-provider (presentation related function), local
+#: limit exceeded (PS3.8 9.3.4).
+_REJECT_BUSY = _pdu(
+    A_ASSOCIATE_RJ,
+    bytes([0, REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, PRESENTATION_LOCAL_LIMIT_EXCEEDED]),
+)
+
+
+def _screen_first_pdu(kind: int, length: int) -> Refusal | None:
+    """What a new connection's first PDU header calls for, before its body is read (PS3.8 9.2,
+    Sta2): None to read an A-ASSOCIATE-RQ of a plausible length; otherwise an A-ABORT (AA-1),
+    or for an A-ABORT nothing but the close (AA-2)."""
+    if kind == A_ASSOCIATE_RQ:
+        if length < _ASSOCIATE_RQ_FIXED:
+            reason = f"an A-ASSOCIATE-RQ of {length} bytes is too short"
+        elif length > MAX_ASSOCIATE_RQ_LENGTH:
+            reason = f"an A-ASSOCIATE-RQ of {length} bytes is longer than {MAX_ASSOCIATE_RQ_LENGTH}"
+        else:
+            return None
+        return Refusal(_abort_pdu(ABORT_PROVIDER, REASON_INVALID_PARAMETER), reason)
+    if kind == A_ABORT:
+        return Refusal(b"", "an A-ABORT instead of an A-ASSOCIATE-RQ")
+    known = A_ASSOCIATE_RQ <= kind <= A_ABORT
+    diagnostic = REASON_UNEXPECTED_PDU if known else REASON_UNRECOGNISED_PDU
+    return Refusal(
+        _abort_pdu(ABORT_PROVIDER, diagnostic),
+        f"expected an A-ASSOCIATE-RQ, got PDU type {kind:#04x}",
+    )
+
+
 # --- one association ------------------------------------------------------------------------
 
 
@@ -437,21 +497,27 @@ class _Store:
 
 
 class Association:
-    """One association, run by ``run`` in its own thread."""
+    """One association, run by ``run`` in its own thread from its complete A-ASSOCIATE-RQ on."""
 
     def __init__(
         self,
         acceptor: Acceptor,
         sock: socket.socket,
         address: tuple[str, int],
+        request: bytes,
     ) -> None:
         self.acceptor = acceptor
         self.sock = sock
-        self.info = AssociationInfo(address=address[0], port=address[1])
+        self.info = AssociationInfo(
+            address=address[0], port=address[1], tls=isinstance(sock, ssl.SSLSocket)
+        )
         self.established = False
+        self._request = request  # the A-ASSOCIATE-RQ's body, read by the admission
+        self._counted = False  # holds one of the acceptor's association slots
         self._aborting = False
+        self._linger = False  # we sent A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT: Sta13 follows
         self._send_lock = threading.Lock()
-        self._buffer = bytearray(max(acceptor.max_pdu, 16_384) + 6)
+        self._buffer = bytearray()  # P-DATA-TF PDUs, sized once the association is accepted
         self._command = bytearray()
         self._command_context = 0
         self._store: _Store | None = None
@@ -466,17 +532,19 @@ class Association:
             self._send_abort(ABORT_PROVIDER, REASON_NOT_SPECIFIED)
             self._ended(aborted=True)
         finally:
-            with contextlib.suppress(OSError):
-                self.sock.close()
+            if self._counted:
+                self.acceptor._release_slot()
+                self._counted = False
+            if self._linger and not self._aborting:
+                self.acceptor.admission.linger(self.sock, (self.info.address, self.info.port))
+            else:
+                with contextlib.suppress(OSError):
+                    self.sock.close()
             self.acceptor._forget(self)
 
     def _run(self) -> None:
         timeout = self.acceptor.network_timeout
-        if self.acceptor.ssl_context is not None and not self._handshake(timeout):
-            return
         self.sock.settimeout(timeout)
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             if not self._negotiate():
                 return
@@ -500,21 +568,8 @@ class Association:
         except OSError as exc:
             if not self._aborting:
                 log.warning("connection to %s failed: %s", self.info.address, exc.strerror)
+            self._linger = False
             self._ended(aborted=self.established)
-
-    def _handshake(self, timeout: float) -> bool:
-        context = self.acceptor.ssl_context
-        assert context is not None
-        try:
-            self.sock.settimeout(timeout)
-            self.sock = context.wrap_socket(self.sock, server_side=True)
-            self.info.tls = True
-            return True
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            log.warning("TLS handshake with %s failed: %s", self.info.address, reason)
-            self.acceptor.services.tls_refused(self.info.address, str(reason))
-            return False
 
     def _ended(self, aborted: bool, reason: str = "") -> None:
         """Clean up after the association ends (released, aborted or dropped)."""
@@ -543,16 +598,26 @@ class Association:
             got += n
 
     def _read_pdu(self) -> tuple[int, memoryview]:
+        """The next PDU of an established association: a P-DATA-TF of at most our maximum
+        length, or a short one (A-RELEASE-RQ/-RP, A-ABORT); any other is refused from its
+        header, before its body is read."""
         header = memoryview(self._buffer)[:6]
         self._recv_into(header)
         kind, _, length = _PDU_HEADER.unpack(header)
-        limit = self.acceptor.max_pdu if kind == P_DATA_TF else _MAX_CONTROL_PDU
-        if length > limit:
-            raise _ProtocolError(f"PDU of {length} bytes is longer than our maximum {limit}")
-        if length + 6 > len(self._buffer):
-            body = memoryview(bytearray(length))
+        if kind == P_DATA_TF:
+            limit = self.acceptor.max_pdu
+        elif kind in (A_RELEASE_RQ, A_RELEASE_RP, A_ABORT):
+            limit = _MAX_SHORT_PDU_BODY
+        elif A_ASSOCIATE_RQ <= kind <= A_ABORT:
+            raise _ProtocolError(f"unexpected PDU type {kind:#04x}")
         else:
-            body = memoryview(self._buffer)[6 : 6 + length]
+            raise _ProtocolError(f"unknown PDU type {kind:#04x}", REASON_UNRECOGNISED_PDU)
+        if length > limit:
+            raise _ProtocolError(
+                f"PDU type {kind:#04x} of {length} bytes is longer than our maximum {limit}",
+                REASON_INVALID_PARAMETER,
+            )
+        body = memoryview(self._buffer)[6 : 6 + length]
         self._recv_into(body)
         return kind, body
 
@@ -562,17 +627,14 @@ class Association:
 
     def _send_abort(self, source: int, reason: int) -> None:
         with contextlib.suppress(OSError):
-            self._send(_pdu(A_ABORT, bytes([0, 0, source, reason])))
+            self._send(_abort_pdu(source, reason))
+            self._linger = True
 
     # -- association establishment
 
     def _negotiate(self) -> bool:
-        kind, body = self._read_pdu()
-        if kind != A_ASSOCIATE_RQ:
-            known = A_ASSOCIATE_RQ <= kind <= A_ABORT
-            reason = REASON_UNEXPECTED_PDU if known else REASON_UNRECOGNISED_PDU
-            raise _ProtocolError(f"expected an A-ASSOCIATE-RQ, got PDU type {kind:#04x}", reason)
-        request = _parse_associate_rq(body)
+        request = _parse_associate_rq(memoryview(self._request))
+        self._request = b""
         info = self.info
         info.called_ae, info.calling_ae = request.called_ae, request.calling_ae
         info.peer_max_pdu = request.max_pdu
@@ -598,25 +660,23 @@ class Association:
                 raise RejectionError(
                     context_ids, REJECTED_PERMANENT, SOURCE_PROVIDER_ACSE, ACSE_NO_REASON_GIVEN
                 )
-            self.acceptor.services.check(info, self.acceptor.active_count())
+            active = self.acceptor._take_slot()
+            self._counted = True
+            self.acceptor.services.check(info, active)
         except RejectionError as rejection:
+            if self._counted:
+                self.acceptor._release_slot()
+                self._counted = False
             self.acceptor.services.rejected(info, rejection)
             with contextlib.suppress(OSError):
                 self._send(_pdu(A_ASSOCIATE_RJ, bytes([0, *rejection.code])))
-                self._await_close()
+                self._linger = True  # AE-8: the requestor closes, within the ARTIM timeout
             return False
+        self._buffer = bytearray(self.acceptor.max_pdu + PDU_HEADER.size)
         self._send(self._associate_ac(request))
         self.established = True
         self.acceptor.services.accepted(info)
         return True
-
-    def _await_close(self) -> None:
-        """After a rejection: give the requestor a moment to close first (as it should)."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-            ready, _, _ = select.select([self.sock], [], [], 1.0)
-            if ready:
-                self.sock.recv(1024)
 
     def _associate_ac(self, request: _AssociateRequest) -> bytes:
         supported = self.acceptor.supported
@@ -656,23 +716,14 @@ class Association:
                     raise _ProtocolError("A-RELEASE-RQ in the middle of a dataset")
                 self._send(_pdu(A_RELEASE_RP, b"\x00" * 4))
                 self.established = False
-                self._linger()
+                self._linger = True  # AR-4: the requestor closes, within the ARTIM timeout
                 return
             elif kind == A_ABORT:
                 log.info("association from %s aborted by the peer", self.info.address)
                 self._ended(aborted=True)
                 return
-            elif kind in (A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP):
+            else:  # an A-RELEASE-RP: other types were refused by _read_pdu
                 raise _ProtocolError(f"unexpected PDU type {kind:#04x}")
-            else:
-                raise _ProtocolError(f"unknown PDU type {kind:#04x}", REASON_UNRECOGNISED_PDU)
-
-    def _linger(self) -> None:
-        """After A-RELEASE-RP: the requestor closes the connection."""
-        with contextlib.suppress(OSError, TimeoutError):
-            self.sock.settimeout(5.0)
-            while self.sock.recv(4096):
-                pass
 
     def _p_data(self, body: memoryview) -> None:
         for context_id, control, data in _pdv_items(body):
@@ -788,7 +839,9 @@ class Association:
 
 
 class Acceptor:
-    """Listens on one address and runs each association in its own thread."""
+    """Listens on one address: connections are admitted without threads (``admission.py``);
+    each complete A-ASSOCIATE-RQ runs in a thread of its own, for at most ``max_associations``
+    negotiated associations plus ``ANSWERING_THREADS`` requests being answered."""
 
     def __init__(
         self,
@@ -799,6 +852,10 @@ class Acceptor:
         max_pdu: int,
         network_timeout: float,
         max_object_bytes: int,
+        max_associations: int,
+        artim_timeout: float,
+        max_negotiating: int,
+        max_negotiating_per_address: int,
         ssl_context: ssl.SSLContext | None = None,
         name: str = "dicom",
     ) -> None:
@@ -807,69 +864,87 @@ class Acceptor:
         self.max_pdu = max_pdu
         self.network_timeout = network_timeout
         self.max_object_bytes = max_object_bytes
+        self.max_threads = max_associations + ANSWERING_THREADS
         self.ssl_context = ssl_context
         self.name = name
         self._lock = threading.Lock()
         self._associations: set[Association] = set()
-        self._stopping = threading.Event()
+        self._slots = 0  # negotiated associations (and those being checked against the limit)
         self._counter = itertools.count(1)
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._socket.bind(address)
-            self._socket.listen(64)
+            sock.bind(address)
+            sock.listen(128)
         except OSError:
-            self._socket.close()
+            sock.close()
             raise
-        self.address: tuple[str, int] = self._socket.getsockname()[:2]
-        self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-acceptor")
+        self.address: tuple[str, int] = sock.getsockname()[:2]
+        self.admission = Admission(
+            sock,
+            screen=_screen_first_pdu,
+            on_request=self._on_request,
+            on_tls_refused=services.tls_refused,
+            artim_timeout=artim_timeout,
+            max_connections=max_negotiating,
+            max_per_address=max_negotiating_per_address,
+            ssl_context=ssl_context,
+            name=name,
+        )
 
     def start(self) -> None:
-        self._thread.daemon = True
-        self._thread.start()
+        self.admission.start()
 
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                ready, _, _ = select.select([self._socket], [], [], 0.2)
-                if not ready:
-                    continue
-                sock, address = self._socket.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    break
-                log.exception("accepting a connection failed")
-                continue
-            association = Association(self, sock, address)
-            with self._lock:
-                self._associations.add(association)
-            threading.Thread(
-                target=association.run,
-                name=f"{self.name}-association-{next(self._counter)}",
-                daemon=True,
-            ).start()
-        with contextlib.suppress(OSError):
-            self._socket.close()
+    def _on_request(
+        self, sock: socket.socket, address: tuple[str, int], kind: int, body: bytes
+    ) -> Refusal | None:
+        """A complete A-ASSOCIATE-RQ (from the admission loop): a thread answers it, unless
+        ``max_threads`` are running already (then A-ASSOCIATE-RJ, transient, at once)."""
+        with self._lock:
+            if len(self._associations) >= self.max_threads:
+                return Refusal(_REJECT_BUSY, f"{self.max_threads} association threads are busy")
+            association = Association(self, sock, address, body)
+            self._associations.add(association)
+        thread = threading.Thread(
+            target=association.run,
+            name=f"{self.name}-association-{next(self._counter)}",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # the system refused another thread
+            self._forget(association)
+            return Refusal(_REJECT_BUSY, "no thread could be started for it")
+        return None
 
     def _forget(self, association: Association) -> None:
         with self._lock:
             self._associations.discard(association)
 
-    def active_count(self) -> int:
-        """Associations established (or being negotiated), this one included."""
+    def _take_slot(self) -> int:
+        """Count one more negotiated association; returns how many there are, this one included
+        (``Services.check`` rejects the request when that is over the limit)."""
         with self._lock:
-            return len(self._associations)
+            self._slots += 1
+            return self._slots
+
+    def _release_slot(self) -> None:
+        with self._lock:
+            self._slots -= 1
+
+    def active_count(self) -> int:
+        """Negotiated associations (and requests being checked against the limit)."""
+        with self._lock:
+            return self._slots
 
     @property
     def associations(self) -> list[Association]:
+        """The associations that have a thread (from their complete request on)."""
         with self._lock:
             return list(self._associations)
 
     def stop_accepting(self) -> None:
-        """Close the listening socket: new connections are refused from now on."""
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._socket.close()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2)
+        """Close the listening socket and every connection still negotiating: new connections
+        are refused from now on; running associations carry on."""
+        self.admission.stop()
