@@ -47,7 +47,7 @@ from pneumonode.dicom_node.structure import (
     prepare_structure_check,
 )
 
-__all__ = ["InstanceReceiver", "Status", "dataset_offset"]
+__all__ = ["HEADER_KEYWORDS", "InstanceReceiver", "Status", "dataset_offset"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ _KEPT = {
     "StudyDate": 8,
 }
 _HASH_CHUNK = 1 << 20
-#: What ``receive`` reads from a dataset.
-_HEADER_KEYWORDS = (
+#: What ``receive`` reads from a dataset (the Conformance Statement lists them).
+HEADER_KEYWORDS = (
     "SOPClassUID",
     "StudyInstanceUID",
     "SOPInstanceUID",
@@ -128,14 +128,14 @@ def _read_header(path: Path) -> tuple[dict[str, Any], bool, int]:
     (``header.read_header``) where it can; pydicom where the walk leaves the file to it. A
     value that cannot be converted raises."""
     keep_dicom_values_out_of_logs()
-    header = read_header(path, _HEADER_KEYWORDS)
+    header = read_header(path, HEADER_KEYWORDS)
     if header is not None:
         return header.values, header.has_pixel_data, header.offset
     offset = dataset_offset(path)
     with BoundedReader(io.FileIO(str(path), "rb")) as handle:  # no 4 GiB read for a bad length
         ds = dcmread(handle, stop_before_pixels=True)
         has_pixels = handle.read(4) in _PIXEL_DATA_TAGS
-    return {keyword: ds.get(keyword) for keyword in _HEADER_KEYWORDS}, has_pixels, offset
+    return {keyword: ds.get(keyword) for keyword in HEADER_KEYWORDS}, has_pixels, offset
 
 
 def _text(values: dict[str, Any], keyword: str, limit: int) -> str | None:
