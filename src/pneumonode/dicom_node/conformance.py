@@ -414,7 +414,11 @@ def identity_table() -> str:
     from pneumonode.config import Settings
     from pneumonode.dicom_node.requestor import OUR_MAX_PDU
     from pneumonode.dicom_node.scu import MAX_CONTEXTS
-    from pneumonode.dicom_node.upper import APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID
+    from pneumonode.dicom_node.upper import (
+        APPLICATION_CONTEXT,
+        IMPLEMENTATION_CLASS_UID,
+        MAX_ASSOCIATE_RQ_LENGTH,
+    )
     from pneumonode.identity import IMPLEMENTATION_VERSION_NAME, MANUFACTURER
 
     defaults = Settings.model_construct()
@@ -430,6 +434,7 @@ def identity_table() -> str:
         ),
         ("maximum PDU length we receive, as acceptor (default)", f"{defaults.max_pdu} bytes"),
         ("maximum PDU length we receive, as requestor", f"{OUR_MAX_PDU} bytes"),
+        ("longest A-ASSOCIATE-RQ we accept", f"{MAX_ASSOCIATE_RQ_LENGTH} bytes"),
         ("presentation contexts we propose per association, at most", str(MAX_CONTEXTS)),
     ]
     return _table(("", "value"), rows)
