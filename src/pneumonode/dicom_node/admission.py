@@ -58,6 +58,9 @@ _ACCEPT_PAUSE = 0.1
 _MAX_WAIT = 1.0
 #: Callbacks that may block (audits) waiting for their thread; later ones are dropped.
 _MAX_NOTICES = 256
+#: Each kind of admission warning is logged at most once in this many seconds (with a count of
+#: the others): a flood of connections must not become a flood of log lines.
+_WARNING_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,25 @@ class _Connection:
 
 class _PeerClosedError(Exception):
     pass
+
+
+class _Throttled:
+    """A warning logged at most once per ``_WARNING_INTERVAL``; the next says how many were not."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._quiet = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._quiet += 1
+            return
+        if self._quiet:
+            message += " (and %d more like it, from any address, in the last %g s)"
+            args = (*args, self._quiet, _WARNING_INTERVAL)
+        log.warning(message, *args)
+        self._quiet, self._next = 0, now + _WARNING_INTERVAL
 
 
 class _Notices:
@@ -173,6 +195,8 @@ class Admission:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._accept_paused_until = 0.0
+        self._evicted, self._expired, self._refused = _Throttled(), _Throttled(), _Throttled()
+        self._tls_failed = _Throttled()
         self._notices = _Notices(f"{name}-admission-notices")
         self._thread = threading.Thread(target=self._run, name=f"{name}-admission", daemon=True)
 
@@ -229,7 +253,7 @@ class Admission:
                     elif key.data is self._wake_read:
                         self._drain_wake()
                     else:
-                        self._advance(key.data)
+                        self._advance_or_drop(key.data)
                 self._take_handed_back()
                 self._expire()
         except Exception:
@@ -266,7 +290,11 @@ class Admission:
                 elif not self._stopping.is_set():
                     log.warning("accepting a connection failed: %s", exc)
                 return
-            self._admit(sock, (str(address[0]), int(address[1])))
+            try:
+                self._admit(sock, (str(address[0]), int(address[1])))
+            except Exception:
+                log.exception("admitting the connection from %s failed; closing it", address[0])
+                _close(sock)
 
     def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setblocking(False)
@@ -300,7 +328,7 @@ class Admission:
             mine = [held for held in self._held if held.host == crowded]
             victim = next((c for c in mine if c.stage is _Stage.CLOSING), mine[0])
             if victim.stage is not _Stage.CLOSING:
-                log.warning(
+                self._evicted.warning(
                     "closing a connection from %s that has not sent its A-ASSOCIATE-RQ (%s) to "
                     "make room: %d connections negotiating, %d of them from that address",
                     crowded,
@@ -333,6 +361,15 @@ class Admission:
         else:
             self._selector.register(connection.sock, events, connection)
         connection.events = events
+
+    def _advance_or_drop(self, connection: _Connection) -> None:
+        """``_advance``; a failure of ours closes this connection, never the loop."""
+        try:
+            self._advance(connection)
+        except Exception:
+            log.exception("admitting the connection from %s failed; closing it", connection.host)
+            self._release(connection)
+            _close(connection.sock)
 
     def _advance(self, connection: _Connection) -> None:
         """Do what ``connection``'s readiness allows: handshake, read, or (closing) discard."""
@@ -374,7 +411,7 @@ class Admission:
             raise
         except (OSError, ValueError) as exc:
             reason = str(getattr(exc, "reason", None) or type(exc).__name__)
-            log.warning("TLS handshake with %s failed: %s", connection.host, reason)
+            self._tls_failed.warning("TLS handshake with %s failed: %s", connection.host, reason)
             host = connection.host
             self._notices.post(lambda: self._on_tls_refused(host, reason))
             raise _PeerClosedError() from exc
@@ -425,7 +462,9 @@ class Admission:
 
     def _refuse(self, connection: _Connection, refusal: Refusal) -> None:
         """Send the refusal's reply and wait for the peer to close (Sta13)."""
-        log.warning("refusing the connection from %s: %s", connection.host, refusal.reason)
+        self._refused.warning(
+            "refusing the connection from %s: %s", connection.host, refusal.reason
+        )
         connection.header = connection.body = bytearray()
         if refusal.reply:
             with contextlib.suppress(OSError):  # best effort: the socket's buffer is empty
@@ -463,7 +502,7 @@ class Admission:
             if connection.stage is _Stage.CLOSING:
                 log.debug("%s did not close the connection: closing it", connection.host)
             else:
-                log.warning(
+                self._expired.warning(
                     "no complete A-ASSOCIATE-RQ from %s within %g s (ARTIM; %s): closing",
                     connection.host,
                     self.artim_timeout,
