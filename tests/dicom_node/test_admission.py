@@ -30,7 +30,11 @@ from sqlalchemy import select as sql_select
 
 from peers_harness import free_port
 from pneumonode.db.models import AuditEvent
-from pneumonode.dicom_node.upper import MAX_ASSOCIATE_RQ_LENGTH
+from pneumonode.dicom_node.upper import (
+    ANSWERING_THREADS,
+    MAX_ASSOCIATE_RQ_LENGTH,
+    AssociationInfo,
+)
 from tls_certs import Certificates, make_certificates
 
 if TYPE_CHECKING:
@@ -455,3 +459,43 @@ def test_tls_handshakes_are_admitted_without_a_thread_and_bounded_by_artim(
     [event] = refused()
     assert event.message.startswith("rejected: TLS handshake failed")
     assert event.peer_address == PACS
+
+
+def test_complete_requests_beyond_the_answering_threads_are_rejected_as_busy(
+    node_factory: Callable[..., RunningNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of complete A-ASSOCIATE-RQs while the checks are slow (a database that stalls):
+    threads are started for max_associations + ANSWERING_THREADS of them; the next is rejected
+    at once, transient, local limit exceeded (PS3.8 9.3.4), without a thread; once the checks
+    go on, those waiting are answered."""
+    node = node_factory(max_associations=1, artim_timeout=10.0)
+    services = node.listener.services
+    go_on = threading.Event()
+    check = services.check
+
+    def stalled_check(info: AssociationInfo, active: int) -> None:
+        go_on.wait(10)
+        check(info, active)
+
+    monkeypatch.setattr(services, "check", stalled_check)
+    server = node.listener.servers["plain"]
+    threads = threading.active_count()
+    waiting = []
+    try:
+        for index in range(1 + ANSWERING_THREADS):
+            sock = _connect(node.port, _hostile(index))
+            sock.sendall(_associate_rq())
+            waiting.append(sock)
+        assert _wait_for(lambda: len(server.associations) == 1 + ANSWERING_THREADS, 2.0)
+        with _connect(node.port, _hostile(20)) as refused:
+            refused.sendall(_associate_rq())
+            kind, body = _read_pdu(refused)
+            assert (kind, body[1:4]) == (0x03, b"\x02\x03\x02")  # A-ASSOCIATE-RJ, transient
+        assert threading.active_count() - threads == 1 + ANSWERING_THREADS
+        go_on.set()
+        answers = sorted(_read_pdu(sock)[0] for sock in waiting)
+        assert answers == [0x02] + [0x03] * ANSWERING_THREADS  # one accepted, the rest busy
+    finally:
+        go_on.set()
+        for sock in waiting:
+            sock.close()

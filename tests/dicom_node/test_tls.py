@@ -136,8 +136,8 @@ def test_a_client_that_connects_and_says_nothing_blocks_nobody(
     certs: Certificates,
     siim_sample_dicoms: list[Path],
 ) -> None:
-    """The TLS handshake happens in the association's own thread, with the network timeout:
-    a peer that opens the TLS port and never speaks does not hold up the next one."""
+    """The TLS handshake happens in the admission loop, without blocking, under the ARTIM
+    timeout: a peer that opens the TLS port and never speaks does not hold up the next one."""
     node = tls_node(node_factory, certs)
     silent = [socket.create_connection(("127.0.0.1", node.listener.tls_port)) for _ in range(3)]
     try:
