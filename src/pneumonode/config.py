@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
+from pneumonode.alerts.targets import AlertTargetError, check_webhook_url, parse_mllp_target
 from pneumonode.dicom_node.peers import PeerRule, parse_destination
 
 __all__ = [
@@ -45,7 +46,13 @@ ENV_PREFIX = "PNEUMONODE_"
 #: Environment variables of the test suite (tests/conftest.py), not settings of the node.
 TEST_PREFIX = "PNEUMONODE_TEST_"
 #: Settings whose values are never repeated in an error message (passwords in URLs, tokens).
-SECRET_SETTINGS = frozenset({"api_token", "database_url", "broker_url"})
+SECRET_SETTINGS = frozenset(
+    {"api_token", "database_url", "broker_url", "webhook_urls", "webhook_secret"}
+)
+#: Characters that separate HL7 v2 fields and components (MSH-1 and MSH-2's defaults).
+HL7_DELIMITERS = "|^~\\&"
+#: The shortest webhook_secret accepted (an HMAC key of fewer bytes is easy to guess).
+MIN_WEBHOOK_SECRET = 16
 
 
 class ConfigError(ValueError):
@@ -239,6 +246,49 @@ class Settings(BaseSettings):
         description="What SeriesDescription and content labels say about our results' use.",
     )
 
+    # --- Alerts: HL7 v2 and webhooks -------------------------------------------------------
+    notify: Literal["positive", "all"] = Field(
+        default="positive",
+        description="Which results raise an alert (HL7 ORU and webhook): positive (a "
+        "pneumothorax found) or all. A re-run of an alerted result is always sent again, as a "
+        "correction.",
+    )
+    hl7_destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="HL7 v2 receivers (RIS, interface engine) that get an ORU^R01 (v2.5.1) over "
+        "MLLP for each alerted result, each 'host:port' (comma separated).",
+    )
+    hl7_sending_application: str = Field(
+        default="PNEUMONODE",
+        description="MSH-3 Sending Application of our HL7 messages (1-20 characters).",
+    )
+    hl7_sending_facility: str | None = Field(
+        default=None,
+        description="MSH-4 Sending Facility of our HL7 messages (1-20 characters); unset: none.",
+    )
+    webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URLs that get a signed JSON POST for each alerted result (http or https, "
+        "comma separated).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 signature in each webhook's "
+        "X-Pneumonode-Signature-256 header (at least 16 characters); required with "
+        "webhook_urls.",
+    )
+    alert_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds an alert waits to connect, then for the HL7 ACK or the webhook's "
+        "HTTP answer, before the attempt counts as failed (retried as deliveries are).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The web page and API as users reach them, for the links in webhooks "
+        "(e.g. https://pneumonode.hospital.example); default http://<api_host>:<api_port>.",
+    )
+
     # --- Worker and queue -------------------------------------------------------------------
     model_path: Path | None = Field(
         default=None,
@@ -320,7 +370,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "allowed_peers", "destinations", "sc_destinations", "tls_destinations", mode="before"
+        "allowed_peers",
+        "destinations",
+        "sc_destinations",
+        "tls_destinations",
+        "hl7_destinations",
+        "webhook_urls",
+        mode="before",
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -351,6 +407,59 @@ class Settings(BaseSettings):
         for text in value:  # the parser `pneumonode echo` and the sender use
             parse_destination(text)
         return value
+
+    @field_validator("hl7_destinations")
+    @classmethod
+    def _valid_hl7_destinations(cls, value: list[str]) -> list[str]:
+        """Each 'host:port', with the parser the HL7 sender uses."""
+        try:
+            return [str(parse_mllp_target(text)) for text in value]
+        except AlertTargetError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _valid_webhook_urls(cls, value: list[str]) -> list[str]:
+        """Absolute http(s) URLs; a message names a URL without its path (it may be secret)."""
+        try:
+            return [check_webhook_url(text) for text in value]
+        except AlertTargetError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _strong_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_WEBHOOK_SECRET:
+            raise ValueError(
+                f"must be at least {MIN_WEBHOOK_SECRET} characters (e.g. the output of "
+                "`openssl rand -hex 32`)"
+            )
+        return value
+
+    @field_validator("hl7_sending_application", "hl7_sending_facility")
+    @classmethod
+    def _valid_hl7_name(cls, value: str | None) -> str | None:
+        """An HD namespace ID: 1-20 printable characters, none of HL7's delimiters."""
+        if value is None:
+            return value
+        text = value.strip()
+        if not 1 <= len(text) <= 20 or not text.isprintable():
+            raise ValueError(f"must be 1-20 printable characters, got {value!r}")
+        if any(c in HL7_DELIMITERS for c in text):
+            raise ValueError(f"must not contain HL7 delimiters ({HL7_DELIMITERS}), got {value!r}")
+        return text
+
+    @field_validator("public_url")
+    @classmethod
+    def _valid_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"expected http(s)://host[:port][/path], got {value!r}")
+        return value.strip().rstrip("/")
 
     @field_validator("allowed_peers")
     @classmethod
@@ -452,6 +561,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _webhooks_signed(self) -> Settings:
+        if self.webhook_urls and self.webhook_secret is None:
+            raise SettingError(
+                "webhook_secret",
+                "webhook_urls are set but webhook_secret is not: every webhook is signed "
+                "(e.g. PNEUMONODE_WEBHOOK_SECRET=$(openssl rand -hex 32))",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
         object.__setattr__(self, "data_dir", self.data_dir.expanduser().absolute())
         return self
@@ -465,6 +584,16 @@ class Settings(BaseSettings):
     def results_dir(self) -> Path:
         """What we made: ``results/<StudyUID>/<SOPInstanceUID>/`` (SEG, SR, SC, PNGs)."""
         return self.data_dir / "results"
+
+    @property
+    def public_base_url(self) -> str:
+        """Where users reach the web page and API (``public_url``, else the API's address;
+        a wildcard bind address becomes 127.0.0.1)."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.api_port}"
 
     @property
     def broker(self) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pneumonode.alerts.outbox import AlertLoop, AlertPolicy
 from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings, child_environment
 from pneumonode.db.session import Database
@@ -397,11 +398,14 @@ def run_dispatcher(settings: Settings, database: Database, *, wake_stdin: bool =
 def run_node(
     settings: Settings, database: Database, *, with_worker: bool, token: ApiToken | None = None
 ) -> None:
-    """Start the listener, dispatcher, delivery loop (a worker, the API); block until a signal."""
+    """Start the listener, dispatcher, delivery loop, alert loop (a worker, the API); block
+    until a signal."""
     stop, previous = _until_signalled()
     dispatcher = DispatcherProcess(settings.config_file)
     listener = build_listener(settings, database, on_job=dispatcher.wake)
     deliveries = DeliveryLoop(database, RetryPolicy.from_settings(settings))
+    alerting = AlertPolicy.from_settings(settings)
+    alerts = AlertLoop(database, alerting) if alerting.configured else None
     retention = RetentionLoop(settings, database) if settings.retention_days else None
     worker = WorkerProcess(settings.config_file) if with_worker else None
     api = ApiServer(settings, database, token) if token is not None else None
@@ -413,6 +417,9 @@ def run_node(
         started.add("dispatcher")
         deliveries.start()
         started.add("deliveries")
+        if alerts is not None:
+            alerts.start()
+            started.add("alerts")
         if retention is not None:
             retention.start()
             started.add("retention")
@@ -432,6 +439,8 @@ def run_node(
             dispatcher.stop()
         if "deliveries" in started:
             deliveries.stop()
+        if alerts is not None and "alerts" in started:
+            alerts.stop()
         if retention is not None and "retention" in started:
             retention.stop()
         if worker is not None:

@@ -86,7 +86,11 @@ def test_health_needs_no_token_and_says_what_is_up(api: Api) -> None:
     body = response.json()
     assert body["ready"] is True
     assert set(body["components"]) == {
-        *("listener", "database", "broker", "workers", "model", "disk", "deliveries")
+        *("listener", "database", "broker", "workers", "model", "disk", "deliveries", "alerts")
+    }
+    assert body["components"]["alerts"] == {
+        "state": "ok",
+        "detail": "no HL7 destinations or webhook URLs configured",
     }
     # the results went to a destination that is down, once (send_max_attempts=1): dead-lettered
     assert body["status"] == body["components"]["deliveries"]["state"] == "degraded"

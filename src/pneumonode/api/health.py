@@ -17,12 +17,15 @@ from pneumonode.api.deps import StateDep
 from pneumonode.api.schemas import ComponentHealth, HealthOut
 from pneumonode.config import Settings
 from pneumonode.db.models import (
+    Alert,
+    AlertChannel,
     AuditEvent,
     Delivery,
     DeliveryState,
     Instance,
     Job,
     JobState,
+    Result,
     WorkerHeartbeat,
     utcnow,
 )
@@ -168,6 +171,47 @@ def _deliveries(database: Database) -> ComponentHealth:
     return ComponentHealth(state="ok", detail=f"{pending} pending, none dead-lettered or overdue")
 
 
+def _alerts(settings: Settings, database: Database) -> ComponentHealth:
+    """Degraded while an alert is dead-lettered or overdue, as deliveries are."""
+    try:
+        with database.session() as session:
+            counts: dict[str, int] = {
+                str(state): int(count)
+                for state, count in session.execute(
+                    select(Alert.state, func.count()).group_by(Alert.state)
+                )
+            }
+            overdue = session.scalar(
+                select(func.count())
+                .select_from(Alert)
+                .where(Alert.state == DeliveryState.PENDING)
+                .where(Alert.next_attempt_at < utcnow() - DELIVERY_OVERDUE)
+            )
+    except SQLAlchemyError:
+        return ComponentHealth(state="down", detail="database unavailable")
+    receivers = len(settings.hl7_destinations) + len(settings.webhook_urls)
+    if not counts and not receivers:
+        return ComponentHealth(state="ok", detail="no HL7 destinations or webhook URLs configured")
+    dead, pending = counts.get(DeliveryState.DEAD, 0), counts.get(DeliveryState.PENDING, 0)
+    problems = []
+    if dead:
+        problems.append(f"{dead} dead-lettered (the audit trail's alert.dead events say why)")
+    if overdue:
+        minutes = DELIVERY_OVERDUE.total_seconds() / 60
+        problems.append(
+            f"{overdue} overdue (due over {minutes:.0f} min ago, not attempted: is a "
+            "listener, which retries them, running with the alert settings?)"
+        )
+    if problems:
+        return ComponentHealth(state="degraded", detail="; ".join(problems))
+    sent = counts.get(DeliveryState.SENT, 0)
+    return ComponentHealth(
+        state="ok",
+        detail=f"{sent} delivered, {pending} pending to {receivers} receivers; none "
+        "dead-lettered or overdue",
+    )
+
+
 @router.get(
     "/health",
     response_model=HealthOut,
@@ -185,6 +229,7 @@ def health(state: StateDep) -> JSONResponse:
         "model": model,
         "disk": _disk(settings),
         "deliveries": _deliveries(database),
+        "alerts": _alerts(settings, database),
     }
     states = {c.state for c in components.values()}
     status = next(s for s in ("down", "degraded", "ok") if s in states)
@@ -193,18 +238,21 @@ def health(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-def _histogram(name: str, stage: str, values: list[float], lines: list[str]) -> None:
+def _histogram(
+    name: str, stage: str, values: list[float], lines: list[str], label: str = "stage"
+) -> None:
     for bound in BUCKETS:
         count = sum(1 for v in values if v <= bound)
-        lines.append(f'{name}_bucket{{stage="{stage}",le="{bound}"}} {count}')
-    lines.append(f'{name}_bucket{{stage="{stage}",le="+Inf"}} {len(values)}')
-    lines.append(f'{name}_sum{{stage="{stage}"}} {sum(values):.6f}')
-    lines.append(f'{name}_count{{stage="{stage}"}} {len(values)}')
+        lines.append(f'{name}_bucket{{{label}="{stage}",le="{bound}"}} {count}')
+    lines.append(f'{name}_bucket{{{label}="{stage}",le="+Inf"}} {len(values)}')
+    lines.append(f'{name}_sum{{{label}="{stage}"}} {sum(values):.6f}')
+    lines.append(f'{name}_count{{{label}="{stage}"}} {len(values)}')
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(state: StateDep) -> PlainTextResponse:
-    """Prometheus text format. Latency histograms cover the last 5000 finished jobs."""
+    """Prometheus text format. Latency histograms cover the last 5000 finished jobs (and
+    delivered alerts)."""
     lines: list[str] = []
     with state.database.session() as session:
         received = session.scalar(select(func.count()).select_from(Instance)) or 0
@@ -223,6 +271,31 @@ def metrics(state: StateDep) -> PlainTextResponse:
             .select_from(AuditEvent)
             .where(AuditEvent.kind.in_(("delivery.failed", "delivery.dead")))
         )
+        alerts: dict[tuple[str, str], int] = {
+            (c.value, s.value): 0 for c in AlertChannel for s in DeliveryState
+        }
+        for channel, alert_state, count in session.execute(
+            select(Alert.channel, Alert.state, func.count()).group_by(Alert.channel, Alert.state)
+        ):
+            alerts[(str(channel), str(alert_state))] = int(count)
+        failed_alerts = session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.kind.in_(("alert.failed", "alert.dead")))
+        )
+        alert_latency: dict[str, list[float]] = {c.value: [] for c in AlertChannel}
+        for channel, sent_at, received_at in session.execute(
+            select(Alert.channel, Alert.sent_at, Instance.received_at)
+            .join(Result, Result.id == Alert.result_id)
+            .join(Job, Job.id == Result.job_id)
+            .join(Instance, Instance.id == Job.instance_id)
+            .where(Alert.state == DeliveryState.SENT)
+            .order_by(Alert.sent_at.desc())
+            .limit(5000)
+        ):
+            if sent_at is not None and str(channel) in alert_latency:
+                seconds = (sent_at - received_at).total_seconds()
+                alert_latency[str(channel)].append(max(seconds, 0.0))
         timings: list[dict[str, Any]] = [
             t
             for t in session.scalars(
@@ -255,4 +328,20 @@ def metrics(state: StateDep) -> PlainTextResponse:
     for stage in STAGES:
         values = [float(t[stage]) for t in timings if t.get(stage) is not None]
         _histogram("pneumonode_stage_seconds", stage, values, lines)
+    lines += [
+        "# HELP pneumonode_alerts Alerts (HL7 ORU, webhook) by channel and state.",
+        "# TYPE pneumonode_alerts gauge",
+        *(
+            f'pneumonode_alerts{{channel="{c}",state="{s}"}} {n}'
+            for (c, s), n in sorted(alerts.items())
+        ),
+        "# HELP pneumonode_alert_failures_total Failed alert attempts (retried or dead-lettered).",
+        "# TYPE pneumonode_alert_failures_total counter",
+        f"pneumonode_alert_failures_total {failed_alerts or 0}",
+        "# HELP pneumonode_alert_latency_seconds Seconds from an image's arrival to its alert's "
+        "acknowledgement (HL7 ACK AA, webhook 2xx; recent delivered alerts).",
+        "# TYPE pneumonode_alert_latency_seconds histogram",
+    ]
+    for channel, values in sorted(alert_latency.items()):
+        _histogram("pneumonode_alert_latency_seconds", channel, values, lines, label="channel")
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

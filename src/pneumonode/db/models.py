@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.0 table models: studies, instances, jobs, results, deliveries, audit events.
+"""SQLAlchemy 2.0 table models: studies, instances, jobs, results, deliveries, alerts, audit
+events.
 
 Table models are never API response models (the API has its own schemas). Timestamps are UTC and
 timezone-aware on every backend (``UTCDateTime``).
@@ -28,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "Alert",
+    "AlertChannel",
     "AuditEvent",
     "Base",
     "Delivery",
@@ -214,6 +217,42 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AlertChannel(enum.StrEnum):
+    HL7 = "hl7"  # an ORU^R01 over MLLP to an HL7 receiver (host:port)
+    WEBHOOK = "webhook"  # a signed JSON POST to a URL
+
+
+class Alert(Base):
+    """One alert about one result to one receiver (an HL7 ORU or a webhook), with its attempts
+    and dead-letter state (the states of a delivery). ``payload`` is exactly what is sent, so a
+    retry repeats the same message and control ID; an ORU holds patient data, which stays here
+    (never in logs or audit messages). ``destination`` may be a URL with a secret in it: logs
+    and the audit trail name it redacted."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("result_id", "channel", "destination", name="uq_alerts_result_target"),
+        Index("ix_alerts_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    destination: Mapped[str] = mapped_column(String(2048))  # host:port, or the URL
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"))
+    study_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    sop_uid: Mapped[str | None] = mapped_column(UID)
+    control_id: Mapped[str] = mapped_column(String(64))  # MSH-10, or the webhook's id
+    correction: Mapped[bool] = mapped_column(Boolean, default=False)
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[str | None] = mapped_column(String(16), default=None)  # AA, AE, 503...
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)  # the ACK or 2xx came
 
 
 class WorkerHeartbeat(Base):

@@ -12,10 +12,14 @@
    source when a page first asks for it (and keeps as image.png): most images are never looked
    at, and encoding it here cost the worker more than writing the SEG.
 4. **Record**, in one transaction: the result (one row per job and model version, replaced on a
-   re-run), a delivery per object and destination, the job DONE with its timings, audit events.
+   re-run), a delivery per object and destination, the alerts it calls for, the job DONE with
+   its timings, audit events.
    The transaction commits only while the job is still ours (a re-send of the image meanwhile
    puts it back to PENDING; our result is then dropped and the new run makes it).
-5. **Send** the deliveries at once (step 4 queued them as taken by this worker for the time a
+5. **Alert**: the HL7 ORU and webhook alerts queued in step 4 (positive results, or all with
+   ``notify=all``; see :mod:`pneumonode.alerts.outbox`) are sent at once, each outcome recorded
+   as it comes; what fails stays pending for the alert loop's retries.
+6. **Send** the deliveries at once (step 4 queued them as taken by this worker for the time a
    send may need, so the delivery loop does not send them too, and sends them after that if
    this worker dies first); the outcomes and the job's timings are recorded in one transaction.
    What fails stays pending for the delivery loop's retries.
@@ -43,11 +47,14 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from pneumonode.alerts.content import AlertContent, alert_content
+from pneumonode.alerts.outbox import AlertPolicy, attempt_alerts, queue_alerts
 from pneumonode.config import Settings
 from pneumonode.conversion import ConversionError, encode_png
 from pneumonode.conversion.decode import read_dataset
 from pneumonode.conversion.prepare import prepare_radiograph
 from pneumonode.db.models import (
+    Alert,
     Delivery,
     Instance,
     Job,
@@ -224,17 +231,20 @@ class JobOutcome:
     delivery_ids: tuple[int, ...] = ()
     sent: int = 0
     reason: str | None = None
+    alert_ids: tuple[int, ...] = ()
+    alerts_sent: int = 0
 
 
 @dataclass(frozen=True)
 class _Recorded:
-    """What the recording transaction left: the deliveries to send now, when done."""
+    """What the recording transaction left: the deliveries and alerts to send now, when done."""
 
     state: str  # done, skipped
     result_id: int | None = None
     present: bool | None = None
     deliveries: tuple[Delivery, ...] = ()
     reason: str | None = None
+    alerts: tuple[Alert, ...] = ()
 
 
 def analyse(
@@ -487,15 +497,31 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
         "write": time.perf_counter() - built,
     }
     policy = RetryPolicy.from_settings(settings)
+    alerting = AlertPolicy.from_settings(settings)
+    content = alert_content(
+        source, analysis.prediction.finding, context.algorithm, settings.result_label
+    )
     try:
-        outcome = _record(context, claimed, analysis, files, timings, claim_seconds(policy))
+        outcome = _record(
+            context, claimed, analysis, files, timings, claim_seconds(policy), content, alerting
+        )
     except OperationalError as exc:
         release_job(context, job_id, f"database unavailable: {type(exc).__name__}")
         raise TransientJobError(f"database unavailable: {type(exc).__name__}") from exc
     if outcome.state != "done":
         return JobOutcome(job_id, outcome.state, reason=outcome.reason)
+    # the alerts first: they are the urgent part; what fails is the alert loop's to retry
+    alert_ids = tuple(row.id for row in outcome.alerts)
+    alerts_sent = len(attempt_alerts(context.database, outcome.alerts, alerting))
     if not outcome.deliveries:
-        return JobOutcome(job_id, "done", result_id=outcome.result_id, present=outcome.present)
+        return JobOutcome(
+            job_id,
+            "done",
+            result_id=outcome.result_id,
+            present=outcome.present,
+            alert_ids=alert_ids,
+            alerts_sent=alerts_sent,
+        )
 
     sending = time.perf_counter()
 
@@ -513,6 +539,8 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
         present=outcome.present,
         delivery_ids=tuple(row.id for row in outcome.deliveries),
         sent=len(sent),
+        alert_ids=alert_ids,
+        alerts_sent=alerts_sent,
     )
 
 
@@ -523,9 +551,12 @@ def _record(
     files: ResultFiles,
     timings: dict[str, Any],
     send_within: float,
+    content: AlertContent,
+    alerting: AlertPolicy,
 ) -> _Recorded:
-    """Result, deliveries and DONE in one transaction, if the job is still ours. The deliveries
-    are ours to send at once: the delivery loop leaves them alone for ``send_within`` seconds."""
+    """Result, deliveries, alerts and DONE in one transaction, if the job is still ours. The
+    deliveries are ours to send at once: the delivery loop leaves them alone for
+    ``send_within`` seconds (the alert loop leaves the alerts for as long as they may take)."""
     settings = context.settings
     algorithm = context.algorithm
     finding = analysis.prediction.finding
@@ -586,6 +617,7 @@ def _record(
                 delivery = session.get(Delivery, delivery_id)  # in the session already
                 assert delivery is not None
                 deliveries.append(delivery)
+        alerts = queue_alerts(session, alerting, content, result.id)
         job.state = JobState.DONE
         job.error = None
         job.finished_at = utcnow()
@@ -603,4 +635,6 @@ def _record(
             },
             **ids,
         )
-        return _Recorded("done", result.id, finding.present, tuple(deliveries))
+        return _Recorded(
+            "done", result.id, finding.present, tuple(deliveries), alerts=tuple(alerts)
+        )
