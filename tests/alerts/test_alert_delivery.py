@@ -405,3 +405,24 @@ def test_a_silent_listener_times_out_and_a_refusing_webhook_is_dead_at_once(
     assert (webhook_alert.state, webhook_alert.attempts) == (DeliveryState.DEAD, 1)
     assert webhook_alert.last_error == "HTTP 401: no (test)"
     assert len(webhook_receiver.posts) == 1
+
+
+@pytest.mark.integration
+def test_an_undelivered_alert_is_withdrawn_when_a_rerun_no_longer_calls_for_it(
+    node_factory: Callable[..., RunningNode],
+    predictors: dict[str, Predictor],
+    tmp_path: Path,
+) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    node = node_factory(hl7_destinations=[down], **QUICK_RETRIES)
+    first = _receive_and_run(node, predictors["positive"], _film(tmp_path))
+    [pending] = _alerts(node)
+    assert pending.state == DeliveryState.PENDING and first.alerts_sent == 0
+    # the RIS never heard of it: a re-run that finds nothing must not let it through later
+    second = _rerun(node, predictors["negative"], first.job_id)
+    assert second.alert_ids == () and _alerts(node) == []
+    [withdrawn] = _audit(node, "alert.withdrawn")
+    assert withdrawn.message == (
+        f"alert {pending.id} (HL7 ORU) to {down} withdrawn, never delivered: a re-run of its "
+        "result calls for no alert"
+    )

@@ -4,6 +4,8 @@ docstring of pneumonode.alerts.hl7 says, HL7's delimiters in patient data escape
 from __future__ import annotations
 
 import dataclasses
+import socket
+import threading
 from datetime import UTC, datetime
 
 import hl7
@@ -13,7 +15,8 @@ from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
 from pneumonode.alerts.content import AlertContent, Patient, alert_content, wants_alert
-from pneumonode.alerts.hl7 import build_oru, read_ack
+from pneumonode.alerts.hl7 import build_oru, read_ack, send_oru
+from pneumonode.alerts.targets import MllpTarget
 from pneumonode.model.postprocess import Finding
 from pneumonode.results.common import AlgorithmInfo
 
@@ -208,3 +211,55 @@ def test_an_ack_is_read_by_its_msa() -> None:
     )
     with pytest.raises(ValueError, match="no MSA"):
         read_ack(hl7.parse("MSH|^~\\&|RIS||||20260105||ACK^R01^ACK|1|P|2.5.1"))
+
+
+def _answering(answer: bytes) -> tuple[MllpTarget, threading.Thread]:
+    """A TCP server on loopback that reads one MLLP block and answers ``answer`` raw."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with server:
+            connection, _ = server.accept()
+            with connection:
+                received = b""
+                while not received.endswith(b"\x1c\r"):
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                connection.sendall(answer)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    return MllpTarget("127.0.0.1", server.getsockname()[1]), thread
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n\x1c\r", "answered with no HL7 ACK (InvalidBlockError)"),
+        (
+            b"\x0bMSH|^~\\&|RIS||||20260105||ACK^R01^ACK|1|P|2.5.1\rMSA|AA|someone-else\x1c\r",
+            "acknowledged another message (AA)",
+        ),
+        (b"\x0bMSH|^~\\&|RIS||||20260105||ACK^R01^ACK|1|P|2.5.1\x1c\r", "the answer has no MSA"),
+        (b"", "closed the connection without an ACK"),
+    ],
+)
+def test_what_is_not_our_ack_is_a_failed_attempt(answer: bytes, reason: str) -> None:
+    text = build_oru(CONTENT, control_id="c0ffee", sending_application="PNEUMONODE", at=AT)
+    target, thread = _answering(answer)
+    outcome = send_oru(target, text, "c0ffee", timeout=5)
+    thread.join(10)
+    assert not outcome.ok and not outcome.permanent
+    assert reason in outcome.reason
+    assert "O'Brien" not in outcome.reason and PATIENT.patient_id not in outcome.reason
+
+
+def test_our_ack_is_a_delivery() -> None:
+    text = build_oru(CONTENT, control_id="c0ffee", sending_application="PNEUMONODE", at=AT)
+    ack = b"\x0bMSH|^~\\&|RIS||||20260105||ACK^R01^ACK|1|P|2.5.1\rMSA|AA|c0ffee\x1c\r"
+    target, thread = _answering(ack)
+    outcome = send_oru(target, text, "c0ffee", timeout=5)
+    thread.join(10)
+    assert outcome.ok and outcome.status == "AA"

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import hl7
-from hl7.mllp import open_hl7_connection
+from hl7.mllp import InvalidBlockError, open_hl7_connection
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.factories import datatype_factory
@@ -311,7 +311,7 @@ def send_oru(target: MllpTarget, message: str, control_id: str, timeout: float) 
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         return AttemptOutcome.failed(f"cannot reach {target}: {why}")
-    except (ValueError, hl7.ParseException) as exc:  # not MLLP, not HL7, not our encoding
+    except (InvalidBlockError, ValueError, hl7.ParseException) as exc:  # not MLLP, HL7, UTF-8
         return AttemptOutcome.failed(f"{target} answered with no HL7 ACK ({type(exc).__name__})")
     try:
         ack = read_ack(answer)

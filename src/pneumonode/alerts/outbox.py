@@ -160,6 +160,7 @@ def queue_alerts(
     }
     alerted = {key for key, row in existing.items() if row.sent_at is not None or row.correction}
     if not wants_alert(policy.notify, content.present, alerted_before=bool(alerted)):
+        _withdraw(session, existing.values())
         return []
     now = utcnow()
     lease = policy.claim_seconds(len(targets)) if claim_seconds is None else claim_seconds
@@ -210,6 +211,26 @@ def queue_alerts(
         )
         rows.append(row)
     return rows
+
+
+def _withdraw(session: Session, rows: Iterable[Alert]) -> None:
+    """Delete alerts never delivered about a result that a re-run no longer alerts (a pending
+    positive alert must not reach the RIS after the result turned negative); audited."""
+    for row in rows:
+        if row.sent_at is not None or row.correction:
+            continue
+        shown = shown_destination(row.channel, row.destination)
+        what = CHANNEL_NAMES.get(AlertChannel(row.channel), row.channel)
+        audit(
+            session,
+            "alert.withdrawn",
+            f"alert {row.id} ({what}) to {shown} withdrawn, never delivered: a re-run of its "
+            "result calls for no alert",
+            study_uid=row.study_uid,
+            sop_uid=row.sop_uid,
+            detail={"alert_id": row.id, "channel": row.channel, "destination": shown},
+        )
+        session.delete(row)
 
 
 def _send(row: Alert, policy: AlertPolicy) -> AttemptOutcome:
@@ -321,26 +342,29 @@ def attempt_alerts(database: Database, claimed: Sequence[Alert], policy: AlertPo
 
 
 def _claim_due(database: Database, policy: AlertPolicy, limit: int) -> list[Alert]:
-    """Take due pending rows for one attempt: one conditional UPDATE, so that two senders never
-    take the same row."""
+    """Take due pending rows for one attempt, for as long as sending them may take; the UPDATE
+    checks again that each is pending and due, so two senders never take the same row."""
     now = utcnow()
     with database.session() as session:
-        due = (
-            select(Alert.id)
-            .where(Alert.state == DeliveryState.PENDING)
-            .where(Alert.next_attempt_at <= now)
-            .order_by(Alert.next_attempt_at)
-            .limit(limit)
-            .scalar_subquery()
+        due = list(
+            session.scalars(
+                select(Alert.id)
+                .where(Alert.state == DeliveryState.PENDING)
+                .where(Alert.next_attempt_at <= now)
+                .order_by(Alert.next_attempt_at)
+                .limit(limit)
+            )
         )
-        lease = policy.claim_seconds(limit)
+        if not due:
+            return []
+        lease = timedelta(seconds=policy.claim_seconds(len(due)))
         ids = list(
             session.scalars(
                 update(Alert)
                 .where(Alert.id.in_(due))
                 .where(Alert.state == DeliveryState.PENDING)
                 .where(Alert.next_attempt_at <= now)
-                .values(next_attempt_at=now + timedelta(seconds=lease))
+                .values(next_attempt_at=now + lease)
                 .returning(Alert.id)
                 .execution_options(synchronize_session=False)
             )
