@@ -249,7 +249,7 @@ def test_the_most_crowded_address_makes_room_for_a_newcomer(
         assert all(_closed(sock, wait=2.0) for sock in first)
         assert not any(_closed(sock, wait=0.2) for sock in other + second)
         assert _echo(node.port) == 0x0000  # the pool was full: someone else's oldest made room
-        assert admission.held() == 7
+        assert _wait_for(lambda: admission.held() == 7, 2.0)  # the PACS's has closed
         closed = [sock for sock in other + second if _closed(sock, wait=0.2)]
         assert closed in ([other[0]], [second[0]])
     finally:
@@ -326,6 +326,19 @@ def test_a_request_one_byte_over_the_cap_is_refused_from_its_header(
     with _connect(node.port) as sock:
         sock.sendall(struct.pack(">BBI", 0x01, 0, MAX_ASSOCIATE_RQ_LENGTH + 1))
         assert _recv_until_closed(sock) == A_ABORT_INVALID_PARAMETER
+
+
+def test_an_a_abort_instead_of_a_request_closes_the_connection_at_once(
+    node_factory: Callable[..., RunningNode],
+) -> None:
+    """PS3.8 Sta2 + A-ABORT PDU received: AA-2, the connection is closed, nothing is sent."""
+    node = node_factory(artim_timeout=30.0)
+    with _connect(node.port) as sock:
+        sock.sendall(b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):  # its 4 bytes of body were not read
+            assert sock.recv(4096) == b""
+    assert _wait_for(lambda: node.listener.servers["plain"].admission.held() == 0, 1.0)
 
 
 def test_the_largest_plausible_request_is_accepted(

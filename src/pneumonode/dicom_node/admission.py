@@ -65,8 +65,9 @@ _WARNING_INTERVAL = 10.0
 
 @dataclass(frozen=True)
 class Refusal:
-    """What to do with a connection whose request we will not serve: send ``reply`` (b"":
-    nothing), then wait for the peer to close (Sta13, ARTIM). ``reason`` is logged."""
+    """What to do with a connection whose request we will not serve: send ``reply``, then wait
+    for the peer to close (Sta13, ARTIM); an empty ``reply``: close at once (PS3.8 AA-2).
+    ``reason`` is logged."""
 
     reply: bytes
     reason: str
@@ -461,14 +462,18 @@ class Admission:
             self._refuse(connection, refusal)
 
     def _refuse(self, connection: _Connection, refusal: Refusal) -> None:
-        """Send the refusal's reply and wait for the peer to close (Sta13)."""
+        """Send the refusal's reply and wait for the peer to close (Sta13); with no reply, close
+        at once (PS3.8 AA-2)."""
         self._refused.warning(
             "refusing the connection from %s: %s", connection.host, refusal.reason
         )
+        if not refusal.reply:
+            self._release(connection)
+            _close(connection.sock)
+            return
         connection.header = connection.body = bytearray()
-        if refusal.reply:
-            with contextlib.suppress(OSError):  # best effort: the socket's buffer is empty
-                connection.sock.send(refusal.reply)
+        with contextlib.suppress(OSError):  # best effort: the socket's buffer is empty
+            connection.sock.send(refusal.reply)
         with contextlib.suppress(OSError):
             connection.sock.shutdown(socket.SHUT_WR)
         connection.stage = _Stage.CLOSING
