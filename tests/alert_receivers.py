@@ -24,11 +24,13 @@ SB, EB, CR = "\x0b", "\x1c", "\r"
 @dataclass
 class MllpListener:
     """What the listener received (parsed, validated v2.5.1 messages) and how it answers:
-    ``ack_code`` AA, AE or AR; ``silent`` never answers (until the test ends)."""
+    ``ack_codes`` in turn (AA, AE or AR), then ``ack_code``; ``silent`` never answers (until the
+    test ends)."""
 
     host: str = "127.0.0.1"
     port: int = 0
     ack_code: str = "AA"
+    ack_codes: list[str] = field(default_factory=list)
     silent: bool = False
     messages: list[Message] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -43,6 +45,7 @@ class MllpListener:
 
 
 def _ack(listener: MllpListener, incoming: Message) -> str:
+    code = listener.ack_codes.pop(0) if listener.ack_codes else listener.ack_code
     ack = Message("ACK", version="2.5.1", validation_level=VALIDATION_LEVEL.STRICT)
     ack.msh.msh_3 = "TEST_RIS"
     ack.msh.msh_5 = incoming.msh.msh_3.to_er7()
@@ -50,9 +53,9 @@ def _ack(listener: MllpListener, incoming: Message) -> str:
     ack.msh.msh_9 = "ACK^R01^ACK"
     ack.msh.msh_10 = f"ACK{len(listener.messages)}"
     ack.msh.msh_11 = "P"
-    ack.msa.msa_1 = listener.ack_code
+    ack.msa.msa_1 = code
     ack.msa.msa_2 = incoming.msh.msh_10.to_er7()
-    if listener.ack_code != "AA":
+    if code != "AA":
         ack.msa.msa_3 = "unknown patient (test)"
     ack.validate()
     return str(ack.to_er7())

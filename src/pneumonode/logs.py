@@ -68,7 +68,8 @@ def configure_logging(settings: Settings, *, quiet_network: bool = False) -> Non
         root.setLevel(settings.log_level)
     logging.captureWarnings(True)  # library warnings as records, in the same format
     quiet = max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
-    for noisy in ("alembic", "pynetdicom", "highdicom"):
+    # httpx and httpcore log each request's URL: a webhook's URL may carry its secret
+    for noisy in ("alembic", "pynetdicom", "highdicom", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(quiet)
     if quiet_network:
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from hl7apy.core import Message
@@ -20,11 +21,13 @@ from sqlalchemy import select, update
 
 from alert_receivers import MllpListener, WebhookReceiver
 from dicom_factory import make_dx, save, synthetic_chest
+from node_processes import node_env, running, wait_until
 from peers_harness import free_port
 from pneumonode.alerts.outbox import AlertLoop, AlertPolicy, resend_alerts, run_due_alerts
 from pneumonode.api.app import create_app
 from pneumonode.api.security import ApiToken
 from pneumonode.db.models import Alert, AuditEvent, DeliveryState, Job, JobState
+from pneumonode.db.session import Database
 from pneumonode.dicom_node.peers import Destination
 from pneumonode.dicom_node.scu import send_files
 from pneumonode.model.predictor import Predictor
@@ -426,3 +429,56 @@ def test_an_undelivered_alert_is_withdrawn_when_a_rerun_no_longer_calls_for_it(
         f"alert {pending.id} (HL7 ORU) to {down} withdrawn, never delivered: a re-run of its "
         "result calls for no alert"
     )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_serve_alerts_a_positive_film_and_its_alert_loop_retries(
+    predictors: dict[str, Predictor],
+    tiny_checkpoint: Callable[..., Path],
+    mllp_listener: MllpListener,
+    webhook_receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    """`pneumonode serve` as a process: its worker alerts at once; the RIS refuses the first
+    ORU (AE), and serve's alert loop sends it again after the back-off."""
+    mllp_listener.ack_codes = ["AE"]
+    port, api_port = free_port(), free_port()
+    env = node_env(
+        tmp_path / "data",
+        tiny_checkpoint(bias=20.0),
+        port,
+        PNEUMONODE_API_PORT=str(api_port),
+        PNEUMONODE_ALLOWED_PEERS="PNEUMONODE",
+        PNEUMONODE_HL7_DESTINATIONS=mllp_listener.destination,
+        PNEUMONODE_WEBHOOK_URLS=webhook_receiver.url,
+        PNEUMONODE_WEBHOOK_SECRET=SECRET,
+        PNEUMONODE_SEND_BACKOFF_SECONDS="1",
+    )
+    film = _film(tmp_path / "in")
+    with running(["serve"], env, tmp_path / "serve.log", port=port):
+        started = time.monotonic()
+        sent = send_files([film], Destination("PNEUMONODE", "127.0.0.1", port), "PNEUMONODE")
+        assert all(o.ok for o in sent)
+        wait_until(lambda: len(webhook_receiver.posts) == 1, 60, "the webhook")
+        wait_until(lambda: len(mllp_listener.messages) == 2, 60, "the ORU, sent again")
+        assert time.monotonic() - started < 60
+    assert mllp_listener.errors == []
+    first, second = mllp_listener.messages
+    assert first.msh.msh_10.to_er7() == second.msh.msh_10.to_er7()
+    post = webhook_receiver.posts[0]
+    assert post.headers["X-Pneumonode-Signature-256"] == _signature(post.body)
+    study_uid = str(pydicom.dcmread(film).StudyInstanceUID)
+    obr = second.oru_r01_patient_result.oru_r01_order_observation.obr
+    assert (
+        obr.obr_20.to_er7() == study_uid and post.json()["study"]["study_instance_uid"] == study_uid
+    )
+    database = Database.open(f"sqlite:///{tmp_path / 'data' / 'pneumonode.sqlite3'}")
+    try:
+        with database.session() as session:
+            states = {(a.channel, a.state, a.attempts) for a in session.scalars(select(Alert))}
+    finally:
+        database.dispose()
+    assert states == {("hl7", DeliveryState.SENT, 2), ("webhook", DeliveryState.SENT, 1)}
+    log = (tmp_path / "serve.log").read_text()
+    _no_patient_data([log])
