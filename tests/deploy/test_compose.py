@@ -237,10 +237,10 @@ def test_orthanc_and_node_know_each_other(services: dict[str, dict[str, Any]]) -
 
 @pytest.mark.parametrize("name", PNEUMONODE_SERVICES)
 def test_commands_parse(name: str, services: dict[str, dict[str, Any]]) -> None:
-    from pneumonode.cli import _build_parser
+    from pneumonode.cli import build_parser
 
     command = [interpolate(part) for part in services[name]["command"]]
-    args = _build_parser().parse_args(command)  # a typo exits with status 2
+    args = build_parser().parse_args(command)  # a typo exits with status 2
     assert args.command in ("dicom-listen", "worker", "api")
 
 
