@@ -136,6 +136,7 @@ def _cmd_inspect_dataset(settings: Settings, args: argparse.Namespace) -> int:
         DatasetLayout,
         DatasetLayoutError,
         inspect_dataset,
+        summary_lines,
         write_inspection_report,
     )
 
@@ -149,7 +150,7 @@ def _cmd_inspect_dataset(settings: Settings, args: argparse.Namespace) -> int:
     except DatasetLayoutError as exc:
         raise CliError(str(exc)) from None
     written = write_inspection_report(inspection, out)
-    for line in inspection.lines():
+    for line in summary_lines(inspection):
         print(line)
     print(f"report: {written[0]} (+ {len(written) - 1} files in {out})")
     if inspection.usable:
