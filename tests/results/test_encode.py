@@ -147,6 +147,7 @@ def test_highdicom_asks_the_iod_memo_which_answers_as_highdicom_does() -> None:
 
     from pneumonode.results import iod_lookup
 
+    iod_lookup.install()  # what a process that makes result objects does at its start
     assert highdicom.base.is_attribute_in_iod is iod_lookup.is_attribute_in_iod
     assert highdicom.sr.content.is_attribute_in_iod is iod_lookup.is_attribute_in_iod
     classes = (

@@ -10,7 +10,8 @@ import pytest
 from pydicom import Dataset
 
 from dicom_factory import make_dx, synthetic_chest
-from pneumonode.model.postprocess import Finding, summarise
+from pneumonode.findings import Finding
+from pneumonode.model.postprocess import summarise
 from pneumonode.results import add_banner, banner_lines, build_overlay_capture, render_overlay
 from pneumonode.results.overlay import (
     BANNER_BACKGROUND_RGB,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pneumonode.config import Settings
     from pneumonode.db.session import Database
     from pneumonode.dicom_node.peers import Destination
-    from pneumonode.model.postprocess import Finding
+    from pneumonode.findings import Finding
     from pneumonode.model.predictor import Predictor
 
 __all__ = [

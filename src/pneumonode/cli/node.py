@@ -135,8 +135,10 @@ def _cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from pneumonode.results import iod_lookup
     from pneumonode.worker.tasks import QUEUE, configure, context
 
+    iod_lookup.install()  # this process makes SEG, SR and SC objects (prefork's children too)
     if args.device:
         settings = settings.model_copy(update={"device": args.device})
     _require_model(settings)

@@ -213,8 +213,10 @@ def _cmd_predict_dicom(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.conversion import ConversionError
     from pneumonode.conversion.decode import read_dataset
     from pneumonode.dicom_node.spool import safe_component
+    from pneumonode.results import iod_lookup
     from pneumonode.worker.pipeline import analyse, write_results
 
+    iod_lookup.install()  # this process makes SEG, SR and SC objects
     predictor = load_predictor(settings, args)
     failed = 0
     summary = []

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pneumonode.findings import AlgorithmInfo
+
 if TYPE_CHECKING:  # torch is imported where it is used: reading a config needs none of it
     import torch
     from torch import nn
@@ -120,6 +122,20 @@ class CheckpointConfig(_Strict):
     weights_dtype: Literal["float32", "float16"] = "float32"
     weights_sha256: str | None = None
     intended_use: str = "Research only. AI result, not for clinical use."
+
+    def algorithm_info(self) -> AlgorithmInfo:
+        """The model as our result objects name it: name, version, post-processing and
+        operating point."""
+        post = self.postprocess
+        return AlgorithmInfo(
+            name=self.name,
+            version=self.version,
+            threshold=post.threshold,
+            min_area_pixels=post.min_area_pixels,
+            top_score_threshold=post.top_score_threshold,
+            intended_use=self.intended_use,
+            operating_point=None if self.decision is None else self.decision.threshold,
+        )
 
     def build(self) -> nn.Module:
         from pneumonode.model.network import build_unet

@@ -6,14 +6,15 @@ All functions are pure ``(array, ...) -> value``; shapes are given in the docstr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from pydicom import Dataset
 
+from pneumonode.findings import Finding
+
 __all__ = [
-    "Finding",
+    "Finding",  # defined in pneumonode.findings, which results import it from
     "binary_mask",
     "describe_finding",
     "pixel_spacing_mm",
@@ -75,22 +76,6 @@ def _row_direction(ds: Dataset | None) -> str:
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value) >= 1:
         return str(value[0]).upper()
     return "L"  # the convention for frontal chest films: patient's right on the image left
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What the model found on one image (at the source's resolution)."""
-
-    present: bool
-    max_probability: float  # the highest pixel probability (not a probability of the finding)
-    area_pixels: int
-    area_mm2: float | None
-    side: str | None  # "right", "left" or "bilateral" (patient's side); None when absent
-    orientation_assumed: bool
-    # the calibrated image-level probability of a pneumothorax (None: a model without one) and
-    # the operating point it was compared with (None: the mask alone decided)
-    probability: float | None = None
-    threshold: float | None = None
 
 
 def summarise(

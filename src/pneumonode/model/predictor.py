@@ -54,7 +54,8 @@ from pydicom import Dataset
 from pneumonode.conversion import PreparedImage, prepare_radiograph, read_dataset
 from pneumonode.conversion.decode import DatasetSource
 from pneumonode.conversion.prepare import prepare_8bit_image
-from pneumonode.model.postprocess import Finding, binary_mask, summarise
+from pneumonode.findings import Finding
+from pneumonode.model.postprocess import binary_mask, summarise
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,5 @@
-"""What every result object shares: the algorithm's identity, derived UIDs, labels, clean sources.
+"""What every result object shares: derived UIDs, labels, clean sources (and the algorithm's
+identity, :class:`~pneumonode.findings.AlgorithmInfo`, which lives with the finding).
 
 Result UIDs are derived from the source's SOP Instance UID, the model version and the kind of
 object (a name-based UUID as ``2.25.<integer>``, DICOM PS3.5 B.2), so a re-run of the same model
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -23,12 +23,11 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 
-from pneumonode.identity import MANUFACTURER, SOFTWARE_VERSION
-from pneumonode.model.checkpoint import CheckpointConfig
+from pneumonode.findings import AlgorithmInfo
 
 __all__ = [
     "SERIES_NUMBERS",
-    "AlgorithmInfo",
+    "AlgorithmInfo",  # defined in pneumonode.findings
     "ResultKind",
     "derived_uid",
     "result_kind",
@@ -69,43 +68,6 @@ _DEFAULT_REPERTOIRE = frozenset(("", "ISO_IR 6", "ISO 2022 IR 6"))
 _UTF8 = "ISO_IR 192"
 #: VRs whose values are text in the dataset's character set (PS3.5 6.1.2.3)
 _TEXT_VRS = frozenset(("SH", "LO", "ST", "LT", "UC", "UT", "PN"))
-
-
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    """The model as our result objects name it (from the checkpoint's config.json)."""
-
-    name: str
-    version: str
-    threshold: float
-    min_area_pixels: int
-    top_score_threshold: float | None
-    intended_use: str
-    manufacturer: str = MANUFACTURER
-    software_version: str = SOFTWARE_VERSION
-    operating_point: float | None = None  # on the calibrated image-level probability
-
-    @classmethod
-    def from_checkpoint(cls, config: CheckpointConfig) -> AlgorithmInfo:
-        post = config.postprocess
-        return cls(
-            name=config.name,
-            version=config.version,
-            threshold=post.threshold,
-            min_area_pixels=post.min_area_pixels,
-            top_score_threshold=post.top_score_threshold,
-            intended_use=config.intended_use,
-            operating_point=None if config.decision is None else config.decision.threshold,
-        )
-
-    def parameters(self) -> list[str]:
-        """Algorithm parameters as DICOM's AlgorithmParameters lists them (LT strings)."""
-        values = [f"threshold={self.threshold:g}", f"min_area_pixels={self.min_area_pixels}"]
-        if self.top_score_threshold is not None:
-            values.append(f"top_score_threshold={self.top_score_threshold:g}")
-        if self.operating_point is not None:
-            values.append(f"operating_point={self.operating_point:g}")
-        return values
 
 
 def derived_uid(source_uid: str, version: str, what: str) -> UID:

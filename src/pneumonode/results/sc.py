@@ -15,10 +15,9 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 
-from pneumonode.model.postprocess import Finding
+from pneumonode.findings import AlgorithmInfo, Finding
 from pneumonode.results.common import (
     SERIES_NUMBERS,
-    AlgorithmInfo,
     derived_uid,
     result_source,
     series_description,

@@ -9,9 +9,9 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
+from pneumonode.findings import AlgorithmInfo
 from pneumonode.results.common import (
     SERIES_NUMBERS,
-    AlgorithmInfo,
     derived_uid,
     result_source,
     series_description,

@@ -24,10 +24,9 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from pneumonode.model.postprocess import Finding
+from pneumonode.findings import AlgorithmInfo, Finding
 from pneumonode.results.common import (
     SERIES_NUMBERS,
-    AlgorithmInfo,
     derived_uid,
     result_source,
     series_description,
