@@ -30,6 +30,13 @@ from pydantic_settings.exceptions import SettingsError
 
 from pneumonode.alerts.targets import AlertTargetError, check_webhook_url, parse_mllp_target
 from pneumonode.dicom_node.peers import PeerRule, parse_destination
+from pneumonode.dicom_node.selection import (
+    DEFAULT_BODY_PARTS,
+    DEFAULT_MODALITIES,
+    DEFAULT_VIEW_POSITIONS,
+    SelectionRules,
+    code_strings,
+)
 
 __all__ = [
     "SHIPPED_MODEL",
@@ -181,6 +188,23 @@ class Settings(BaseSettings):
     )
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="Seconds SIGTERM waits for in-flight transfers."
+    )
+
+    # --- Which received images are analysed (the rest are stored and audited as skipped) --
+    analysed_modalities: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_MODALITIES,
+        description="Modalities analysed (comma separated): a CR or DX image's by its SOP "
+        "class, a Secondary Capture's by its Modality (MISSING: none).",
+    )
+    analysed_body_parts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_BODY_PARTS,
+        description="Body Part Examined values analysed (comma separated; MISSING: an "
+        "image without one).",
+    )
+    analysed_view_positions: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_VIEW_POSITIONS,
+        description="View Position values analysed (comma separated; MISSING: an "
+        "image without one).",
     )
 
     # --- DICOM TLS (PS3.15 Annex B.9, BCP 195 profile) ------------------------------------
@@ -376,6 +400,9 @@ class Settings(BaseSettings):
         "tls_destinations",
         "hl7_destinations",
         "webhook_urls",
+        "analysed_modalities",
+        "analysed_body_parts",
+        "analysed_view_positions",
         mode="before",
     )
     @classmethod
@@ -407,6 +434,12 @@ class Settings(BaseSettings):
         for text in value:  # the parser `pneumonode echo` and the sender use
             parse_destination(text)
         return value
+
+    @field_validator("analysed_modalities", "analysed_body_parts", "analysed_view_positions")
+    @classmethod
+    def _valid_selection(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """DICOM code strings, upper case, each once (the rule that selection applies)."""
+        return code_strings(value)
 
     @field_validator("hl7_destinations")
     @classmethod
@@ -594,6 +627,15 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.api_port}"
+
+    @property
+    def selection(self) -> SelectionRules:
+        """Which received images are analysed (``analysed_*``), for ``selection.skip_reason``."""
+        return SelectionRules(
+            modalities=self.analysed_modalities,
+            body_parts=self.analysed_body_parts,
+            view_positions=self.analysed_view_positions,
+        )
 
     @property
     def broker(self) -> str:

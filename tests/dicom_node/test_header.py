@@ -15,7 +15,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from dicom_factory import basic_text_sr, make_dx, save, synthetic_chest
 from pneumonode.dicom_node.header import read_header
 from pneumonode.dicom_node.receive import dataset_offset
-from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
+from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, SelectionRules, skip_reason
 
 KEYWORDS = (
     "StudyInstanceUID",
@@ -169,9 +169,9 @@ def test_the_selection_reads_only_its_keywords() -> None:
     for ds in cases:
         kept = {keyword: ds.get(keyword) for keyword in SELECTION_KEYWORDS}
         for sop_class in (ds.SOPClassUID, "1.2.840.10008.5.1.4.1.1.7"):
-            assert skip_reason(kept, sop_class, has_pixel_data=True) == skip_reason(
-                ds, sop_class, has_pixel_data=True
-            )
+            assert skip_reason(
+                kept, sop_class, has_pixel_data=True, rules=SelectionRules()
+            ) == skip_reason(ds, sop_class, has_pixel_data=True, rules=SelectionRules())
 
 
 def test_damaged_headers_never_disagree_with_pydicom(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,11 @@ from pydicom.uid import (
 )
 
 from dicom_factory import make_dx
+from node_processes import PNEUMONODE
+from pneumonode.config import ConfigError, Settings, load_settings
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.peers import PeerConfigError, PeerPolicy, PeerRule, parse_destination
-from pneumonode.dicom_node.selection import skip_reason
+from pneumonode.dicom_node.selection import SelectionRules, skip_reason
 from pneumonode.dicom_node.spool import Spool, safe_component
 
 
@@ -43,14 +47,15 @@ DX = "1.2.840.10008.5.1.4.1.1.1.1"
         (SecondaryCaptureImageStorage, {"Modality": "CR"}, None),
         (DX, {"BodyPartExamined": None, "ViewPosition": None}, None),
         (DX, {"BodyPartExamined": "chest", "ViewPosition": "ap"}, None),
+        (DX, {"BodyPartExamined": "THORAX"}, None),  # common on DX
         (
             SecondaryCaptureImageStorage,
             {"Modality": "OT"},
             "secondary capture with modality OT, not CR/DX",
         ),
         (CTImageStorage, {"Modality": "CT"}, "not a radiograph (CT Image Storage)"),
-        (DX, {"BodyPartExamined": "KNEE"}, "body part KNEE, not CHEST"),
-        (DX, {"ViewPosition": "LL"}, "view position LL, not frontal (PA/AP)"),
+        (DX, {"BodyPartExamined": "KNEE"}, "body part KNEE, not CHEST/THORAX"),
+        (DX, {"ViewPosition": "LL"}, "view position LL, not PA/AP"),
         (DX, {"NumberOfFrames": 3}, "multi-frame (3 frames)"),
         (DX, {"PhotometricInterpretation": "RGB", "SamplesPerPixel": 3}, "not monochrome (RGB)"),
         (SegmentationStorage, {"Manufacturer": "pneumonode"}, "our own output (loop guard)"),
@@ -62,11 +67,123 @@ DX = "1.2.840.10008.5.1.4.1.1.1.1"
     ],
 )
 def test_selection(sop_class: str, attributes: dict[str, object], expected: str | None) -> None:
-    assert skip_reason(radiograph(**attributes), sop_class, has_pixel_data=True) == expected
+    reason = skip_reason(
+        radiograph(**attributes), sop_class, has_pixel_data=True, rules=SelectionRules()
+    )
+    assert reason == expected
 
 
 def test_an_image_class_without_pixel_data_is_skipped() -> None:
-    assert skip_reason(radiograph(), DX, has_pixel_data=False) == "no pixel data"
+    reason = skip_reason(radiograph(), DX, has_pixel_data=False, rules=SelectionRules())
+    assert reason == "no pixel data"
+
+
+def test_the_default_rules_are_the_settings_defaults() -> None:
+    assert Settings.model_construct().selection == SelectionRules()
+
+
+@pytest.mark.parametrize(
+    ("environment", "sop_class", "attributes", "expected"),
+    [
+        ({"ANALYSED_MODALITIES": "DX"}, ComputedRadiographyImageStorage, {}, "modality CR, not DX"),
+        (
+            {"ANALYSED_MODALITIES": "dx"},
+            SecondaryCaptureImageStorage,
+            {"Modality": "CR"},
+            "secondary capture with modality CR, not DX",
+        ),
+        (
+            {"ANALYSED_MODALITIES": "CR,DX,OT"},
+            SecondaryCaptureImageStorage,
+            {"Modality": "OT"},
+            None,
+        ),
+        (
+            {"ANALYSED_MODALITIES": "CR, DX, MISSING"},
+            SecondaryCaptureImageStorage,
+            {"Modality": None},
+            None,
+        ),
+        (
+            {"ANALYSED_BODY_PARTS": "CHEST"},
+            DX,
+            {"BodyPartExamined": "THORAX"},
+            "body part THORAX, not CHEST",
+        ),
+        (
+            {"ANALYSED_BODY_PARTS": "CHEST,THORAX"},
+            DX,
+            {"BodyPartExamined": None},
+            "body part missing, not CHEST/THORAX",
+        ),
+        (
+            {"ANALYSED_BODY_PARTS": '["CHEST", "CHEST ABDOMEN"]'},
+            DX,
+            {"BodyPartExamined": "CHEST ABDOMEN"},
+            None,
+        ),
+        ({"ANALYSED_VIEW_POSITIONS": "PA"}, DX, {"ViewPosition": "AP"}, "view position AP, not PA"),
+        ({"ANALYSED_VIEW_POSITIONS": "PA,AP,LL"}, DX, {"ViewPosition": "LL"}, None),
+        (
+            {"ANALYSED_VIEW_POSITIONS": "PA,AP"},
+            DX,
+            {"ViewPosition": None},
+            "view position missing, not PA/AP",
+        ),
+    ],
+)
+def test_the_rules_are_settings(
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    sop_class: str,
+    attributes: dict[str, object],
+    expected: str | None,
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(f"PNEUMONODE_{name}", value)
+    rules = load_settings().selection
+    reason = skip_reason(radiograph(**attributes), sop_class, has_pixel_data=True, rules=rules)
+    assert reason == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("ANALYSED_MODALITIES", "", "names no value, so nothing would be analysed"),
+        ("ANALYSED_BODY_PARTS", "CHEST,THORAX/CHEST", "'THORAX/CHEST' is not a DICOM code string"),
+        ("ANALYSED_VIEW_POSITIONS", "PA,A_VERY_LONG_VIEW_POSITION", "is not a DICOM code string"),
+    ],
+)
+def test_a_bad_rule_is_one_line_naming_its_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(f"PNEUMONODE_{name}", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert message.startswith(f"PNEUMONODE_{name}: ") and problem in message
+    assert "\n" not in message
+
+
+@pytest.mark.integration
+def test_the_node_refuses_a_bad_rule_at_start_in_one_line(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMONODE_")}
+    environment |= {
+        "PNEUMONODE_DATA_DIR": str(tmp_path / "data"),
+        "PNEUMONODE_ANALYSED_BODY_PARTS": "CHEST;THORAX",
+    }
+    result = subprocess.run(
+        [PNEUMONODE, "dicom-listen"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: invalid configuration: PNEUMONODE_ANALYSED_BODY_PARTS: 'CHEST;THORAX' is not a "
+        "DICOM code string (1-16 of A-Z, 0-9, space, underscore)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -163,7 +280,9 @@ def test_the_listeners_warm_up_leaves_nothing_behind(database: Database, tmp_pat
     from pneumonode.db.models import AuditEvent, Instance, Job, Study
     from pneumonode.dicom_node.receive import InstanceReceiver
 
-    InstanceReceiver(Spool(tmp_path / "spool"), database, min_free_bytes=0).warm_up()
+    InstanceReceiver(
+        Spool(tmp_path / "spool"), database, min_free_bytes=0, rules=SelectionRules()
+    ).warm_up()
     with database.session() as session:
         for table in (Study, Instance, Job, AuditEvent):
             assert session.scalar(select(func.count()).select_from(table)) == 0, table.__name__

@@ -159,6 +159,7 @@ def upload(
         Spool(settings.spool_dir),
         state.database,
         min_free_bytes=settings.min_free_disk_mb * 1024 * 1024,
+        rules=settings.selection,
     )
     peer = request.client.host if request.client else None
     limit = settings.max_upload_mb * 1024 * 1024

@@ -315,9 +315,9 @@ def _yes(flag: bool) -> str:
 
 
 def _analysed(sop_class_uid: str) -> str:
-    """Whether a frontal chest image of this SOP class becomes a job (``skip_reason``), and
-    for which modalities when that depends on them."""
-    from pneumonode.dicom_node.selection import skip_reason
+    """Whether a frontal chest image of this SOP class becomes a job (``skip_reason`` with the
+    default rules), and for which modalities when that depends on them."""
+    from pneumonode.dicom_node.selection import SelectionRules, skip_reason
 
     modalities = ("CR", "DX", "OT")
     analysed = [
@@ -333,6 +333,7 @@ def _analysed(sop_class_uid: str) -> str:
             },
             sop_class_uid,
             has_pixel_data=True,
+            rules=SelectionRules(),
         )
         is None
     ]
@@ -558,7 +559,20 @@ def received_attributes_table() -> str:
 #: The settings of the DICOM node: the fields of ``Settings`` from the first up to (not
 #: including) the last named here, less those that are not about DICOM.
 _SETTINGS_FROM, _SETTINGS_UNTIL = "ae_title", "model_path"
-_NOT_DICOM_SETTINGS = frozenset({"retention_days"})
+_NOT_DICOM_SETTINGS = frozenset(
+    {
+        "retention_days",
+        # alerts: HL7 v2 and webhooks (docs/operations.md#alerts)
+        "notify",
+        "hl7_destinations",
+        "hl7_sending_application",
+        "hl7_sending_facility",
+        "webhook_urls",
+        "webhook_secret",
+        "alert_timeout",
+        "public_url",
+    }
+)
 
 
 def _default(value: object) -> str:
@@ -568,6 +582,8 @@ def _default(value: object) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, float) and value.is_integer():
         return f"`{int(value)}`"
+    if isinstance(value, tuple):  # as the environment writes it
+        return f"`{','.join(str(item) for item in value)}`"
     return f"`{value}`"
 
 

@@ -38,7 +38,7 @@ from pneumonode.db.repository import (
 )
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.header import read_header
-from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
+from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, SelectionRules, skip_reason
 from pneumonode.dicom_node.spool import Spool, Syncs
 from pneumonode.dicom_node.structure import (
     DamagedDatasetError,
@@ -153,11 +153,13 @@ class InstanceReceiver:
         spool: Spool,
         database: Database,
         min_free_bytes: int,
+        rules: SelectionRules,
         on_job: Callable[[int], None] | None = None,
     ) -> None:
         self.spool = spool
         self.database = database
         self.min_free_bytes = min_free_bytes
+        self.rules = rules
         self.on_job = on_job
 
     def disk_is_low(self) -> bool:
@@ -236,7 +238,9 @@ class InstanceReceiver:
                 study_uid = _text(values, "StudyInstanceUID", 128)
                 dataset_sop = _text(values, "SOPInstanceUID", 128)
                 kept = {keyword: _text(values, keyword, limit) for keyword, limit in _KEPT.items()}
-                reason = skip_reason(values, sop_class_uid, has_pixel_data=has_pixels)
+                reason = skip_reason(
+                    values, sop_class_uid, has_pixel_data=has_pixels, rules=self.rules
+                )
             except Exception as exc:  # pydicom raises many types on corrupt input
                 self._audit_refusal(f"unreadable dataset ({type(exc).__name__})", **who)
                 return Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset")

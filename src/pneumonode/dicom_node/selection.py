@@ -1,8 +1,16 @@
-"""Which received objects become jobs: frontal chest radiographs, and never our own output."""
+"""Which received objects become jobs: frontal chest radiographs, and never our own output.
+
+The SOP classes (CR, DX, and Secondary Capture) and the image checks (pixel data, one frame,
+monochrome) are fixed; the modalities, body parts and view positions analysed are settings
+(``analysed_modalities``, ``analysed_body_parts``, ``analysed_view_positions``), handed in as
+:class:`SelectionRules`.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydicom.uid import (
@@ -15,14 +23,29 @@ from pydicom.uid import (
 
 from pneumonode.identity import MANUFACTURER
 
-__all__ = ["SELECTION_KEYWORDS", "is_own_output", "skip_reason"]
+__all__ = [
+    "DEFAULT_BODY_PARTS",
+    "DEFAULT_MODALITIES",
+    "DEFAULT_VIEW_POSITIONS",
+    "MISSING",
+    "SELECTION_KEYWORDS",
+    "SelectionRules",
+    "code_strings",
+    "is_own_output",
+    "skip_reason",
+]
 
+#: The radiograph storage classes, each with the Modality its IOD fixes.
 RADIOGRAPH_CLASSES = {
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
+    ComputedRadiographyImageStorage: "CR",
+    DigitalXRayImageStorageForPresentation: "DX",
+    DigitalXRayImageStorageForProcessing: "DX",
 }
-FRONTAL_VIEWS = {"PA", "AP", ""}
+#: In a list of values: an image whose attribute is empty or absent.
+MISSING = "MISSING"
+DEFAULT_MODALITIES = ("CR", "DX")
+DEFAULT_BODY_PARTS = ("CHEST", "THORAX", MISSING)
+DEFAULT_VIEW_POSITIONS = ("PA", "AP", MISSING)
 
 
 class Attributes(Protocol):
@@ -41,7 +64,17 @@ SELECTION_KEYWORDS = (
     "PhotometricInterpretation",
     "SamplesPerPixel",
 )
-CHEST_BODY_PARTS = {"CHEST", ""}
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """The values of Modality, Body Part Examined and View Position that are analysed
+    (upper case; :data:`MISSING` admits an image without the attribute). A CR or DX storage
+    object's modality is its class's (CR, DX); a Secondary Capture's is its Modality."""
+
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    body_parts: tuple[str, ...] = DEFAULT_BODY_PARTS
+    view_positions: tuple[str, ...] = DEFAULT_VIEW_POSITIONS
 
 
 def _text(ds: Attributes, keyword: str) -> str:
@@ -60,13 +93,42 @@ def _shown(value: str, missing: str = "missing") -> str:
     return value if _CODE_STRING.fullmatch(value) else "an invalid value"
 
 
+def code_strings(values: Iterable[str]) -> tuple[str, ...]:
+    """``values`` as the rules hold them: stripped, upper case, each once, in order; a
+    :class:`ValueError` names the first that cannot be a DICOM code string, or says the list
+    is empty (nothing would be analysed)."""
+    chosen: list[str] = []
+    for value in values:
+        text = str(value).strip().upper()
+        if not _CODE_STRING.fullmatch(text):
+            raise ValueError(
+                f"{value!r} is not a DICOM code string (1-16 of A-Z, 0-9, space, underscore)"
+            )
+        if text not in chosen:
+            chosen.append(text)
+    if not chosen:
+        raise ValueError(f"names no value, so nothing would be analysed ({MISSING}: none given)")
+    return tuple(chosen)
+
+
+def _listed(value: str, allowed: tuple[str, ...]) -> bool:
+    return (value or MISSING) in allowed
+
+
+def _named(allowed: tuple[str, ...]) -> str:
+    """The values of a rule as a reason names them (what a missing attribute is, aside)."""
+    return "/".join(value for value in allowed if value != MISSING) or f"{MISSING} only"
+
+
 def is_own_output(ds: Attributes) -> bool:
     """True for objects this node created (SEG, SR, SC overlay) coming back to us."""
     return _text(ds, "Manufacturer") == MANUFACTURER.upper()
 
 
-def skip_reason(ds: Attributes, sop_class_uid: str, *, has_pixel_data: bool) -> str | None:
-    """Why ``ds`` is not processed, or None when it is a frontal chest radiograph.
+def skip_reason(
+    ds: Attributes, sop_class_uid: str, *, has_pixel_data: bool, rules: SelectionRules
+) -> str | None:
+    """Why ``ds`` is not processed, or None when it is a radiograph that ``rules`` select.
 
     ``ds`` may be read without its pixel data (or be the values of SELECTION_KEYWORDS);
     ``has_pixel_data`` says whether it had some.
@@ -74,20 +136,26 @@ def skip_reason(ds: Attributes, sop_class_uid: str, *, has_pixel_data: bool) -> 
     sop_class = UID(sop_class_uid)
     if is_own_output(ds):
         return "our own output (loop guard)"
-    modality = _text(ds, "Modality")
     if sop_class == SecondaryCaptureImageStorage:
-        if modality not in ("CR", "DX"):
-            return f"secondary capture with modality {_shown(modality)}, not CR/DX"
-    elif sop_class not in RADIOGRAPH_CLASSES:
+        modality = _text(ds, "Modality")
+        if not _listed(modality, rules.modalities):
+            return (
+                f"secondary capture with modality {_shown(modality)}, "
+                f"not {_named(rules.modalities)}"
+            )
+    elif sop_class in RADIOGRAPH_CLASSES:
+        if RADIOGRAPH_CLASSES[sop_class] not in rules.modalities:
+            return f"modality {RADIOGRAPH_CLASSES[sop_class]}, not {_named(rules.modalities)}"
+    else:
         return f"not a radiograph ({sop_class.name or sop_class})"
     if not has_pixel_data:
         return "no pixel data"
     body_part = _text(ds, "BodyPartExamined")
-    if body_part not in CHEST_BODY_PARTS:
-        return f"body part {_shown(body_part)}, not CHEST"
+    if not _listed(body_part, rules.body_parts):
+        return f"body part {_shown(body_part)}, not {_named(rules.body_parts)}"
     view = _text(ds, "ViewPosition")
-    if view not in FRONTAL_VIEWS:
-        return f"view position {_shown(view)}, not frontal (PA/AP)"
+    if not _listed(view, rules.view_positions):
+        return f"view position {_shown(view)}, not {_named(rules.view_positions)}"
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
     except (TypeError, ValueError):

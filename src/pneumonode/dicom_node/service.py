@@ -21,6 +21,7 @@ def build_listener(
         Spool(settings.spool_dir),
         database,
         min_free_bytes=settings.min_free_disk_mb * 1024 * 1024,
+        rules=settings.selection,
         on_job=on_job,
     )
     return Listener(settings, database, receiver)
