@@ -304,7 +304,7 @@ def test_metrics_in_prometheus_text(api: Api) -> None:
     response = api.client.get("/metrics")
     assert response.status_code == 200
     text = response.text
-    assert "pneumonode_instances_received_total 3" in text
+    assert 'pneumonode_instances_received_total{outcome="stored",status="0x0000"} 3' in text
     assert 'pneumonode_jobs{state="done"} 3' in text
     assert 'pneumonode_stage_seconds_count{stage="infer"} 3' in text
     assert "pneumonode_queue_depth 0" in text

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
 from pneumonode import __version__
-from pneumonode.api import actions, health, studies, system
+from pneumonode.api import actions, health, metrics, studies, system
 from pneumonode.api.deps import ApiState
 from pneumonode.api.limits import RateLimiter
 from pneumonode.api.security import ApiToken
@@ -84,6 +84,7 @@ def create_app(settings: Settings, database: Database, token: ApiToken) -> FastA
         return await call_next(request)
 
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(studies.router)
     app.include_router(actions.router)
     app.include_router(system.router)

@@ -1,14 +1,13 @@
-"""``GET /health`` (readiness of every part) and ``GET /metrics`` (Prometheus text); no token."""
+"""``GET /health``: readiness of every part; no token (``/metrics`` is in ``api.metrics``)."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 from datetime import timedelta
-from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -18,14 +17,8 @@ from pneumonode.api.schemas import ComponentHealth, HealthOut
 from pneumonode.config import Settings
 from pneumonode.db.models import (
     Alert,
-    AlertChannel,
-    AuditEvent,
     Delivery,
     DeliveryState,
-    Instance,
-    Job,
-    JobState,
-    Result,
     WorkerHeartbeat,
     utcnow,
 )
@@ -40,9 +33,6 @@ WORKER_SILENCE = timedelta(seconds=30)
 #: A pending delivery due this long ago and not attempted: nothing is sending (a listener runs
 #: the delivery loop; it looks every few seconds).
 DELIVERY_OVERDUE = timedelta(minutes=5)
-#: Upper bounds (seconds) of the per-stage latency histograms.
-BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
 
 
 def _listener(settings: Settings) -> ComponentHealth:
@@ -236,112 +226,3 @@ def health(state: StateDep) -> JSONResponse:
     ready = status != "down"
     body = HealthOut(ready=ready, status=status, components=components, version=__version__)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
-
-
-def _histogram(
-    name: str, stage: str, values: list[float], lines: list[str], label: str = "stage"
-) -> None:
-    for bound in BUCKETS:
-        count = sum(1 for v in values if v <= bound)
-        lines.append(f'{name}_bucket{{{label}="{stage}",le="{bound}"}} {count}')
-    lines.append(f'{name}_bucket{{{label}="{stage}",le="+Inf"}} {len(values)}')
-    lines.append(f'{name}_sum{{{label}="{stage}"}} {sum(values):.6f}')
-    lines.append(f'{name}_count{{{label}="{stage}"}} {len(values)}')
-
-
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(state: StateDep) -> PlainTextResponse:
-    """Prometheus text format. Latency histograms cover the last 5000 finished jobs (and
-    delivered alerts)."""
-    lines: list[str] = []
-    with state.database.session() as session:
-        received = session.scalar(select(func.count()).select_from(Instance)) or 0
-        by_state: dict[str, int] = {s.value: 0 for s in JobState}
-        for job_state, count in session.execute(
-            select(Job.state, func.count()).group_by(Job.state)
-        ):
-            by_state[str(job_state)] = int(count)
-        deliveries: dict[str, int] = {s.value: 0 for s in DeliveryState}
-        for delivery_state, count in session.execute(
-            select(Delivery.state, func.count()).group_by(Delivery.state)
-        ):
-            deliveries[str(delivery_state)] = int(count)
-        failed_attempts = session.scalar(
-            select(func.count())
-            .select_from(AuditEvent)
-            .where(AuditEvent.kind.in_(("delivery.failed", "delivery.dead")))
-        )
-        alerts: dict[tuple[str, str], int] = {
-            (c.value, s.value): 0 for c in AlertChannel for s in DeliveryState
-        }
-        for channel, alert_state, count in session.execute(
-            select(Alert.channel, Alert.state, func.count()).group_by(Alert.channel, Alert.state)
-        ):
-            alerts[(str(channel), str(alert_state))] = int(count)
-        failed_alerts = session.scalar(
-            select(func.count())
-            .select_from(AuditEvent)
-            .where(AuditEvent.kind.in_(("alert.failed", "alert.dead")))
-        )
-        alert_latency: dict[str, list[float]] = {c.value: [] for c in AlertChannel}
-        for channel, sent_at, received_at in session.execute(
-            select(Alert.channel, Alert.sent_at, Instance.received_at)
-            .join(Result, Result.id == Alert.result_id)
-            .join(Job, Job.id == Result.job_id)
-            .join(Instance, Instance.id == Job.instance_id)
-            .where(Alert.state == DeliveryState.SENT)
-            .order_by(Alert.sent_at.desc())
-            .limit(5000)
-        ):
-            if sent_at is not None and str(channel) in alert_latency:
-                seconds = (sent_at - received_at).total_seconds()
-                alert_latency[str(channel)].append(max(seconds, 0.0))
-        timings: list[dict[str, Any]] = [
-            t
-            for t in session.scalars(
-                select(Job.timings)
-                .where(Job.state == JobState.DONE)
-                .order_by(Job.finished_at.desc())
-                .limit(5000)
-            )
-            if t
-        ]
-    lines += [
-        "# HELP pneumonode_instances_received_total Instances stored (re-sends not counted).",
-        "# TYPE pneumonode_instances_received_total counter",
-        f"pneumonode_instances_received_total {received}",
-        "# HELP pneumonode_jobs Jobs by state.",
-        "# TYPE pneumonode_jobs gauge",
-        *(f'pneumonode_jobs{{state="{s}"}} {n}' for s, n in sorted(by_state.items())),
-        "# HELP pneumonode_queue_depth Jobs waiting for a worker (pending + queued).",
-        "# TYPE pneumonode_queue_depth gauge",
-        f"pneumonode_queue_depth {by_state['pending'] + by_state['queued']}",
-        "# HELP pneumonode_deliveries Deliveries by state.",
-        "# TYPE pneumonode_deliveries gauge",
-        *(f'pneumonode_deliveries{{state="{s}"}} {n}' for s, n in sorted(deliveries.items())),
-        "# HELP pneumonode_send_failures_total Failed send attempts (retried or dead-lettered).",
-        "# TYPE pneumonode_send_failures_total counter",
-        f"pneumonode_send_failures_total {failed_attempts or 0}",
-        "# HELP pneumonode_stage_seconds Seconds per pipeline stage (recent finished jobs).",
-        "# TYPE pneumonode_stage_seconds histogram",
-    ]
-    for stage in STAGES:
-        values = [float(t[stage]) for t in timings if t.get(stage) is not None]
-        _histogram("pneumonode_stage_seconds", stage, values, lines)
-    lines += [
-        "# HELP pneumonode_alerts Alerts (HL7 ORU, webhook) by channel and state.",
-        "# TYPE pneumonode_alerts gauge",
-        *(
-            f'pneumonode_alerts{{channel="{c}",state="{s}"}} {n}'
-            for (c, s), n in sorted(alerts.items())
-        ),
-        "# HELP pneumonode_alert_failures_total Failed alert attempts (retried or dead-lettered).",
-        "# TYPE pneumonode_alert_failures_total counter",
-        f"pneumonode_alert_failures_total {failed_alerts or 0}",
-        "# HELP pneumonode_alert_latency_seconds Seconds from an image's arrival to its alert's "
-        "acknowledgement (HL7 ACK AA, webhook 2xx; recent delivered alerts).",
-        "# TYPE pneumonode_alert_latency_seconds histogram",
-    ]
-    for channel, values in sorted(alert_latency.items()):
-        _histogram("pneumonode_alert_latency_seconds", channel, values, lines, label="channel")
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -6,24 +6,58 @@ summary, filtered and ordered on indexed columns, so it stays fast on 100k image
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Subquery, and_, case, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    FunctionElement,
+    Select,
+    SQLColumnExpression,
+    Subquery,
+    and_,
+    case,
+    func,
+    literal,
+    select,
+    union_all,
+)
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 
 from pneumonode.db.models import (
+    Alert,
+    AuditEvent,
     Delivery,
     DeliveryState,
     Instance,
     InstanceStatus,
     Job,
+    JobState,
     Result,
     Study,
 )
 
-__all__ = ["STATUSES", "ResultFilters", "ResultRow", "list_results"]
+__all__ = [
+    "REFUSAL_REASONS",
+    "REJECTION_REASONS",
+    "STATUSES",
+    "Histogram",
+    "ResultFilters",
+    "ResultRow",
+    "alert_histograms",
+    "association_counts",
+    "delivery_counts",
+    "delivery_histograms",
+    "list_results",
+    "refusal_counts",
+    "seconds_between",
+    "span_histogram",
+    "stage_histograms",
+]
 
 #: What ``status`` may be asked for: a job state, or "skipped" (not a frontal chest image).
 STATUSES = ("pending", "queued", "running", "done", "failed", "skipped")
@@ -308,3 +342,239 @@ def _study_row(row: Any) -> StudyRow:
         skipped=int(row.skipped),
         skip_reason=row.skip_reason,
     )
+
+
+# ------------------------------------------------------------------ /metrics: counts at scrape time
+#
+# The listener, the worker and the API are separate processes, so what /metrics counts comes from
+# the database, aggregated in SQL: each query returns a few rows whatever the table sizes, and
+# reads the audit trail only through its ``kind`` index.
+
+#: Why an association was rejected, from the audit message the listener writes (first match wins;
+#: anything else is "other").
+REJECTION_REASONS: tuple[tuple[str, str], ...] = (
+    ("rejected: called AE title %", "called_ae"),
+    ("rejected: calling AE title %", "calling_ae"),
+    ("rejected: more than %", "busy"),
+    ("rejected: free disk space %", "disk_low"),
+    ("rejected: TLS handshake %", "tls_handshake"),
+    ("rejected: protocol version %", "protocol_version"),
+    ("rejected: application context %", "application_context"),
+)
+
+#: Why a C-STORE was refused and the status it was answered with, from the audit message.
+REFUSAL_REASONS: tuple[tuple[str, str, int], ...] = (
+    ("refused: free disk space %", "disk_low", 0xA700),
+    ("refused: object of % bytes is larger than the limit %", "too_large", 0xA700),
+    ("refused: the deflated dataset inflates %", "too_large", 0xA700),
+    ("refused: damaged dataset%", "damaged", 0xC210),
+    ("refused: no File Meta Information Group Length%", "no_file_meta", 0xC210),
+    ("refused: unreadable dataset%", "unreadable", 0xC210),
+    ("refused: the dataset's SOP Class UID differs%", "sop_class_mismatch", 0xA900),
+    ("refused: no Study Instance UID%", "no_study_uid", 0xC210),
+    ("refused: SOP Instance UID differs%", "sop_uid_mismatch", 0xC210),
+)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative counts of observations at or below each of ``bounds`` (seconds), their count
+    and sum: a Prometheus histogram."""
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]  # one per bound
+    count: int
+    total: float
+
+
+class _SecondsBetween(FunctionElement[float]):
+    """``later - earlier`` in seconds (a float) on SQLite and PostgreSQL."""
+
+    name = "seconds_between"
+    inherit_cache = True
+    type = Float()
+
+
+@compiles(_SecondsBetween)
+def _seconds_between_default(element: _SecondsBetween, compiler: Any, **kw: Any) -> str:
+    later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({later} - {earlier}))"
+
+
+@compiles(_SecondsBetween, "sqlite")
+def _seconds_between_sqlite(element: _SecondsBetween, compiler: Any, **kw: Any) -> str:
+    later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"((julianday({later}) - julianday({earlier})) * 86400.0)"
+
+
+def seconds_between(
+    later: SQLColumnExpression[Any], earlier: SQLColumnExpression[Any]
+) -> ColumnElement[float]:
+    """Seconds from ``earlier`` to ``later`` (two timestamp columns), as a float."""
+    return _SecondsBetween(later, earlier)
+
+
+def _histograms(
+    session: Session, rows: Subquery, bounds: tuple[float, ...]
+) -> dict[str, Histogram]:
+    """Per ``rows.c.label``: the histogram of ``rows.c.value`` (nulls left out), counted in SQL
+    (one row per label and bucket comes back)."""
+    value = rows.c.value
+    bucket = case(
+        *((value <= bound, index) for index, bound in enumerate(bounds)), else_=len(bounds)
+    )
+    # grouped in an outer query: PostgreSQL does not take a CASE with parameters as its own
+    bucketed = (
+        select(rows.c.label, bucket.label("bucket"), value.label("value"))
+        .where(value.is_not(None))
+        .subquery()
+    )
+    per_bucket: dict[str, list[int]] = {}
+    totals: dict[str, float] = {}
+    for label, index, count, total in session.execute(
+        select(
+            bucketed.c.label, bucketed.c.bucket, func.count(), func.sum(bucketed.c.value)
+        ).group_by(bucketed.c.label, bucketed.c.bucket)
+    ):
+        per_bucket.setdefault(str(label), [0] * (len(bounds) + 1))[int(index)] += int(count)
+        totals[str(label)] = totals.get(str(label), 0.0) + float(total or 0.0)
+    histograms = {}
+    for label, counts in per_bucket.items():
+        cumulative, running = [], 0
+        for count in counts[:-1]:
+            running += count
+            cumulative.append(running)
+        histograms[label] = Histogram(bounds, tuple(cumulative), sum(counts), totals[label])
+    return histograms
+
+
+def stage_histograms(
+    session: Session, stages: Sequence[str], bounds: tuple[float, ...]
+) -> dict[str, Histogram]:
+    """Per stage of the worker's timings (``Job.timings``, seconds): its histogram over every
+    finished job."""
+    parts = [
+        select(literal(stage).label("label"), Job.timings[stage].as_float().label("value")).where(
+            Job.state == JobState.DONE
+        )
+        for stage in stages
+    ]
+    return _histograms(session, union_all(*parts).subquery(), bounds)
+
+
+def span_histogram(
+    session: Session, stages: Sequence[str], bounds: tuple[float, ...]
+) -> Histogram | None:
+    """The histogram over every finished job of the sum of ``stages`` (a job missing one of
+    them is left out)."""
+    total: ColumnElement[Any] | None = None
+    for stage in stages:
+        part = Job.timings[stage].as_float()
+        total = part if total is None else total + part
+    assert total is not None
+    rows = (
+        select(literal("span").label("label"), total.label("value"))
+        .where(Job.state == JobState.DONE)
+        .subquery()
+    )
+    return _histograms(session, rows, bounds).get("span")
+
+
+def delivery_histograms(session: Session, bounds: tuple[float, ...]) -> dict[str, Histogram]:
+    """Per destination: seconds from a delivery's queueing to its acceptance, over every sent
+    delivery."""
+    rows = (
+        select(
+            Delivery.destination.label("label"),
+            seconds_between(Delivery.sent_at, Delivery.created_at).label("value"),
+        )
+        .where(Delivery.state == DeliveryState.SENT)
+        .subquery()
+    )
+    return _histograms(session, rows, bounds)
+
+
+def alert_histograms(session: Session, bounds: tuple[float, ...]) -> dict[str, Histogram]:
+    """Per alert channel: seconds from the image's arrival to the alert's acknowledgement."""
+    rows = (
+        select(
+            Alert.channel.label("label"),
+            seconds_between(Alert.sent_at, Instance.received_at).label("value"),
+        )
+        .join(Result, Result.id == Alert.result_id)
+        .join(Job, Job.id == Result.job_id)
+        .join(Instance, Instance.id == Job.instance_id)
+        .where(Alert.state == DeliveryState.SENT)
+        .subquery()
+    )
+    return _histograms(session, rows, bounds)
+
+
+def _classified(column: SQLColumnExpression[str], patterns: Sequence[str]) -> ColumnElement[int]:
+    """The index of the first LIKE pattern ``column`` matches, or ``len(patterns)``."""
+    return case(
+        *((column.like(pattern), index) for index, pattern in enumerate(patterns)),
+        else_=len(patterns),
+    )
+
+
+def association_counts(session: Session) -> dict[tuple[str, str], int]:
+    """(outcome, reason) -> associations: accepted, aborted (reason "") and rejected (by
+    :data:`REJECTION_REASONS`, else "other"), from the audit trail."""
+    patterns = [pattern for pattern, _ in REJECTION_REASONS]
+    reasons = [reason for _, reason in REJECTION_REASONS] + ["other"]
+    rejected = AuditEvent.kind == "association.rejected"
+    reason = case((rejected, _classified(AuditEvent.message, patterns)), else_=-1)
+    events = (
+        select(AuditEvent.kind.label("kind"), reason.label("reason"))
+        .where(
+            AuditEvent.kind.in_(
+                ("association.accepted", "association.rejected", "association.aborted")
+            )
+        )
+        .subquery()
+    )
+    counts: dict[tuple[str, str], int] = {}
+    for kind, index, count in session.execute(
+        select(events.c.kind, events.c.reason, func.count()).group_by(
+            events.c.kind, events.c.reason
+        )
+    ):
+        outcome = str(kind).removeprefix("association.")
+        label = reasons[int(index)] if int(index) >= 0 else ""
+        counts[(outcome, label)] = counts.get((outcome, label), 0) + int(count)
+    return counts
+
+
+def refusal_counts(session: Session) -> dict[tuple[str, int | None], int]:
+    """(reason, status) -> C-STOREs refused, from the audit trail (:data:`REFUSAL_REASONS`; an
+    unknown message is ("other", None))."""
+    patterns = [pattern for pattern, _, _ in REFUSAL_REASONS]
+    counts: dict[tuple[str, int | None], int] = {}
+    events = (
+        select(_classified(AuditEvent.message, patterns).label("reason"))
+        .where(AuditEvent.kind == "instance.refused")
+        .subquery()
+    )
+    for index, count in session.execute(
+        select(events.c.reason, func.count()).group_by(events.c.reason)
+    ):
+        key: tuple[str, int | None] = (
+            REFUSAL_REASONS[int(index)][1:]
+            if int(index) < len(REFUSAL_REASONS)
+            else ("other", None)
+        )
+        counts[key] = counts.get(key, 0) + int(count)
+    return counts
+
+
+def delivery_counts(session: Session) -> dict[tuple[str, str], int]:
+    """(destination, state) -> deliveries."""
+    return {
+        (str(destination), str(state)): int(count)
+        for destination, state, count in session.execute(
+            select(Delivery.destination, Delivery.state, func.count()).group_by(
+                Delivery.destination, Delivery.state
+            )
+        )
+    }
