@@ -55,10 +55,26 @@ Publish = Callable[[int], None]
 
 @dataclass(frozen=True)
 class DispatchReport:
+    """What one look of the dispatcher did: jobs queued, re-queued, published again."""
+
     queued: int = 0
     requeued_expired: int = 0
     requeued_stale: int = 0
     publish_failures: int = 0
+
+    def summary(self) -> str:
+        """One readable line: what this look did (only the counts that are not zero)."""
+        parts = [
+            f"{count} {what}"
+            for count, what in (
+                (self.queued, "queued"),
+                (self.requeued_expired, "re-queued (lease expired)"),
+                (self.requeued_stale, "published again (queued too long)"),
+                (self.publish_failures, "could not be published"),
+            )
+            if count
+        ]
+        return f"jobs: {', '.join(parts)}" if parts else "no jobs"
 
 
 def _publish_all(publish: Publish, ids: Sequence[int]) -> list[int]:
@@ -181,7 +197,7 @@ def dispatch_once(
         publish_failures=len(failed) + len(failed_again),
     )
     if report.queued or report.requeued_expired or report.requeued_stale:
-        log.info("dispatch: %s", report)
+        log.info("dispatch: %s", report.summary())
     return report
 
 

@@ -27,9 +27,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import warnings
+from functools import cached_property
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.apps.worker import Worker
+from celery.exceptions import SecurityWarning
+from kombu.utils.url import maybe_sanitize_url
 
 from pneumonode.config import Settings, get_settings
 from pneumonode.worker.pipeline import (
@@ -46,7 +51,40 @@ log = logging.getLogger(__name__)
 PROCESS_JOB = "pneumonode.process_job"
 QUEUE = "pneumonode"
 
-app = Celery("pneumonode")
+
+class QuietWorker(Worker):  # type: ignore[misc]  # Celery is untyped
+    """Celery's worker program, started in one log line: no ASCII-art banner on stdout and no
+    warning about running as root on every start. That warning is about pickle, which these
+    workers never accept (JSON only; with pickle accepted Celery still refuses to run as root,
+    as ``check_privileges`` raises then)."""
+
+    def on_before_init(self, quiet: bool = False, **kwargs: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SecurityWarning)
+            super().on_before_init(quiet=quiet, **kwargs)
+
+    def emit_banner(self) -> None:
+        pool = self.pool_cls
+        name = pool if isinstance(pool, str) else pool.__module__.rpartition(".")[2]
+        log.info(
+            "celery worker %s: pool %s, concurrency %s, queue %s, broker %s",
+            self.hostname,
+            name,
+            self.concurrency,
+            QUEUE,
+            maybe_sanitize_url(self.app.conf.broker_url),  # the password masked
+        )
+
+
+class PneumonodeCelery(Celery):  # type: ignore[misc]  # Celery is untyped
+    """The Celery app whose ``worker`` command runs :class:`QuietWorker`."""
+
+    @cached_property
+    def Worker(self) -> type[Worker]:  # noqa: N802 (Celery's name)
+        return self.subclass_with_self(QuietWorker)  # type: ignore[no-any-return]
+
+
+app = PneumonodeCelery("pneumonode")
 _context: PipelineContext | None = None
 _context_lock = threading.Lock()
 _settings: Settings | None = None
