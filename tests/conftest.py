@@ -30,13 +30,38 @@ class TestDataSettings(BaseSettings):
 TEST_DATA_DIR = TestDataSettings().test_data_dir
 
 
+#: In the reason of every skip for want of the shared data (pytest_terminal_summary counts them).
+MISSING_DATA = "is absent: put the shared data set there or set PNEUMONODE_TEST_DATA_DIR"
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(
-            f"test data {path} is absent: put the shared data set there or set "
-            "PNEUMONODE_TEST_DATA_DIR"
-        )
+        pytest.skip(f"test data {path} {MISSING_DATA}")
     return path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A run without the shared data (a fresh clone has no ../shared) ends loudly: how many
+    tests did not run for want of it, and how to point at it; not a quiet green run."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and MISSING_DATA in str(report.longrepr[2])
+    ]
+    if not skipped:
+        return
+    terminalreporter.section("the shared test data is missing", sep="!", red=True, bold=True)
+    terminalreporter.line(
+        f"{len(skipped)} {'test was' if len(skipped) == 1 else 'tests were'} skipped for want "
+        f"of the shared test data (looked for in {TEST_DATA_DIR}).",
+        red=True,
+        bold=True,
+    )
+    terminalreporter.line(
+        "Put the data set there (../shared/data beside this checkout), or point at it: "
+        "PNEUMONODE_TEST_DATA_DIR=/path/to/data make test",
+        bold=True,
+    )
 
 
 @pytest.fixture(scope="session")
