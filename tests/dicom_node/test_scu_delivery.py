@@ -154,20 +154,30 @@ def test_send_files_to_storescp_keeps_bytes_and_transfer_syntax(
 
 def _silent_peer(listener: socket.socket, stop: threading.Event) -> None:
     """Accept one association (every context, as proposed), then read and never answer."""
-    from pneumonode.dicom_node import upper
+    from pneumonode.dicom_node.pdu import AssociateAC, AssociateRQ
+    from pneumonode.dicom_node.pdu_items import (
+        APPLICATION_CONTEXT,
+        PresentationContextAC,
+        UserInformation,
+    )
 
     connection, _ = listener.accept()
     with connection:
         header = connection.recv(6, socket.MSG_WAITALL)
         body = connection.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL)
-        request = upper._parse_associate_rq(memoryview(body))
-        items = [upper._item(0x10, upper._uid_bytes(upper.APPLICATION_CONTEXT))]
-        for context_id, _abstract, syntaxes in request.contexts:
-            value = bytes([context_id, 0, 0, 0]) + upper._item(0x40, upper._uid_bytes(syntaxes[0]))
-            items.append(upper._item(0x21, value))
-        items.append(upper._item(0x50, upper._item(0x51, struct.pack(">I", 16_384))))
-        head = struct.pack(">HH", 1, 0) + request.raw_called + request.raw_calling + bytes(32)
-        connection.sendall(upper._pdu(upper.A_ASSOCIATE_AC, head + b"".join(items)))
+        request = AssociateRQ.decode(body)
+        answers = [
+            PresentationContextAC(context.context_id, 0, context.transfer_syntaxes[0])
+            for context in request.contexts
+        ]
+        answer = AssociateAC(
+            request.called,
+            request.calling,
+            APPLICATION_CONTEXT,
+            answers,
+            UserInformation(max_length=16_384),
+        )
+        connection.sendall(answer.encode())
         connection.settimeout(0.2)
         while not stop.is_set():  # take whatever comes, answer nothing
             with contextlib.suppress(TimeoutError):

@@ -5,8 +5,8 @@ Why our own and not pynetdicom's requestor: pynetdicom runs two reactor threads 
 that pass every PDU through queues polled with 1 ms sleeps, and its sender races its reactor for
 each response (pynetdicom issues 435 and 842). Sending a SEG and an SR to a PACS on the same
 machine took 15 ms and 5.8 ms of CPU that way (association, two stores, release: 3 to 5 ms
-each); here each step is one write and one read. The PDU encoding is the listener's
-(:mod:`pneumonode.dicom_node.upper`).
+each); here each step is one write and one read. The PDUs are encoded and decoded
+by the codec the listener uses (:mod:`pneumonode.dicom_node.pdu`).
 
 What is supported, as a requestor only: A-ASSOCIATE-RQ with up to 128 presentation contexts, one
 transfer syntax each, user information with our maximum length, implementation class UID and
@@ -26,34 +26,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pneumonode.dicom_node.upper import (
-    _MAX_CONTROL_PDU,
-    _PDU_HEADER,
+from pneumonode.dicom_node.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,
-    A_ASSOCIATE_RQ,
     A_RELEASE_RP,
     A_RELEASE_RQ,
     ABORT_SERVICE_USER,
+    CONTEXT_ACCEPTED,
+    P_DATA_TF,
+    PDU_HEADER,
+    PDV_COMMAND,
+    PDV_LAST,
+    REASON_NOT_SPECIFIED,
+    REJECTED_PERMANENT,
+    REJECTED_TRANSIENT,
+    Abort,
+    AssociateAC,
+    AssociateRJ,
+    AssociateRQ,
+    ae_title_field,
+    p_data_tf,
+    pdv_items,
+    release_rp,
+    release_rq,
+)
+from pneumonode.dicom_node.pdu_items import (
     APPLICATION_CONTEXT,
+    PresentationContextRQ,
+    ProtocolError,
+    UserInformation,
+    decode_text,
+    encode_uid,
+)
+from pneumonode.dicom_node.upper import (
     C_ECHO_RQ,
     C_STORE_RQ,
-    CONTEXT_ACCEPTED,
     IMPLEMENTATION_CLASS_UID,
     IMPLICIT_VR_LITTLE_ENDIAN,
     NO_DATASET,
-    P_DATA_TF,
-    REASON_NOT_SPECIFIED,
     VERIFICATION,
-    _ascii,
-    _command_elements,
-    _item,
-    _items,
-    _pdu,
-    _pdv_items,
-    _ProtocolError,
-    _uid_bytes,
+    command_elements,
     encode_command,
 )
 from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
@@ -69,10 +82,12 @@ __all__ = [
 
 #: Our maximum PDU length: responses are small, so the peer's fragments of them are too.
 OUR_MAX_PDU = 16_384
+#: Longest PDU other than P-DATA we read (an A-ASSOCIATE-AC).
+MAX_CONTROL_PDU = 4 * 1024 * 1024
 #: Fragment size when the peer states no maximum (0: unlimited).
 UNLIMITED_FRAGMENT = 1 << 20
 
-_RESULTS = {1: "Rejected Permanent", 2: "Rejected Transient"}
+_RESULTS = {REJECTED_PERMANENT: "Rejected Permanent", REJECTED_TRANSIENT: "Rejected Transient"}
 _REASONS = {
     1: {
         1: "No reason given",
@@ -99,7 +114,7 @@ class Rejection:
 
     @property
     def permanent(self) -> bool:
-        return self.result == 1
+        return self.result == REJECTED_PERMANENT
 
     def __str__(self) -> str:
         what = _RESULTS.get(self.result, f"result {self.result}")
@@ -178,7 +193,7 @@ class Requestor:
         try:
             self._send(self._associate_rq())
             kind, body = self._read_pdu()
-        except (OSError, _ProtocolError) as exc:
+        except (OSError, ProtocolError) as exc:
             self.close()
             if isinstance(exc, TimeoutError):
                 raise
@@ -186,53 +201,49 @@ class Requestor:
         if kind == A_ASSOCIATE_AC:
             try:
                 self._accepted(body)
-            except _ProtocolError as exc:
+            except ProtocolError as exc:
                 self.abort()
                 raise AssociationAbortedError(str(exc)) from exc
             self.established = True
             return
         self.close()
         if kind == A_ASSOCIATE_RJ and len(body) >= 4:
-            raise AssociationRejectedError(Rejection(body[1], body[2], body[3]))
+            rejected = AssociateRJ.decode(body)
+            raise AssociationRejectedError(
+                Rejection(rejected.result, rejected.source, rejected.reason)
+            )
         raise AssociationAbortedError(f"answered the association request with PDU type {kind}")
 
     def _associate_rq(self) -> bytes:
-        items = [_item(0x10, _uid_bytes(APPLICATION_CONTEXT))]
-        for context_id, (abstract, syntax) in self.proposed.items():
-            body = (
-                bytes([context_id, 0, 0, 0])
-                + _item(0x30, _uid_bytes(abstract))
-                + _item(0x40, _uid_bytes(syntax))
-            )
-            items.append(_item(0x20, body))
-        user = (
-            _item(0x51, struct.pack(">I", OUR_MAX_PDU))
-            + _item(0x52, _uid_bytes(IMPLEMENTATION_CLASS_UID))
-            + _item(0x55, IMPLEMENTATION_VERSION_NAME.encode("ascii"))
+        contexts = [
+            PresentationContextRQ(context_id, abstract, [syntax])
+            for context_id, (abstract, syntax) in self.proposed.items()
+        ]
+        user = UserInformation(
+            max_length=OUR_MAX_PDU,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
         )
-        items.append(_item(0x50, user))
-        head = (
-            struct.pack(">HH", 0x0001, 0)
-            + _ae(self.called_ae)
-            + _ae(self.calling_ae)
-            + b"\x00" * 32
-        )
-        return _pdu(A_ASSOCIATE_RQ, head + b"".join(items))
+        return AssociateRQ(
+            ae_title_field(self.called_ae),
+            ae_title_field(self.calling_ae),
+            APPLICATION_CONTEXT,
+            contexts,
+            user,
+        ).encode()
 
     def _accepted(self, body: memoryview) -> None:
-        if len(body) < 68:
-            raise _ProtocolError("A-ASSOCIATE-AC too short")
-        for kind, value in _items(body, 68):
-            if kind == 0x21 and len(value) >= 4:
-                context_id, result = value[0], value[2]
-                pair = self.proposed.get(context_id)
-                syntax = next((_ascii(v) for k, v in _items(value, 4) if k == 0x40), "")
-                if result == CONTEXT_ACCEPTED and pair is not None and syntax == pair[1]:
-                    self.accepted[pair] = context_id
-            elif kind == 0x50:
-                for sub, sub_value in _items(value):
-                    if sub == 0x51 and len(sub_value) == 4:
-                        self.peer_max_pdu = struct.unpack(">I", sub_value)[0]
+        answer = AssociateAC.decode(body)
+        for context in answer.contexts:
+            pair = self.proposed.get(context.context_id)
+            if (
+                context.result == CONTEXT_ACCEPTED
+                and pair is not None
+                and context.transfer_syntax == pair[1]
+            ):
+                self.accepted[pair] = context.context_id
+        if answer.user.max_length is not None:
+            self.peer_max_pdu = answer.user.max_length
 
     def release(self) -> None:
         """A-RELEASE-RQ, wait for the answer, close (an abort if the peer does not answer).
@@ -245,16 +256,16 @@ class Requestor:
             return
         self.established = False
         try:
-            self._send(_pdu(A_RELEASE_RQ, b"\x00" * 4))
+            self._send(release_rq())
             while True:
                 kind, _body = self._read_pdu()
                 if kind in (A_RELEASE_RP, A_ABORT):
                     break
                 if kind == A_RELEASE_RQ:  # a release collision
-                    self._send(_pdu(A_RELEASE_RP, b"\x00" * 4))
+                    self._send(release_rp())
                 elif kind != P_DATA_TF:  # a late response may still come first
-                    raise _ProtocolError(f"PDU type {kind} instead of A-RELEASE-RP")
-        except (OSError, _ProtocolError):
+                    raise ProtocolError(f"PDU type {kind} instead of A-RELEASE-RP")
+        except (OSError, ProtocolError):
             self._send_abort()
         self.close()
 
@@ -274,7 +285,7 @@ class Requestor:
 
     def echo(self) -> Response:
         context_id = self.accepted[(VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)]
-        command = [(0x0002, _uid_bytes(VERIFICATION)), (0x0100, _us(C_ECHO_RQ))]
+        command = [(0x0002, encode_uid(VERIFICATION)), (0x0100, _us(C_ECHO_RQ))]
         return self._request(context_id, command, None)
 
     def store(
@@ -287,10 +298,10 @@ class Requestor:
         """C-STORE the dataset: a file's bytes from an offset (as stored), or bytes given."""
         context_id = self.accepted[(sop_class_uid, transfer_syntax_uid)]
         command = [
-            (0x0002, _uid_bytes(sop_class_uid)),
+            (0x0002, encode_uid(sop_class_uid)),
             (0x0100, _us(C_STORE_RQ)),
             (0x0700, _us(0x0000)),  # priority: medium
-            (0x1000, _uid_bytes(sop_instance_uid)),
+            (0x1000, encode_uid(sop_instance_uid)),
         ]
         return self._request(context_id, command, dataset)
 
@@ -321,7 +332,7 @@ class Requestor:
         except TimeoutError:
             self.abort()
             raise
-        except (OSError, _ProtocolError) as exc:
+        except (OSError, ProtocolError) as exc:
             self.abort()
             raise AssociationAbortedError(str(exc) or type(exc).__name__) from exc
 
@@ -337,8 +348,9 @@ class Requestor:
         chunks = [view[start : start + step] for start in range(0, len(view), step)] or [view]
         pdus = []
         for index, chunk in enumerate(chunks):
-            control = (0x01 if command else 0x00) | (0x02 if index == len(chunks) - 1 else 0)
-            pdus.append(_p_data(context_id, control, chunk))
+            last = PDV_LAST if index == len(chunks) - 1 else 0
+            control = (PDV_COMMAND if command else 0) | last
+            pdus.append(p_data_tf(context_id, control, chunk))
         self._send(b"".join(pdus))
 
     def _send_file(self, context_id: int, file: BinaryIO) -> None:
@@ -346,7 +358,7 @@ class Requestor:
         chunk = file.read(step)
         while True:
             following = file.read(step)
-            self._send(_p_data(context_id, 0x02 if not following else 0x00, chunk))
+            self._send(p_data_tf(context_id, 0 if following else PDV_LAST, chunk))
             if not following:
                 return
             chunk = following
@@ -359,12 +371,12 @@ class Requestor:
                 self.close()
                 raise AssociationAbortedError("the peer aborted the association")
             if kind != P_DATA_TF:
-                raise _ProtocolError(f"PDU type {kind} while waiting for a response")
-            for pdv_context, control, value in _pdv_items(body):
-                if pdv_context != context_id or not control & 0x01:
-                    raise _ProtocolError("a response on another context, or with a dataset")
+                raise ProtocolError(f"PDU type {kind} while waiting for a response")
+            for pdv_context, control, value in pdv_items(body):
+                if pdv_context != context_id or not control & PDV_COMMAND:
+                    raise ProtocolError("a response on another context, or with a dataset")
                 command += value
-                if control & 0x02:
+                if control & PDV_LAST:
                     return _parse_response(bytes(command), self._message_id)
 
     # -- PDUs
@@ -376,9 +388,7 @@ class Requestor:
     def _send_abort(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.sendall(
-                    _pdu(A_ABORT, bytes([0, 0, ABORT_SERVICE_USER, REASON_NOT_SPECIFIED]))
-                )
+                self._sock.sendall(Abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED).encode())
 
     def _recv_exactly(self, length: int) -> bytearray:
         assert self._sock is not None
@@ -392,35 +402,23 @@ class Requestor:
         return data
 
     def _read_pdu(self) -> tuple[int, memoryview]:
-        kind, _, length = _PDU_HEADER.unpack(self._recv_exactly(6))
-        if length > _MAX_CONTROL_PDU:  # an A-ASSOCIATE-AC, or a response
-            raise _ProtocolError(f"a PDU of {length} bytes")
+        kind, _, length = PDU_HEADER.unpack(self._recv_exactly(6))
+        if length > MAX_CONTROL_PDU:  # an A-ASSOCIATE-AC, or a response
+            raise ProtocolError(f"a PDU of {length} bytes")
         return kind, memoryview(self._recv_exactly(length))
-
-
-def _ae(title: str) -> bytes:
-    return title.encode("ascii", "replace")[:16].ljust(16, b" ")
 
 
 def _us(value: int) -> bytes:
     return struct.pack("<H", value)
 
 
-def _p_data(context_id: int, control: int, value: bytes | memoryview) -> bytes:
-    return (
-        _PDU_HEADER.pack(P_DATA_TF, 0, len(value) + 6)
-        + struct.pack(">IBB", len(value) + 2, context_id, control)
-        + bytes(value)
-    )
-
-
 def _parse_response(data: bytes, message_id: int) -> Response:
-    values = _command_elements(data)
+    values = command_elements(data)
     status = values.get(0x0900, b"")
     if len(status) != 2:
-        raise _ProtocolError("a response without a status")
+        raise ProtocolError("a response without a status")
     answered = values.get(0x0120, b"")
     if len(answered) == 2 and struct.unpack("<H", answered)[0] != message_id:
-        raise _ProtocolError("a response to another request")
-    comment = _ascii(values.get(0x0902, b""))
+        raise ProtocolError("a response to another request")
+    comment = decode_text(values.get(0x0902, b""))
     return Response(struct.unpack("<H", status)[0], comment)

@@ -51,7 +51,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -59,10 +59,57 @@ from typing import Protocol
 from pydicom.uid import generate_uid
 
 from pneumonode.dicom_node.admission import PDU_HEADER, Admission, Refusal
+from pneumonode.dicom_node.pdu import (
+    A_ABORT,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    ABORT_PROVIDER,
+    ABORT_SERVICE_USER,
+    ABSTRACT_SYNTAX_REFUSED,
+    ACSE_NO_REASON_GIVEN,
+    ACSE_PROTOCOL_VERSION_NOT_SUPPORTED,
+    ASSOCIATE_FIXED_LENGTH,
+    CONTEXT_ACCEPTED,
+    P_DATA_TF,
+    PDV_COMMAND,
+    PDV_LAST,
+    PRESENTATION_LOCAL_LIMIT_EXCEEDED,
+    PROTOCOL_VERSION,
+    REASON_NOT_SPECIFIED,
+    REASON_UNRECOGNISED_PDU,
+    REJECTED_PERMANENT,
+    REJECTED_TRANSIENT,
+    SOURCE_PROVIDER_ACSE,
+    SOURCE_PROVIDER_PRESENTATION,
+    SOURCE_SERVICE_USER,
+    TRANSFER_SYNTAXES_REFUSED,
+    USER_APPLICATION_CONTEXT_NOT_SUPPORTED,
+    Abort,
+    AssociateAC,
+    AssociateRJ,
+    AssociateRQ,
+    p_data_tf,
+    pdv_items,
+    release_rp,
+)
+from pneumonode.dicom_node.pdu_items import (
+    APPLICATION_CONTEXT,
+    REASON_INVALID_PARAMETER,
+    REASON_UNEXPECTED_PDU,
+    PresentationContextAC,
+    PresentationContextRQ,
+    ProtocolError,
+    UserInformation,
+    decode_text,
+    encode_text,
+    encode_uid,
+)
 from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
     "ANSWERING_THREADS",
+    "APPLICATION_CONTEXT",
     "MAX_ASSOCIATE_RQ_LENGTH",
     "Acceptor",
     "Answer",
@@ -75,47 +122,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 #: Implementation Class UID: a fixed UID under pydicom's root, derived from our name.
 IMPLEMENTATION_CLASS_UID = str(generate_uid(entropy_srcs=["pneumonode DICOM upper layer"]))
-
-# PDU types
-A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
-P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
-
-# A-ASSOCIATE-RJ result, source and reason (PS3.8 9.3.4)
-REJECTED_PERMANENT, REJECTED_TRANSIENT = 0x01, 0x02
-SOURCE_SERVICE_USER, SOURCE_PROVIDER_ACSE, SOURCE_PROVIDER_PRESENTATION = 0x01, 0x02, 0x03
-USER_APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
-ACSE_NO_REASON_GIVEN, ACSE_PROTOCOL_VERSION_NOT_SUPPORTED = 0x01, 0x02
-PRESENTATION_LOCAL_LIMIT_EXCEEDED = 0x02
-
-# A-ABORT source / reason
-ABORT_SERVICE_USER, ABORT_PROVIDER = 0x00, 0x02
-REASON_NOT_SPECIFIED, REASON_UNRECOGNISED_PDU, REASON_UNEXPECTED_PDU = 0x00, 0x01, 0x02
-REASON_INVALID_PARAMETER = 0x06
-
-# Presentation context results
-CONTEXT_ACCEPTED, ABSTRACT_SYNTAX_REFUSED, TRANSFER_SYNTAXES_REFUSED = 0x00, 0x03, 0x04
 
 # DIMSE command fields and statuses
 C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 NO_DATASET = 0x0101
 UNRECOGNISED_OPERATION = 0x0211
 
-#: Longest PDU other than P-DATA the requestor reads (an A-ASSOCIATE-AC).
-_MAX_CONTROL_PDU = 4 * 1024 * 1024
 #: Longest A-ASSOCIATE-RQ we read. The largest a peer plausibly sends is about 160 KiB: 128
 #: presentation contexts (IDs 1 to 255, odd) each with a 64-character abstract syntax and ten
 #: 64-character transfer syntaxes (128 x 756 bytes = 94 KiB), and a user information item at its
 #: largest (its length is two bytes: 64 KiB, user identity with a Kerberos ticket or SAML
 #: assertion included). Usual requests are 0.2 to 20 KiB; 4 MiB is never one.
 MAX_ASSOCIATE_RQ_LENGTH = 256 * 1024
-#: The A-ASSOCIATE-RQ's fixed fields (PS3.8 9.3.2): protocol version, reserved, called and
-#: calling AE titles, 32 reserved bytes; its variable items follow.
-_ASSOCIATE_RQ_FIXED = 68
 #: Longest A-RELEASE-RQ, A-RELEASE-RP or A-ABORT body we read: PS3.8 9.3.6 to 9.3.8 fix it at
 #: 4 bytes; the rest is slack for odd peers. A longer one is refused before it is read.
 _MAX_SHORT_PDU_BODY = 64
@@ -124,7 +146,6 @@ _MAX_SHORT_PDU_BODY = 64
 ANSWERING_THREADS = 8
 #: Longest command set we collect.
 _MAX_COMMAND = 64 * 1024
-_PDU_HEADER = PDU_HEADER
 _ELEMENT_HEADER = struct.Struct("<HHI")
 
 
@@ -194,37 +215,11 @@ class _ClosedError(Exception):
     """The peer closed the connection."""
 
 
-class _ProtocolError(Exception):
-    """The peer broke the protocol: abort with ``reason``."""
-
-    def __init__(self, message: str, reason: int = REASON_UNEXPECTED_PDU) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 class _CommandRefusedError(Exception):
     """A DIMSE message we refuse as its service user (PS3.7): abort the association."""
 
 
 # --- encoding -------------------------------------------------------------------------------
-
-
-def _uid_bytes(uid: str) -> bytes:
-    data = uid.encode("ascii")
-    return data + b"\x00" if len(data) % 2 else data
-
-
-def _text_bytes(text: str) -> bytes:
-    data = text.encode("ascii", "replace")
-    return data + b" " if len(data) % 2 else data
-
-
-def _item(kind: int, value: bytes) -> bytes:
-    return struct.pack(">BBH", kind, 0, len(value)) + value
-
-
-def _pdu(kind: int, body: bytes) -> bytes:
-    return _PDU_HEADER.pack(kind, 0, len(body)) + body
 
 
 def _implicit(group_element: int, value: bytes) -> bytes:
@@ -249,87 +244,19 @@ def encode_file_meta(
 
     elements = [
         element(0x0001, b"OB", b"\x00\x01"),
-        element(0x0002, b"UI", _uid_bytes(sop_class_uid)),
-        element(0x0003, b"UI", _uid_bytes(sop_instance_uid)),
-        element(0x0010, b"UI", _uid_bytes(transfer_syntax_uid)),
-        element(0x0012, b"UI", _uid_bytes(IMPLEMENTATION_CLASS_UID)),
-        element(0x0013, b"SH", _text_bytes(IMPLEMENTATION_VERSION_NAME)),
+        element(0x0002, b"UI", encode_uid(sop_class_uid)),
+        element(0x0003, b"UI", encode_uid(sop_instance_uid)),
+        element(0x0010, b"UI", encode_uid(transfer_syntax_uid)),
+        element(0x0012, b"UI", encode_uid(IMPLEMENTATION_CLASS_UID)),
+        element(0x0013, b"SH", encode_text(IMPLEMENTATION_VERSION_NAME)),
     ]
     if source_ae:
-        elements.append(element(0x0016, b"AE", _text_bytes(source_ae)))
+        elements.append(element(0x0016, b"AE", encode_text(source_ae)))
     body = b"".join(elements)
     return b"\x00" * 128 + b"DICM" + element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 # --- decoding -------------------------------------------------------------------------------
-
-
-def _items(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, memoryview]]:
-    """(type, value) of each item (1-byte type, 1 reserved, 2-byte big-endian length)."""
-    view = memoryview(data)
-    offset = start
-    while offset + 4 <= len(view):
-        kind, length = view[offset], struct.unpack_from(">H", view, offset + 2)[0]
-        end = offset + 4 + length
-        if end > len(view):
-            raise _ProtocolError("an item runs past the end of its PDU", REASON_INVALID_PARAMETER)
-        yield kind, view[offset + 4 : end]
-        offset = end
-    if offset != len(view):
-        raise _ProtocolError("trailing bytes after the last item", REASON_INVALID_PARAMETER)
-
-
-def _ascii(value: bytes | memoryview) -> str:
-    return bytes(value).decode("ascii", "replace").strip(" \x00")
-
-
-@dataclass
-class _AssociateRequest:
-    protocol_version: int
-    called_ae: str
-    calling_ae: str
-    application_context: str = ""
-    #: (context id, abstract syntax, proposed transfer syntaxes)
-    contexts: list[tuple[int, str, list[str]]] = field(default_factory=list)
-    max_pdu: int = 0
-    implementation_uid: str = ""
-    implementation_version: str = ""
-    raw_called: bytes = b""
-    raw_calling: bytes = b""
-
-
-def _parse_associate_rq(body: memoryview) -> _AssociateRequest:
-    if len(body) < _ASSOCIATE_RQ_FIXED:
-        raise _ProtocolError("A-ASSOCIATE-RQ too short", REASON_INVALID_PARAMETER)
-    request = _AssociateRequest(
-        protocol_version=struct.unpack_from(">H", body, 0)[0],
-        called_ae=_ascii(body[4:20]),
-        calling_ae=_ascii(body[20:36]),
-        raw_called=bytes(body[4:20]),
-        raw_calling=bytes(body[20:36]),
-    )
-    for kind, value in _items(body, _ASSOCIATE_RQ_FIXED):
-        if kind == 0x10:
-            request.application_context = _ascii(value)
-        elif kind == 0x20:
-            if len(value) < 4:
-                raise _ProtocolError("presentation context item too short")
-            abstract, syntaxes = "", []
-            for sub, sub_value in _items(value, 4):
-                if sub == 0x30:
-                    abstract = _ascii(sub_value)
-                elif sub == 0x40:
-                    syntaxes.append(_ascii(sub_value))
-            request.contexts.append((value[0], abstract, syntaxes))
-        elif kind == 0x50:
-            for sub, sub_value in _items(value):
-                if sub == 0x51 and len(sub_value) == 4:
-                    request.max_pdu = struct.unpack(">I", sub_value)[0]
-                elif sub == 0x52:
-                    request.implementation_uid = _ascii(sub_value)
-                elif sub == 0x55:
-                    request.implementation_version = _ascii(sub_value)
-    return request
 
 
 @dataclass
@@ -341,7 +268,7 @@ class _Command:
     has_dataset: bool
 
 
-def _command_elements(data: bytes) -> dict[int, bytes]:
+def command_elements(data: bytes) -> dict[int, bytes]:
     """Element number -> value of a command set (group 0000, Implicit VR Little Endian)."""
     values: dict[int, bytes] = {}
     offset = 0
@@ -349,41 +276,27 @@ def _command_elements(data: bytes) -> dict[int, bytes]:
         group, element, length = _ELEMENT_HEADER.unpack_from(data, offset)
         offset += 8
         if group != 0x0000 or offset + length > len(data):
-            raise _ProtocolError("malformed command set", REASON_INVALID_PARAMETER)
+            raise ProtocolError("malformed command set", REASON_INVALID_PARAMETER)
         values[element] = data[offset : offset + length]
         offset += length
     return values
 
 
-def _pdv_items(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
-    """(presentation context id, message control header, value) of each PDV of a P-DATA-TF."""
-    offset = 0
-    while offset < len(body):
-        if offset + 6 > len(body):
-            raise _ProtocolError("truncated PDV item", REASON_INVALID_PARAMETER)
-        length = struct.unpack_from(">I", body, offset)[0]
-        end = offset + 4 + length
-        if length < 2 or end > len(body):
-            raise _ProtocolError("PDV item length out of range", REASON_INVALID_PARAMETER)
-        yield body[offset + 4], body[offset + 5], body[offset + 6 : end]
-        offset = end
-
-
 def _parse_command(data: bytes) -> _Command:
     """The elements we use of a command set (group 0000, Implicit VR Little Endian)."""
-    values = _command_elements(data)
+    values = command_elements(data)
 
     def number(element: int) -> int:
         value = values.get(element, b"")
         if len(value) != 2:
-            raise _ProtocolError(f"command element (0000,{element:04X}) missing or malformed")
+            raise ProtocolError(f"command element (0000,{element:04X}) missing or malformed")
         return int(struct.unpack("<H", value)[0])
 
     return _Command(
         field=number(0x0100),
         message_id=number(0x0110) if 0x0110 in values else 0,
-        sop_class_uid=_ascii(values.get(0x0002, b"")),
-        sop_instance_uid=_ascii(values.get(0x1000, b"")),
+        sop_class_uid=decode_text(values.get(0x0002, b"")),
+        sop_instance_uid=decode_text(values.get(0x1000, b"")),
         has_dataset=number(0x0800) != NO_DATASET,
     )
 
@@ -416,11 +329,12 @@ def _context_mismatch(command: _Command, context_id: int, abstract: str) -> str 
     return None
 
 
-def _context_id_error(contexts: list[tuple[int, str, list[str]]]) -> str | None:
+def _context_id_error(contexts: list[PresentationContextRQ]) -> str | None:
     """Why the proposed presentation context IDs are not acceptable, or None: they are odd
     (PS3.8 9.3.2.2) and each names one context (7.1.1.13: an unused identifier for each)."""
     seen: set[int] = set()
-    for context_id, _abstract, _syntaxes in contexts:
+    for context in contexts:
+        context_id = context.context_id
         if not context_id % 2:
             return f"presentation context ID {context_id} is even"
         if context_id in seen:
@@ -429,16 +343,11 @@ def _context_id_error(contexts: list[tuple[int, str, list[str]]]) -> str | None:
     return None
 
 
-def _abort_pdu(source: int, reason: int) -> bytes:
-    return _pdu(A_ABORT, bytes([0, 0, source, reason]))
-
-
 #: A-ASSOCIATE-RJ: transient, by the UL service-provider (presentation related function), local
 #: limit exceeded (PS3.8 9.3.4).
-_REJECT_BUSY = _pdu(
-    A_ASSOCIATE_RJ,
-    bytes([0, REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, PRESENTATION_LOCAL_LIMIT_EXCEEDED]),
-)
+_REJECT_BUSY = AssociateRJ(
+    REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, PRESENTATION_LOCAL_LIMIT_EXCEEDED
+).encode()
 
 
 def _screen_first_pdu(kind: int, length: int) -> Refusal | None:
@@ -446,19 +355,19 @@ def _screen_first_pdu(kind: int, length: int) -> Refusal | None:
     Sta2): None to read an A-ASSOCIATE-RQ of a plausible length; otherwise an A-ABORT (AA-1),
     or for an A-ABORT nothing but the close (AA-2)."""
     if kind == A_ASSOCIATE_RQ:
-        if length < _ASSOCIATE_RQ_FIXED:
+        if length < ASSOCIATE_FIXED_LENGTH:
             reason = f"an A-ASSOCIATE-RQ of {length} bytes is too short"
         elif length > MAX_ASSOCIATE_RQ_LENGTH:
             reason = f"an A-ASSOCIATE-RQ of {length} bytes is longer than {MAX_ASSOCIATE_RQ_LENGTH}"
         else:
             return None
-        return Refusal(_abort_pdu(ABORT_PROVIDER, REASON_INVALID_PARAMETER), reason)
+        return Refusal(Abort(ABORT_PROVIDER, REASON_INVALID_PARAMETER).encode(), reason)
     if kind == A_ABORT:
         return Refusal(b"", "an A-ABORT instead of an A-ASSOCIATE-RQ")
     known = A_ASSOCIATE_RQ <= kind <= A_ABORT
     diagnostic = REASON_UNEXPECTED_PDU if known else REASON_UNRECOGNISED_PDU
     return Refusal(
-        _abort_pdu(ABORT_PROVIDER, diagnostic),
+        Abort(ABORT_PROVIDER, diagnostic).encode(),
         f"expected an A-ASSOCIATE-RQ, got PDU type {kind:#04x}",
     )
 
@@ -557,7 +466,7 @@ class Association:
             log.warning("no data from %s for %.0f s: aborting", self.info.address, timeout)
             self._send_abort(ABORT_PROVIDER, REASON_NOT_SPECIFIED)
             self._ended(aborted=self.established)
-        except _ProtocolError as exc:
+        except ProtocolError as exc:
             log.warning("protocol error from %s: %s; aborting", self.info.address, exc)
             self._send_abort(ABORT_PROVIDER, exc.reason)
             self._ended(aborted=self.established)
@@ -603,17 +512,17 @@ class Association:
         header, before its body is read."""
         header = memoryview(self._buffer)[:6]
         self._recv_into(header)
-        kind, _, length = _PDU_HEADER.unpack(header)
+        kind, _, length = PDU_HEADER.unpack(header)
         if kind == P_DATA_TF:
             limit = self.acceptor.max_pdu
         elif kind in (A_RELEASE_RQ, A_RELEASE_RP, A_ABORT):
             limit = _MAX_SHORT_PDU_BODY
         elif A_ASSOCIATE_RQ <= kind <= A_ABORT:
-            raise _ProtocolError(f"unexpected PDU type {kind:#04x}")
+            raise ProtocolError(f"unexpected PDU type {kind:#04x}")
         else:
-            raise _ProtocolError(f"unknown PDU type {kind:#04x}", REASON_UNRECOGNISED_PDU)
+            raise ProtocolError(f"unknown PDU type {kind:#04x}", REASON_UNRECOGNISED_PDU)
         if length > limit:
-            raise _ProtocolError(
+            raise ProtocolError(
                 f"PDU type {kind:#04x} of {length} bytes is longer than our maximum {limit}",
                 REASON_INVALID_PARAMETER,
             )
@@ -627,21 +536,21 @@ class Association:
 
     def _send_abort(self, source: int, reason: int) -> None:
         with contextlib.suppress(OSError):
-            self._send(_abort_pdu(source, reason))
+            self._send(Abort(source, reason).encode())
             self._linger = True
 
     # -- association establishment
 
     def _negotiate(self) -> bool:
-        request = _parse_associate_rq(memoryview(self._request))
+        request = AssociateRQ.decode(memoryview(self._request))
         self._request = b""
         info = self.info
         info.called_ae, info.calling_ae = request.called_ae, request.calling_ae
-        info.peer_max_pdu = request.max_pdu
-        info.peer_implementation_uid = request.implementation_uid
-        info.peer_implementation_version = request.implementation_version
+        info.peer_max_pdu = request.user.max_length or 0
+        info.peer_implementation_uid = request.user.implementation_class_uid
+        info.peer_implementation_version = request.user.implementation_version_name or ""
         try:
-            if not request.protocol_version & 0x0001:
+            if not request.protocol_version & PROTOCOL_VERSION:
                 raise RejectionError(
                     "protocol version not supported",
                     REJECTED_PERMANENT,
@@ -669,7 +578,7 @@ class Association:
                 self._counted = False
             self.acceptor.services.rejected(info, rejection)
             with contextlib.suppress(OSError):
-                self._send(_pdu(A_ASSOCIATE_RJ, bytes([0, *rejection.code])))
+                self._send(AssociateRJ(*rejection.code).encode())
                 self._linger = True  # AE-8: the requestor closes, within the ARTIM timeout
             return False
         self._buffer = bytearray(self.acceptor.max_pdu + PDU_HEADER.size)
@@ -678,10 +587,11 @@ class Association:
         self.acceptor.services.accepted(info)
         return True
 
-    def _associate_ac(self, request: _AssociateRequest) -> bytes:
+    def _associate_ac(self, request: AssociateRQ) -> bytes:
         supported = self.acceptor.supported
-        items = [_item(0x10, _uid_bytes(APPLICATION_CONTEXT))]
-        for context_id, abstract, proposed in request.contexts:
+        answers = []
+        for context in request.contexts:
+            abstract, proposed = context.abstract_syntax, context.transfer_syntaxes
             accepted_syntaxes = supported.get(abstract)
             chosen = ""
             if accepted_syntaxes is None:
@@ -690,19 +600,18 @@ class Association:
                 chosen = next((ts for ts in proposed if ts in accepted_syntaxes), "")
                 result = CONTEXT_ACCEPTED if chosen else TRANSFER_SYNTAXES_REFUSED
             if chosen:
-                self.info.contexts[context_id] = (abstract, chosen)
+                self.info.contexts[context.context_id] = (abstract, chosen)
             syntax = chosen or (proposed[0] if proposed else IMPLICIT_VR_LITTLE_ENDIAN)
-            body = bytes([context_id, 0, result, 0]) + _item(0x40, _uid_bytes(syntax))
-            items.append(_item(0x21, body))
-        user = (
-            _item(0x51, struct.pack(">I", self.acceptor.max_pdu))
-            + _item(0x52, _uid_bytes(IMPLEMENTATION_CLASS_UID))
-            + _item(0x55, IMPLEMENTATION_VERSION_NAME.encode("ascii"))
+            answers.append(PresentationContextAC(context.context_id, result, syntax))
+        user = UserInformation(
+            max_length=self.acceptor.max_pdu,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
         )
-        items.append(_item(0x50, user))
         # the AE title fields echo the request's, byte for byte (PS3.8 9.3.3)
-        head = struct.pack(">HH", 0x0001, 0) + request.raw_called + request.raw_calling
-        return _pdu(A_ASSOCIATE_AC, head + b"\x00" * 32 + b"".join(items))
+        return AssociateAC(
+            request.called, request.calling, APPLICATION_CONTEXT, answers, user
+        ).encode()
 
     # -- data transfer
 
@@ -713,8 +622,8 @@ class Association:
                 self._p_data(body)
             elif kind == A_RELEASE_RQ:
                 if self._store is not None:
-                    raise _ProtocolError("A-RELEASE-RQ in the middle of a dataset")
-                self._send(_pdu(A_RELEASE_RP, b"\x00" * 4))
+                    raise ProtocolError("A-RELEASE-RQ in the middle of a dataset")
+                self._send(release_rp())
                 self.established = False
                 self._linger = True  # AR-4: the requestor closes, within the ARTIM timeout
                 return
@@ -723,26 +632,26 @@ class Association:
                 self._ended(aborted=True)
                 return
             else:  # an A-RELEASE-RP: other types were refused by _read_pdu
-                raise _ProtocolError(f"unexpected PDU type {kind:#04x}")
+                raise ProtocolError(f"unexpected PDU type {kind:#04x}")
 
     def _p_data(self, body: memoryview) -> None:
-        for context_id, control, data in _pdv_items(body):
+        for context_id, control, data in pdv_items(body):
             if context_id not in self.info.contexts:
-                raise _ProtocolError(f"PDV on presentation context {context_id} not accepted")
-            if control & 0x01:
-                self._command_fragment(context_id, data, last=bool(control & 0x02))
+                raise ProtocolError(f"PDV on presentation context {context_id} not accepted")
+            if control & PDV_COMMAND:
+                self._command_fragment(context_id, data, last=bool(control & PDV_LAST))
             else:
-                self._dataset_fragment(context_id, data, last=bool(control & 0x02))
+                self._dataset_fragment(context_id, data, last=bool(control & PDV_LAST))
 
     def _command_fragment(self, context_id: int, data: memoryview, last: bool) -> None:
         if self._store is not None:
-            raise _ProtocolError("a command started before the previous dataset ended")
+            raise ProtocolError("a command started before the previous dataset ended")
         if self._command and context_id != self._command_context:
-            raise _ProtocolError("command fragments on different presentation contexts")
+            raise ProtocolError("command fragments on different presentation contexts")
         self._command_context = context_id
         self._command += data
         if len(self._command) > _MAX_COMMAND:
-            raise _ProtocolError("command set too long", REASON_INVALID_PARAMETER)
+            raise ProtocolError("command set too long", REASON_INVALID_PARAMETER)
         if not last:
             return
         command = _parse_command(bytes(self._command))
@@ -768,7 +677,7 @@ class Association:
     def _dataset_fragment(self, context_id: int, data: memoryview, last: bool) -> None:
         store = self._store
         if store is None or context_id != store.context_id:
-            raise _ProtocolError("dataset fragment without its command")
+            raise ProtocolError("dataset fragment without its command")
         limit = self.acceptor.max_object_bytes
         if store.fd is not None and store.size + len(data) > limit:
             store.discard()  # keep reading, answer "too large" at the end
@@ -815,11 +724,11 @@ class Association:
             (0x0900, struct.pack("<H", status)),
         ]
         if command.sop_class_uid:
-            elements.append((0x0002, _uid_bytes(command.sop_class_uid)))
+            elements.append((0x0002, encode_uid(command.sop_class_uid)))
         if command.field == C_STORE_RQ and command.sop_instance_uid:
-            elements.append((0x1000, _uid_bytes(command.sop_instance_uid)))
+            elements.append((0x1000, encode_uid(command.sop_instance_uid)))
         if comment:
-            elements.append((0x0902, _text_bytes(comment[:64])))
+            elements.append((0x0902, encode_text(comment[:64])))
         return encode_command(elements)
 
     def _send_command(self, context_id: int, command: bytes) -> None:
@@ -829,9 +738,8 @@ class Association:
         pdus = []
         for start in range(0, len(command), step):
             chunk = command[start : start + step]
-            control = 0x03 if start + step >= len(command) else 0x01
-            pdv = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
-            pdus.append(_pdu(P_DATA_TF, pdv))
+            last = PDV_LAST if start + step >= len(command) else 0
+            pdus.append(p_data_tf(context_id, PDV_COMMAND | last, chunk))
         self._send(b"".join(pdus))
 
 
