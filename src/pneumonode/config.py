@@ -29,6 +29,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from pneumonode.alerts.targets import AlertTargetError, check_webhook_url, parse_mllp_target
+from pneumonode.config_messages import PLAIN_PROBLEMS
 from pneumonode.dicom_node.peers import PeerRule, parse_destination
 from pneumonode.dicom_node.selection import (
     DEFAULT_BODY_PARTS,
@@ -774,7 +775,7 @@ def _problem(error: ErrorDetails, config_file: Path | None) -> str:
         what = str(cause)
     else:
         try:
-            what = _PROBLEMS[kind].format(**ctx)
+            what = PLAIN_PROBLEMS[kind].format(**ctx)
         except (KeyError, IndexError):
             what = error["msg"][:1].lower() + error["msg"][1:]
         given = error.get("input")
@@ -784,28 +785,3 @@ def _problem(error: ErrorDetails, config_file: Path | None) -> str:
     if setting is None:
         return what
     return f"{_name_of(setting, config_file)}: {what}"
-
-
-#: Plain words for pydantic's error types (the rest keep pydantic's own message).
-_PROBLEMS = {
-    "int_parsing": "must be a whole number",
-    "int_type": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "float_parsing": "must be a number",
-    "float_type": "must be a number",
-    "bool_parsing": "must be true or false",
-    "bool_type": "must be true or false",
-    "literal_error": "must be {expected}",
-    "greater_than_equal": "must be at least {ge}",
-    "greater_than": "must be more than {gt}",
-    "less_than_equal": "must be at most {le}",
-    "less_than": "must be less than {lt}",
-    "string_too_long": "must be at most {max_length} characters",
-    "string_too_short": "must be at least {min_length} characters",
-    "too_short": "needs {min_length} values",
-    "too_long": "takes {max_length} values",
-    "json_invalid": "not valid JSON",
-    "list_type": "must be a list (comma separated)",
-    "tuple_type": "must be a list such as [0.5, 99.5]",
-    "path_type": "must be a path",
-}
