@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from pneumonode.config import SHIPPED_MODEL
-from pneumonode.model.card import CARD_NAME, EVALUATION_NAME, CardError, held_out_table, refresh
+from pneumonode.model.card import (
+    CARD_NAME,
+    EVALUATION_NAME,
+    CardError,
+    held_out_table,
+    measured_blocks,
+    refresh,
+)
 
 
 def _summary() -> dict[str, object]:
@@ -69,3 +76,10 @@ def test_the_command_copies_the_measurements_and_refreshes_the_card(tmp_path: Pa
     copied = json.loads((folder / EVALUATION_NAME).read_text())
     assert "images" not in copied  # per-film rows stay out of the model folder
     assert "| AUC | **0.912** |" in (folder / CARD_NAME).read_text()
+
+
+def test_the_shipped_cards_tables_are_the_measured_ones() -> None:
+    card = (SHIPPED_MODEL / CARD_NAME).read_text()
+    blocks = measured_blocks(SHIPPED_MODEL)
+    assert {"calibration", "test", "siim"} <= set(blocks)
+    assert refresh(card, blocks) == card, "run pneumonode model-card (docs/model.md)"

@@ -335,6 +335,12 @@ def test_the_gate_reports_a_mask_only_on_films_called_positive() -> None:
     # called positive but no pixel reaches 0.5: where the model looked (half its top score)
     faint = _predictor(_lesion(top=0.3), 1.0, decision=True).predict_prepared(prepared)
     assert faint.finding.present and faint.mask.sum() == 400
+    # called positive, the only region above the threshold under the minimum area (4 pixels):
+    # still a region, however small, never "present" with nothing marked
+    speck = np.full((64, 64), 0.01, np.float32)
+    speck[20, 20] = 0.8
+    small = _predictor(speck, 1.0, decision=True).predict_prepared(prepared)
+    assert small.finding.present and small.mask.sum() == 1
     # no operating point: the mask decides, as for the models before
     legacy = _predictor(_lesion(), -1.5, decision=False).predict_prepared(prepared)
     assert legacy.finding.present and legacy.finding.threshold is None

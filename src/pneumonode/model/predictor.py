@@ -683,8 +683,9 @@ class Predictor:
 
         With an operating point (``decision`` in the checkpoint) the calibrated probability
         decides, and the mask is reported only for a film called positive: where no pixel
-        reaches the pixel threshold on such a film, the pixels of at least half the film's top
-        probability show where the model looked.
+        reaches the pixel threshold on such a film (or only regions under the minimum area), the
+        pixels of at least half the film's top probability show where the model looked, whatever
+        their area: a film called positive always has a region.
         """
         if prepared.pixels.shape != (self.size, self.size):
             raise ValueError(f"prepared at {prepared.pixels.shape}, the model wants {self.size}")
@@ -706,7 +707,7 @@ class Predictor:
         elif calibrated >= decision.threshold:
             model_mask = binary_mask(probability, post.threshold, post.min_area_pixels)
             if not model_mask.any():
-                model_mask = binary_mask(probability, top / 2, post.min_area_pixels)
+                model_mask = binary_mask(probability, top / 2)
         else:
             model_mask = np.zeros(probability.shape, dtype=bool)
         mask = prepared.letterbox.to_source(model_mask)
