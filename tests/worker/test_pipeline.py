@@ -15,7 +15,16 @@ from sqlalchemy import func, select
 
 from dicom_factory import make_dx, save, synthetic_chest
 from peers_harness import StoreSCP, dciodvfy_errors, run_storescp, storescu
-from pneumonode.db.models import AuditEvent, Delivery, DeliveryState, Job, JobState, Result, utcnow
+from pneumonode.db.models import (
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    utcnow,
+)
 from pneumonode.db.session import Database
 from pneumonode.model.predictor import Predictor
 from pneumonode.worker.dispatch import dispatch_once
@@ -203,10 +212,14 @@ def test_an_undecodable_image_fails_once_with_its_reason(
     tmp_path: Path,
 ) -> None:
     ds = make_dx(synthetic_chest(256, 200, 12), 12)
-    ds.PixelData = ds.PixelData[:1000]  # far too short for 256 x 200 x 16 bits
-    broken = save(ds, tmp_path / "broken.dcm")
     node = node_factory()
-    storescu([broken], node.port)
+    storescu([save(ds, tmp_path / "whole.dcm")], node.port)
+    # the listener refuses a damaged dataset (0xC210), so the damage happens in the spool
+    # after the film was stored: the pixel data far too short for 256 x 200 x 16 bits
+    ds.PixelData = ds.PixelData[:1000]
+    with node.database.session() as session:
+        (instance,) = session.scalars(select(Instance))
+        save(ds, node.spool / instance.path)
     context = _context(node, tiny_checkpoint())
     (job,) = _jobs(node.database)
     outcome = process_job(context, job.id)
