@@ -29,6 +29,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from pneumonode.alerts.targets import AlertTargetError, check_webhook_url, parse_mllp_target
+from pneumonode.api_tokens import parse_named_tokens
 from pneumonode.config_messages import PLAIN_PROBLEMS
 from pneumonode.dicom_node.peers import PeerRule, parse_destination
 from pneumonode.dicom_node.selection import (
@@ -55,7 +56,7 @@ ENV_PREFIX = "PNEUMONODE_"
 TEST_PREFIX = "PNEUMONODE_TEST_"
 #: Settings whose values are never repeated in an error message (passwords in URLs, tokens).
 SECRET_SETTINGS = frozenset(
-    {"api_token", "database_url", "broker_url", "webhook_urls", "webhook_secret"}
+    {"api_token", "api_tokens", "database_url", "broker_url", "webhook_urls", "webhook_secret"}
 )
 #: Characters that separate HL7 v2 fields and components (MSH-1 and MSH-2's defaults).
 HL7_DELIMITERS = "|^~\\&"
@@ -367,6 +368,9 @@ class Settings(BaseSettings):
         description="Bearer token of the API. Unset: one is generated at first start, printed "
         "once and kept in <data_dir>/api-token.",
     )
+    api_tokens: SecretStr | None = Field(
+        default=None, description="Named API tokens, name:token,...; api_token is 'default'."
+    )
     dev_mode: bool = Field(
         default=False, description="Development: allows a well-known API token (never in use)."
     )
@@ -468,6 +472,13 @@ class Settings(BaseSettings):
                 f"must be at least {MIN_WEBHOOK_SECRET} characters (e.g. the output of "
                 "`openssl rand -hex 32`)"
             )
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _valid_api_tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:  # the ValueError names an entry by its name, not its token
+            parse_named_tokens(value.get_secret_value())
         return value
 
     @field_validator("hl7_sending_application", "hl7_sending_facility")

@@ -18,6 +18,7 @@ from pneumonode.db.session import Database
 __all__ = [
     "ApiState",
     "Authorized",
+    "Caller",
     "SessionDep",
     "SettingsDep",
     "StateDep",
@@ -65,22 +66,27 @@ _bearer = HTTPBearer(auto_error=False, description="the API token (PNEUMONODE_AP
 def _authorized(
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+) -> str:
+    """The caller: the name of the token presented (``default`` for the single token)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing bearer token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not state.token.matches(credentials.credentials):
+    caller = state.token.caller(credentials.credentials)
+    if caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "wrong API token",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+    return caller
 
 
 Authorized = Depends(_authorized)
+#: The name of the caller's token (``PNEUMONODE_API_TOKENS``), for who did what.
+Caller = Annotated[str, Depends(_authorized)]
 
 
 def checked_uid(value: str, what: str = "UID") -> str:
