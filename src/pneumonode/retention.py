@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from pneumonode.config import Settings
+from pneumonode.db.audit import audit_direct, audit_row
 from pneumonode.db.models import (
-    AuditEvent,
     Delivery,
     DeliveryState,
     Instance,
@@ -165,17 +165,17 @@ def prune(
                     .where(Instance.id.in_([c.id for c, _, _ in events]))
                     .values(pruned_at=stamp)
                 )
-                session.execute(
-                    insert(AuditEvent),
+                audit_direct(
+                    session,
                     [
-                        {
-                            "at": stamp,
-                            "kind": "instance.pruned",
-                            "message": "stored image and result files deleted (retention)",
-                            "study_uid": c.study_uid,
-                            "sop_uid": c.sop_uid,
-                            "detail": {"files": count, "bytes": size},
-                        }
+                        audit_row(
+                            "instance.pruned",
+                            "stored image and result files deleted (retention)",
+                            at=stamp,
+                            study_uid=c.study_uid,
+                            sop_uid=c.sop_uid,
+                            detail={"files": count, "bytes": size},
+                        )
                         for c, count, size in events
                     ],
                 )

@@ -1,4 +1,7 @@
-"""Repository functions: the only code that writes studies, instances, jobs and the audit trail."""
+"""Repository functions: the only code that writes studies, instances and jobs as they arrive.
+
+Their audit events go through ``db.audit`` (``audit`` is re-exported here for the callers).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
+from pneumonode.db.audit import audit, audit_direct, audit_row
 from pneumonode.db.direct import Direct, direct_insert
 from pneumonode.db.models import (
     AuditEvent,
@@ -33,16 +37,6 @@ __all__ = [
     "list_audit",
     "record_received_instance",
 ]
-
-
-def audit(session: Session, kind: str, message: str, **fields: Any) -> AuditEvent:
-    """Add one audit event (committed with the caller's transaction).
-
-    ``message`` must not contain patient data; identifiers go in their own fields.
-    """
-    event = AuditEvent(kind=kind, message=message[:512], at=utcnow(), **fields)
-    session.add(event)
-    return event
 
 
 def list_audit(
@@ -91,7 +85,6 @@ _FIND_STUDY = Direct(select(Study.id).where(Study.study_uid == bindparam("study_
 _INSERT_STUDY = direct_insert(Study.__table__, Study.id)  # type: ignore[arg-type]
 _INSERT_INSTANCE = direct_insert(Instance.__table__, Instance.id)  # type: ignore[arg-type]
 _INSERT_JOB = direct_insert(Job.__table__, Job.id)  # type: ignore[arg-type]
-_INSERT_AUDIT = direct_insert(AuditEvent.__table__)  # type: ignore[arg-type]
 
 
 def _connection(db: Session | Connection) -> Connection:
@@ -209,10 +202,11 @@ def record_received_instance(
             **_instance_values(item),
         }
         instance_id = _INSERT_INSTANCE.scalar(connection, values)
-        events = [dict(kind="instance.received", message="instance stored", detail=detail)]
+        events = [audit_row("instance.received", "instance stored", at=now, detail=detail, **ids)]
         job_id = None
         if item.skip_reason:
-            events.append(dict(kind="instance.skipped", message=f"skipped: {item.skip_reason}"))
+            reason = f"skipped: {item.skip_reason}"
+            events.append(audit_row("instance.skipped", reason, at=now, **ids))
         else:
             job_values = {
                 "instance_id": instance_id,
@@ -221,12 +215,11 @@ def record_received_instance(
                 "created_at": now,
             }
             job_id = _INSERT_JOB.scalar(connection, job_values)
+            job_detail = {"job_id": job_id}
             events.append(
-                dict(kind="job.created", message=f"job {job_id} created", detail={"job_id": job_id})
+                audit_row("job.created", f"job {job_id} created", at=now, detail=job_detail, **ids)
             )
-        _INSERT_AUDIT.many(
-            connection, [{"at": now, "detail": None, **ids, **event} for event in events]
-        )
+        audit_direct(connection, events)
         state = None if job_id is None else JobState.PENDING
         return ReceiveRecord(ReceiveOutcome.NEW, instance_id, job_id, state)
 
