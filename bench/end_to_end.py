@@ -37,8 +37,8 @@ import pydicom
 
 from _common import bench_model, design_model, pct, running_node, siim_sources, with_new_uids
 from peers_harness import run_storescp, storescu  # tests/ is on sys.path via _common
+from pneumonode.db.stages import STAGES
 
-STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
 OVERHEAD_TARGET_S = 0.5
 THROUGHPUT_TARGET = 0.9
 

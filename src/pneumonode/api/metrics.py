@@ -43,18 +43,15 @@ from pneumonode.db.queries import (
     span_histogram,
     stage_histograms,
 )
+from pneumonode.db.stages import QUEUED_TO_INFERRED, STAGES
 from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
 
-__all__ = ["BUCKETS", "STAGES", "render_metrics", "router"]
+__all__ = ["BUCKETS", "render_metrics", "router"]
 
 router = APIRouter(tags=["health"])
 
 #: Upper bounds (seconds) of every latency histogram.
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-#: The worker's stages, in order (``Job.timings``): they do not overlap.
-STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
-#: Queued to inference done: the stages a job spends from the queue to the model's answer.
-QUEUED_TO_INFERRED = ("queue_wait", "convert", "infer")
 #: A worker that has not refreshed its heartbeat for this long is not serving (as /health says).
 WORKER_SILENCE_S = 30.0
 
@@ -168,8 +165,7 @@ def _latency(session: Session) -> list[Family]:
     stages = Family(
         "pneumonode_stage_seconds",
         "histogram",
-        "Seconds per pipeline stage of finished jobs: receive_to_queued, queue_wait, convert, "
-        "infer (inference), build, write, send.",
+        f"Seconds per pipeline stage of finished jobs: {', '.join(STAGES)}.",
     )
     per_stage = stage_histograms(session, STAGES, BUCKETS)
     for stage in STAGES:
@@ -177,7 +173,7 @@ def _latency(session: Session) -> list[Family]:
     span = Family(
         "pneumonode_queued_to_inferred_seconds",
         "histogram",
-        "Seconds from a job's queueing to its inference done (queue_wait + convert + infer).",
+        f"Seconds from a job's queueing to its inference done ({' + '.join(QUEUED_TO_INFERRED)}).",
     )
     span.histogram(span_histogram(session, QUEUED_TO_INFERRED, BUCKETS))
     delivery = Family(

@@ -12,13 +12,12 @@ from sqlalchemy import func, select
 from pneumonode.api.deps import Authorized, SessionDep, SettingsDep
 from pneumonode.api.schemas import ModelOut, ProblemOut, StageStats, StatsOut
 from pneumonode.db.models import Job, JobState, utcnow
+from pneumonode.db.stages import STAGES
 from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["system"])
-
-STAGES = ("receive_to_queued", "queue_wait", "convert", "infer", "build", "write", "send")
 
 
 @router.get("/stats", response_model=StatsOut, responses={422: {"model": ProblemOut}})

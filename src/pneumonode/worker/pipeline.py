@@ -66,6 +66,15 @@ from pneumonode.db.models import (
 )
 from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
+from pneumonode.db.stages import (
+    BUILD,
+    CONVERT,
+    INFER,
+    QUEUE_WAIT,
+    RECEIVE_TO_QUEUED,
+    SEND,
+    WRITE,
+)
 from pneumonode.dicom_node.delivery import (
     RetryPolicy,
     add_delivery,
@@ -291,9 +300,9 @@ def analyse(
         overlay=overlay,
         grey=grey,
         timings={
-            "convert": converted - started,
-            "infer": inferred - converted,
-            "build": built - inferred,
+            CONVERT: converted - started,
+            INFER: inferred - converted,
+            BUILD: built - inferred,
         },
     )
 
@@ -491,10 +500,10 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
     )
     files = write_results(analysis, folder, settings.png_level, with_image=False)
     timings: dict[str, Any] = {
-        "receive_to_queued": _seconds(claimed.queued_at, claimed.received_at),
-        "queue_wait": _seconds(claimed.started_at, claimed.queued_at or claimed.received_at),
+        RECEIVE_TO_QUEUED: _seconds(claimed.queued_at, claimed.received_at),
+        QUEUE_WAIT: _seconds(claimed.started_at, claimed.queued_at or claimed.received_at),
         **analysis.timings,
-        "write": time.perf_counter() - built,
+        WRITE: time.perf_counter() - built,
     }
     policy = RetryPolicy.from_settings(settings)
     alerting = AlertPolicy.from_settings(settings)
@@ -526,7 +535,7 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
     sending = time.perf_counter()
 
     def sent_in(session: Session) -> None:  # with the outcomes: no transaction of its own
-        timings["send"] = time.perf_counter() - sending
+        timings[SEND] = time.perf_counter() - sending
         job = session.get(Job, job_id)
         if job is not None:
             job.timings = dict(timings)
