@@ -22,7 +22,7 @@ from pneumonode.api import TokenError, create_app, resolve_token
 from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings
 from pneumonode.conversion.prepare import prepare_radiograph
-from pneumonode.db.models import Delivery, DeliveryState, Job, JobState
+from pneumonode.db.models import AuditEvent, Delivery, DeliveryState, Job, JobState, Result
 from pneumonode.model.predictor import Predictor
 from pneumonode.worker.pipeline import PipelineContext, process_job
 from pneumonode.worker.tasks import celery_config
@@ -113,7 +113,7 @@ def test_a_missing_or_wrong_token_is_refused(api: Api) -> None:
 
 
 def test_studies_newest_first_with_badges_and_paging(api: Api) -> None:
-    page = api.get("/api/studies").json()  # type: ignore[attr-defined]
+    page = api.get("/api/studies", params={"sort": "-received"}).json()  # type: ignore[attr-defined]
     assert page["total"] == 3 and len(page["items"]) == 3
     received = [item["received_at"] for item in page["items"]]
     assert received == sorted(received, reverse=True)
@@ -324,6 +324,8 @@ def test_openapi_schema_lists_every_route_with_its_responses(api: Api) -> None:
         "/api/audit",
         "/api/jobs/{job_id}/rerun",
         "/api/results/{result_id}/resend",
+        "/api/deliveries/problems",
+        "/api/deliveries/{delivery_id}/resend",
         "/api/upload",
     ):
         assert path in paths, path
@@ -353,3 +355,135 @@ def test_a_skipped_study_says_why(api: Api, tmp_path: Path) -> None:
     page = api.get("/api/studies").json()  # type: ignore[attr-defined]
     skipped = [item for item in page["items"] if item["badge"] == "skipped"]
     assert len(skipped) == 1 and skipped[0]["skip_reason"].startswith("not a radiograph")
+
+
+def _study_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def _set_probabilities(api: Api, probabilities: list[float | None]) -> None:
+    """Give the files' results the calibrated probabilities a calibrated model would have
+    (the tiny test model has none)."""
+    with api.node.database.session() as session:
+        for job, probability in zip(_jobs(api.node), probabilities, strict=True):
+            for result in session.scalars(select(Result).where(Result.job_id == job.id)):
+                result.probability = probability
+
+
+def test_studies_by_urgency_with_the_top_finding(api: Api) -> None:
+    """Positive first, then by calibrated probability, then newest: the default order."""
+    items = api.get("/api/studies").json()["items"]  # type: ignore[attr-defined]
+    assert [i["badge"] for i in items] == ["positive", "negative", "negative"]
+    assert items[0]["probability"] is None  # a model without a calibrated probability
+    # newest first among the negatives, which have no probability
+    assert items[1]["received_at"] >= items[2]["received_at"]
+
+    _set_probabilities(api, [0.91, 0.12, 0.30])
+    items = api.get("/api/studies").json()["items"]  # type: ignore[attr-defined]
+    assert [i["study_uid"] for i in items] == [_study_uid(api.files[i]) for i in (0, 2, 1)]
+    assert [i["probability"] for i in items] == [0.91, 0.30, 0.12]
+    first = items[0]
+    assert first["side"] in ("left", "right", "bilateral") and first["area_mm2"] > 0
+    assert all(i["side"] is None and i["area_mm2"] is None for i in items[1:])
+
+
+def _send_our_seg_back(api: Api) -> str:
+    """The positive image's SEG, as a PACS would send it back to us; its SOP Instance UID."""
+    from pneumonode.results import result_kind
+
+    with api.node.database.session() as session:
+        mine = select(Delivery).where(Delivery.study_uid == _study_uid(api.files[0]))
+        (seg,) = [d for d in session.scalars(mine) if result_kind(d.sop_class_uid) == "SEG"]
+        path, sop_uid = Path(seg.path), seg.sop_uid
+    storescu([path], api.node.port)
+    return sop_uid
+
+
+def test_our_own_returned_objects_are_hidden_unless_asked_for(api: Api) -> None:
+    seg_uid = _send_our_seg_back(api)
+    study_uid = _study_uid(api.files[0])
+    page = api.get("/api/studies").json()  # type: ignore[attr-defined]
+    (mine,) = [i for i in page["items"] if i["study_uid"] == study_uid]
+    assert page["total"] == 3 and (mine["images"], mine["skipped"]) == (1, 0)
+    assert mine["badge"] == "positive"
+    shown = api.get("/api/studies", params={"own": True}).json()  # type: ignore[attr-defined]
+    (mine,) = [i for i in shown["items"] if i["study_uid"] == study_uid]
+    assert (mine["images"], mine["skipped"]) == (2, 1)
+    study = api.get(f"/api/studies/{study_uid}").json()  # type: ignore[attr-defined]
+    assert [i["sop_uid"] for i in study["instances"]] == [api.positive_sop]
+    study = api.get(f"/api/studies/{study_uid}", params={"own": True}).json()  # type: ignore[attr-defined]
+    own = {i["sop_uid"]: i["own_output"] for i in study["instances"]}
+    assert own == {api.positive_sop: False, seg_uid: True}
+
+
+def test_deliveries_are_labelled_seg_sr_sc(api: Api) -> None:
+    study = api.get(f"/api/studies/{_study_uid(api.files[0])}").json()  # type: ignore[attr-defined]
+    deliveries = study["instances"][0]["result"]["deliveries"]
+    assert sorted(d["kind"] for d in deliveries) == ["SEG", "SR"]
+
+
+def test_dead_lettered_deliveries_are_listed_with_their_reason(api: Api) -> None:
+    assert api.client.get("/api/deliveries/problems").status_code == 401
+    rows = api.get("/api/deliveries/problems").json()  # type: ignore[attr-defined]
+    assert sorted(r["kind"] for r in rows) == ["SEG", "SEG", "SEG", "SR", "SR", "SR"]
+    assert rows[0]["study_uid"] == _study_uid(api.files[0])  # oldest first
+    for row in rows:
+        assert row["state"] == "dead" and row["overdue"] is False
+        assert row["destination"] == "PACS@127.0.0.1:9"
+        assert row["reason"].startswith("dead-lettered after 1 attempts: ")
+        assert row["last_error"] and row["last_error"] in row["reason"]
+
+
+def test_an_overdue_delivery_is_listed(api: Api) -> None:
+    from datetime import timedelta
+
+    from pneumonode.db.models import utcnow
+
+    with api.node.database.session() as session:
+        delivery = session.scalars(select(Delivery)).first()
+        assert delivery is not None
+        delivery.state = DeliveryState.PENDING
+        delivery.next_attempt_at = utcnow() - timedelta(hours=1)
+        delivery_id = delivery.id
+    rows = {r["id"]: r for r in api.get("/api/deliveries/problems").json()}  # type: ignore[attr-defined]
+    assert rows[delivery_id]["overdue"] is True and "overdue" in rows[delivery_id]["reason"]
+    assert api.post(f"/api/deliveries/{delivery_id}/resend").status_code == 409  # type: ignore[attr-defined]
+
+
+def test_resend_one_dead_lettered_delivery(api: Api) -> None:
+    with api.node.database.session() as session:
+        first, second, *_ = session.scalars(select(Delivery.id).order_by(Delivery.id))
+    assert api.client.post(f"/api/deliveries/{first}/resend").status_code == 401
+    response = api.post(f"/api/deliveries/{first}/resend")
+    assert response.status_code == 202, response.text  # type: ignore[attr-defined]
+    assert response.json()["delivery_ids"] == [first]  # type: ignore[attr-defined]
+    with api.node.database.session() as session:
+        again = session.get(Delivery, first)
+        other = session.get(Delivery, second)
+        assert again is not None and other is not None
+        assert (again.state, again.attempts) == (DeliveryState.PENDING, 0)
+        assert other.state == DeliveryState.DEAD  # only the one asked for
+        events = [
+            e.detail
+            for e in session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery.resend"))
+        ]
+    assert events == [{"delivery_id": first}]
+    conflict = api.post(f"/api/deliveries/{first}/resend")
+    assert conflict.status_code == 409  # type: ignore[attr-defined]
+    assert "not dead-lettered" in conflict.json()["detail"]  # type: ignore[attr-defined]
+    assert api.post("/api/deliveries/999999/resend").status_code == 404  # type: ignore[attr-defined]
+    assert api.post("/api/deliveries/0/resend").status_code == 422  # type: ignore[attr-defined]
+
+
+def test_the_model_states_its_limits_from_its_card(
+    node_factory: Callable[..., RunningNode],
+) -> None:
+    node = node_factory()  # the shipped model and its card
+    app = create_app(node.settings, node.database, ApiToken(TOKEN, "settings"))
+    with TestClient(app) as client:
+        body = client.get("/api/model", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert body["summary"].startswith("AI result, not for clinical use.")
+    assert 0 < body["operating_point"] < 1
+    assert any(limit.startswith("One archive.") for limit in body["limits"])
+    assert body["limits"][-1] == "Not for clinical use. Not a medical device."
+    assert all("**" not in limit for limit in body["limits"])

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
 from pneumonode import __version__
-from pneumonode.api import actions, health, metrics, studies, system
+from pneumonode.api import actions, deliveries, health, metrics, studies, system
 from pneumonode.api.deps import ApiState
 from pneumonode.api.limits import RateLimiter
 from pneumonode.api.security import ApiToken
@@ -87,6 +87,7 @@ def create_app(settings: Settings, database: Database, token: ApiToken) -> FastA
     app.include_router(metrics.router)
     app.include_router(studies.router)
     app.include_router(actions.router)
+    app.include_router(deliveries.router)
     app.include_router(system.router)
     if (WEB_DIST / "index.html").is_file():
         app.mount("/", StaticFiles(directory=WEB_DIST, html=True), name="web")

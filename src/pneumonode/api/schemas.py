@@ -12,6 +12,7 @@ __all__ = [
     "AuditOut",
     "ComponentHealth",
     "DeliveryOut",
+    "DeliveryProblemOut",
     "HealthOut",
     "InstanceOut",
     "JobOut",
@@ -53,6 +54,16 @@ class StudySummary(_Out):
     skipped: int
     skip_reason: str | None = Field(description="why images were skipped (one of the reasons)")
     badge: Badge = Field(description="the study at a glance, most urgent first")
+    probability: float | None = Field(
+        default=None,
+        description="the highest calibrated probability of pneumothorax among the study's "
+        "images (null: no result yet)",
+    )
+    side: str | None = Field(default=None, description="side of that image's finding")
+    area_mm2: float | None = Field(default=None, description="area of that image's finding")
+    area_pixels: int | None = Field(
+        default=None, description="the same in pixels (for images without a pixel spacing)"
+    )
 
 
 class StudyPage(_Out):
@@ -77,10 +88,23 @@ class DeliveryOut(_Out):
     id: int
     destination: str
     sop_uid: str
+    kind: str = Field(
+        description="what is sent: SEG, SR or SC for our results, else the SOP class keyword"
+    )
     state: str
     attempts: int
     last_error: str | None
     sent_at: datetime | None
+
+
+class DeliveryProblemOut(DeliveryOut):
+    """A delivery that waits for someone: dead-lettered, or pending and overdue."""
+
+    study_uid: str | None
+    overdue: bool = Field(description="pending, due long ago and not attempted")
+    next_attempt_at: datetime
+    created_at: datetime
+    reason: str = Field(description="why it is listed, in words")
 
 
 class ResultOut(_Out):
@@ -118,6 +142,9 @@ class InstanceOut(_Out):
     calling_ae: str | None
     status: str
     skip_reason: str | None
+    own_output: bool = Field(
+        default=False, description="our own SEG/SR/SC come back from the PACS (not analysed)"
+    )
     job: JobOut | None
     result: ResultOut | None
     image_url: str | None
@@ -192,6 +219,15 @@ class ModelOut(_Out):
     input_size: int
     threshold: float
     min_area_pixels: int
+    operating_point: float | None = Field(
+        default=None, description="a film is called positive at this calibrated probability"
+    )
     metrics: dict[str, Any]
     training: dict[str, Any]
     card: str | None = Field(description="MODEL_CARD.md, when the checkpoint has one")
+    summary: str | None = Field(
+        default=None, description="what the model is, in words: the card's first paragraph"
+    )
+    limits: list[str] = Field(
+        default=[], description="what the model cannot do: the card's 'Known limits' items"
+    )

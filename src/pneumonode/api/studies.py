@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from pneumonode.api.deliveries import delivery_out
 from pneumonode.api.deps import Authorized, SessionDep, SettingsDep, UidPath, checked_uid
 from pneumonode.api.schemas import (
     AuditOut,
-    DeliveryOut,
     InstanceOut,
     JobOut,
     ProblemOut,
@@ -45,6 +45,7 @@ from pneumonode.db.queries import (
 )
 from pneumonode.dicom_node.spool import safe_component
 from pneumonode.files import write_atomic
+from pneumonode.identity import OWN_OUTPUT_REASON
 from pneumonode.model.checkpoint import CheckpointError, InputSpec, read_checkpoint_config
 from pneumonode.results import render_overlay
 
@@ -58,6 +59,10 @@ GONE: Responses = {410: {"model": ProblemOut}}
 BAD: Responses = {422: {"model": ProblemOut}, 401: {"model": ProblemOut}}
 PNG: dict[str, Any] = {"content": {"image/png": {}}, "description": "PNG image"}
 DATE = r"^\d{8}$"
+OWN = Query(
+    description="include our own SEG/SR/SC that came back from the PACS (skipped by the loop "
+    "guard; hidden from counts and lists by default)"
+)
 
 
 def _summary(row: StudyRow) -> StudySummary:
@@ -72,14 +77,17 @@ def studies(
     date_from: Annotated[str | None, Query(pattern=DATE, description="YYYYMMDD")] = None,
     date_to: Annotated[str | None, Query(pattern=DATE, description="YYYYMMDD")] = None,
     sort: Annotated[
-        Literal["-received", "received", "-study_date", "study_date"],
-        Query(description=f"one of {', '.join(STUDY_SORTS)}"),
-    ] = "-received",
+        Literal["urgency", "-received", "received", "-study_date", "study_date"],
+        Query(description="; ".join(f"{k}: {v}" for k, v in STUDY_SORTS.items())),
+    ] = "urgency",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    own: Annotated[bool, OWN] = False,
 ) -> StudyPage:
-    """Studies, newest first by default, with counts and a badge each."""
-    filters = StudyFilters(patient_id, accession_number, date_from, date_to, sort, limit, offset)
+    """Studies, most urgent first by default, with counts, a badge and the top finding each."""
+    filters = StudyFilters(
+        patient_id, accession_number, date_from, date_to, sort, limit, offset, own_output=own
+    )
     rows, total = list_studies(session, filters)
     return StudyPage(items=[_summary(r) for r in rows], total=total, limit=limit, offset=offset)
 
@@ -96,7 +104,7 @@ def _instance_out(instance: Instance, session: Session) -> InstanceOut:
                 select(Delivery).where(Delivery.result_id == latest.id).order_by(Delivery.id)
             ).all()
             result = ResultOut.model_validate(latest).model_copy(
-                update={"deliveries": [DeliveryOut.model_validate(d) for d in deliveries]}
+                update={"deliveries": [delivery_out(d) for d in deliveries]}
             )
     base = f"/api/instances/{instance.sop_uid}"
     kept = instance.pruned_at is None
@@ -110,6 +118,7 @@ def _instance_out(instance: Instance, session: Session) -> InstanceOut:
         calling_ae=instance.calling_ae,
         status=instance.status,
         skip_reason=instance.skip_reason,
+        own_output=instance.skip_reason == OWN_OUTPUT_REASON,
         job=JobOut.model_validate(job) if job is not None else None,
         result=result,
         image_url=f"{base}/image.png" if has_image else None,
@@ -119,15 +128,20 @@ def _instance_out(instance: Instance, session: Session) -> InstanceOut:
 
 
 @router.get("/studies/{study_uid}", response_model=StudyDetail, responses={**NOT_FOUND, **BAD})
-def study(study_uid: UidPath, session: SessionDep) -> StudyDetail:
+def study(
+    study_uid: UidPath, session: SessionDep, own: Annotated[bool, OWN] = False
+) -> StudyDetail:
     """One study: its images with job, finding and deliveries, and its audit trail."""
     checked_uid(study_uid, "Study Instance UID")
-    row = study_row(session, study_uid)
+    row = study_row(session, study_uid, own_output=own)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no study with this Study Instance UID")
-    instances = session.scalars(
-        select(Instance).where(Instance.study_id == row.id).order_by(Instance.received_at)
-    ).all()
+    query = select(Instance).where(Instance.study_id == row.id).order_by(Instance.received_at)
+    if not own:
+        query = query.where(
+            or_(Instance.skip_reason.is_(None), Instance.skip_reason != OWN_OUTPUT_REASON)
+        )
+    instances = session.scalars(query).all()
     events = session.scalars(
         select(AuditEvent)
         .where(AuditEvent.study_uid == study_uid)

@@ -13,6 +13,7 @@ from pneumonode.api.deps import Authorized, SessionDep, SettingsDep
 from pneumonode.api.schemas import ModelOut, ProblemOut, StageStats, StatsOut
 from pneumonode.db.models import Job, JobState, utcnow
 from pneumonode.db.stages import STAGES
+from pneumonode.model.card import CARD_NAME, card_limits, card_summary
 from pneumonode.model.checkpoint import CheckpointError, read_checkpoint_config
 
 __all__ = ["router"]
@@ -63,13 +64,15 @@ def stats(session: SessionDep, minutes: Annotated[int, Query(ge=1, le=1440)] = 6
 
 @router.get("/model", response_model=ModelOut, responses={503: {"model": ProblemOut}})
 def model(settings: SettingsDep) -> ModelOut:
-    """The configured model: version, thresholds, metrics, training data and its card."""
+    """The configured model: version, thresholds, metrics, training data and its card, with the
+    card's first paragraph and its known limits as plain words (the page shows them)."""
     try:
         config = read_checkpoint_config(settings.model)
     except CheckpointError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     folder = settings.model if settings.model.is_dir() else settings.model.parent
-    card = folder / "MODEL_CARD.md"
+    card_path = folder / CARD_NAME
+    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
     return ModelOut(
         name=config.name,
         version=config.version,
@@ -77,7 +80,10 @@ def model(settings: SettingsDep) -> ModelOut:
         input_size=config.input.size,
         threshold=config.postprocess.threshold,
         min_area_pixels=config.postprocess.min_area_pixels,
+        operating_point=None if config.decision is None else config.decision.threshold,
         metrics=config.metrics,
         training={k: v for k, v in config.training.items() if k != "config"},
-        card=card.read_text() if card.is_file() else None,
+        card=card,
+        summary=None if card is None else card_summary(card),
+        limits=[] if card is None else card_limits(card),
     )

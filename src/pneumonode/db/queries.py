@@ -22,6 +22,7 @@ from sqlalchemy import (
     case,
     func,
     literal,
+    or_,
     select,
     union_all,
 )
@@ -40,23 +41,29 @@ from pneumonode.db.models import (
     Result,
     Study,
 )
+from pneumonode.identity import OWN_OUTPUT_REASON
 
 __all__ = [
     "REFUSAL_REASONS",
     "REJECTION_REASONS",
     "STATUSES",
+    "STUDY_SORTS",
     "Histogram",
     "ResultFilters",
     "ResultRow",
+    "StudyFilters",
+    "StudyRow",
     "alert_histograms",
     "association_counts",
     "delivery_counts",
     "delivery_histograms",
     "list_results",
+    "list_studies",
     "refusal_counts",
     "seconds_between",
     "span_histogram",
     "stage_histograms",
+    "study_row",
 ]
 
 #: What ``status`` may be asked for: a job state, or "skipped" (not a frontal chest image).
@@ -221,6 +228,8 @@ def _row(row: object, names: dict[int, list[str]]) -> ResultRow:
 
 
 STUDY_SORTS = {
+    "urgency": "positive first, then failed, pending, negative, skipped; each by calibrated "
+    "probability, then newest",
     "-received": "received_at desc",
     "received": "received_at asc",
     "-study_date": "study_date desc",
@@ -234,9 +243,10 @@ class StudyFilters:
     accession_number: str | None = None
     date_from: str | None = None  # YYYYMMDD, inclusive
     date_to: str | None = None
-    sort: str = "-received"
+    sort: str = "urgency"
     limit: int = 50
     offset: int = 0
+    own_output: bool = False  # our own SEG/SR/SC that came back from the PACS: hidden unless True
 
 
 @dataclass(frozen=True)
@@ -253,10 +263,16 @@ class StudyRow:
     failed: int
     skipped: int
     skip_reason: str | None = None  # one of the reasons, when images were skipped
+    # the finding of the image with the highest calibrated probability (None: no result yet)
+    probability: float | None = None
+    side: str | None = None
+    area_mm2: float | None = None
+    area_pixels: int | None = None
 
     @property
     def badge(self) -> str:
-        """positive > failed > pending > negative > skipped: what needs a look first."""
+        """positive > failed > pending > negative > skipped: what needs a look first (the
+        order of the ``urgency`` sort, which ranks in SQL the same way)."""
         if self.positives:
             return "positive"
         if self.failed:
@@ -268,12 +284,15 @@ class StudyRow:
         return "skipped"
 
 
-def _study_counts() -> Subquery:
-    """Per study: images, positives, pending/failed/skipped counts, newest receipt."""
+def _study_counts(own_output: bool = False) -> Subquery:
+    """Per study: images, positives, pending/failed/skipped counts, newest receipt and the
+    highest calibrated probability, from each image's latest result; our own returned objects
+    are left out unless ``own_output``."""
     in_flight = Job.state.in_(("pending", "queued", "running"))
     skipped = Instance.status == InstanceStatus.SKIPPED
     positive = Result.pneumothorax.is_(True)
-    return (
+    latest = _latest_results()
+    query = (
         select(
             Instance.study_id.label("study_id"),
             func.count(func.distinct(Instance.id)).label("images"),
@@ -285,19 +304,41 @@ def _study_counts() -> Subquery:
             func.count(func.distinct(case((Job.state == "failed", Instance.id)))).label("failed"),
             func.count(func.distinct(case((skipped, Instance.id)))).label("skipped"),
             func.max(Instance.skip_reason).label("skip_reason"),
+            func.max(Result.probability).label("probability"),
         )
         .outerjoin(Job, Job.instance_id == Instance.id)
-        .outerjoin(Result, Result.job_id == Job.id)
+        .outerjoin(latest, latest.c.job_id == Job.id)
+        .outerjoin(Result, Result.id == latest.c.result_id)
         .group_by(Instance.study_id)
-        .subquery()
     )
+    if not own_output:
+        query = query.where(
+            or_(Instance.skip_reason.is_(None), Instance.skip_reason != OWN_OUTPUT_REASON)
+        )
+    return query.subquery()
+
+
+def _urgency(counts: Subquery) -> list[ColumnElement[Any]]:
+    """ORDER BY terms: the badge's rank (as ``StudyRow.badge``), probability, newest."""
+    rank = case(
+        (counts.c.positives > 0, 0),
+        (counts.c.failed > 0, 1),
+        (counts.c.pending > 0, 2),
+        (counts.c.images > counts.c.skipped, 3),
+        else_=4,
+    )
+    return [
+        rank.asc(),
+        func.coalesce(counts.c.probability, -1.0).desc(),
+        counts.c.received_at.desc(),
+    ]
 
 
 def list_studies(session: Session, filters: StudyFilters) -> tuple[list[StudyRow], int]:
     """Studies with their counts, sorted and paged; returns (page, total matching)."""
     if filters.sort not in STUDY_SORTS:
         raise ValueError(f"unknown sort {filters.sort!r}; one of {', '.join(STUDY_SORTS)}")
-    counts = _study_counts()
+    counts = _study_counts(filters.own_output)
     query = select(Study, counts).join(counts, counts.c.study_id == Study.id)
     if filters.patient_id:
         query = query.where(Study.patient_id == filters.patient_id)
@@ -308,25 +349,51 @@ def list_studies(session: Session, filters: StudyFilters) -> tuple[list[StudyRow
     if filters.date_to:
         query = query.where(Study.study_date <= filters.date_to)
     total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
-    column = counts.c.received_at if "received" in filters.sort else Study.study_date
-    order = column.desc() if filters.sort.startswith("-") else column.asc()
+    if filters.sort == "urgency":
+        order = _urgency(counts)
+    else:
+        column = counts.c.received_at if "received" in filters.sort else Study.study_date
+        order = [column.desc() if filters.sort.startswith("-") else column.asc()]
     rows = session.execute(
-        query.order_by(order, Study.id.desc()).limit(filters.limit).offset(filters.offset)
+        query.order_by(*order, Study.id.desc()).limit(filters.limit).offset(filters.offset)
     ).all()
-    return [_study_row(row) for row in rows], total
+    findings = _top_findings(session, [row.Study.id for row in rows])
+    return [_study_row(row, findings.get(row.Study.id)) for row in rows], total
 
 
-def study_row(session: Session, study_uid: str) -> StudyRow | None:
-    counts = _study_counts()
+def study_row(session: Session, study_uid: str, own_output: bool = False) -> StudyRow | None:
+    counts = _study_counts(own_output)
     row = session.execute(
         select(Study, counts)
         .join(counts, counts.c.study_id == Study.id)
         .where(Study.study_uid == study_uid)
     ).first()
-    return _study_row(row) if row is not None else None
+    if row is None:
+        return None
+    return _study_row(row, _top_findings(session, [row.Study.id]).get(row.Study.id))
 
 
-def _study_row(row: Any) -> StudyRow:
+def _top_findings(session: Session, study_ids: Sequence[int]) -> dict[int, Result]:
+    """Per study: the latest result with the highest calibrated probability (positives first)."""
+    if not study_ids:
+        return {}
+    latest = _latest_results()
+    best: dict[int, Result] = {}
+    for study_id, result in session.execute(
+        select(Instance.study_id, Result)
+        .join(Job, Job.instance_id == Instance.id)
+        .join(latest, latest.c.job_id == Job.id)
+        .join(Result, Result.id == latest.c.result_id)
+        .where(Instance.study_id.in_(study_ids))
+    ).all():
+        key = (result.pneumothorax, result.probability or -1.0)
+        held = best.get(study_id)
+        if held is None or key > (held.pneumothorax, held.probability or -1.0):
+            best[study_id] = result
+    return best
+
+
+def _study_row(row: Any, top: Result | None) -> StudyRow:
     study: Study = row.Study
     return StudyRow(
         id=study.id,
@@ -341,6 +408,10 @@ def _study_row(row: Any) -> StudyRow:
         failed=int(row.failed),
         skipped=int(row.skipped),
         skip_reason=row.skip_reason,
+        probability=top.probability if top is not None else None,
+        side=top.side if top is not None and top.pneumothorax else None,
+        area_mm2=top.area_mm2 if top is not None and top.pneumothorax else None,
+        area_pixels=top.area_pixels if top is not None and top.pneumothorax else None,
     )
 
 

@@ -21,7 +21,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from pneumonode.identity import MANUFACTURER
+from pneumonode.identity import MANUFACTURER, OWN_OUTPUT_REASON
 
 __all__ = [
     "DEFAULT_BODY_PARTS",
@@ -135,7 +135,7 @@ def skip_reason(
     """
     sop_class = UID(sop_class_uid)
     if is_own_output(ds):
-        return "our own output (loop guard)"
+        return OWN_OUTPUT_REASON
     if sop_class == SecondaryCaptureImageStorage:
         modality = _text(ds, "Modality")
         if not _listed(modality, rules.modalities):

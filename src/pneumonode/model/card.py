@@ -38,6 +38,8 @@ __all__ = [
     "SIIM_NAME",
     "CardError",
     "calibration_table",
+    "card_limits",
+    "card_summary",
     "held_out_table",
     "measured_blocks",
     "refresh",
@@ -53,6 +55,32 @@ _BLOCK = re.compile(r"(<!-- measured: ([a-z]+) -->\n)(.*?)(<!-- /measured -->)",
 
 class CardError(ValueError):
     """A card without the marker a table needs, or a measurement file that does not fit."""
+
+
+def _plain(markdown: str) -> str:
+    """One paragraph or list item of the card as plain words: lines joined, no emphasis."""
+    text = " ".join(line.strip() for line in markdown.splitlines())
+    text = re.sub(
+        r"\*\*(.+?)\*\*|\*(.+?)\*|`(.+?)`", lambda m: next(g for g in m.groups() if g), text
+    )
+    return re.sub(r"\[(.+?)\]\([^)]*\)", r"\1", text).strip()
+
+
+def card_summary(card: str) -> str | None:
+    """The card's first paragraph (what the model is and is for), as plain words."""
+    for paragraph in re.split(r"\n\s*\n", card):
+        if paragraph.strip() and not paragraph.lstrip().startswith(("#", "<!--", "|")):
+            return _plain(paragraph)
+    return None
+
+
+def card_limits(card: str) -> list[str]:
+    """The items of the card's "Known limits" section, as plain words (none: no section)."""
+    section = re.search(r"^## Known limits[^\n]*\n(.*?)(?=^## |\Z)", card, re.S | re.M)
+    if section is None:
+        return []
+    items = re.split(r"^- ", section.group(1), flags=re.M)[1:]
+    return [_plain(item) for item in items if item.strip()]
 
 
 def _ci(p: dict[str, Any]) -> str:

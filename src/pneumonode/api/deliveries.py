@@ -1,0 +1,111 @@
+"""Deliveries that wait for someone (dead-lettered or overdue), and re-sending one of them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import Path as FastApiPath
+from sqlalchemy import and_, or_, select
+
+from pneumonode.api.deps import Authorized, SessionDep, StateDep
+from pneumonode.api.health import DELIVERY_OVERDUE
+from pneumonode.api.schemas import ActionOut, DeliveryOut, DeliveryProblemOut, ProblemOut
+from pneumonode.db.models import Delivery, DeliveryState, utcnow
+from pneumonode.dicom_node.delivery import resend
+from pneumonode.results import result_kind
+
+__all__ = ["delivery_out", "router"]
+
+router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["deliveries"])
+
+DeliveryId = Annotated[int, FastApiPath(ge=1, le=2**62, description="a delivery's id")]
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ProblemOut} for code in (401, 404, 409, 422)
+}
+
+
+def delivery_out(delivery: Delivery) -> DeliveryOut:
+    """A delivery as the API shows it, labelled SEG, SR or SC."""
+    return DeliveryOut(
+        id=delivery.id,
+        destination=delivery.destination,
+        sop_uid=delivery.sop_uid,
+        kind=result_kind(delivery.sop_class_uid),
+        state=delivery.state,
+        attempts=delivery.attempts,
+        last_error=delivery.last_error,
+        sent_at=delivery.sent_at,
+    )
+
+
+def _problem_out(delivery: Delivery, overdue_before: Any) -> DeliveryProblemOut:
+    overdue = delivery.state == DeliveryState.PENDING and delivery.next_attempt_at < overdue_before
+    if overdue:
+        minutes = DELIVERY_OVERDUE.total_seconds() / 60
+        reason = (
+            f"overdue: due over {minutes:.0f} min ago and not attempted (is a listener, which "
+            "sends deliveries, running?)"
+        )
+    else:
+        reason = f"dead-lettered after {delivery.attempts} attempts: " + (
+            delivery.last_error or "no error recorded"
+        )
+    return DeliveryProblemOut(
+        **delivery_out(delivery).model_dump(),
+        study_uid=delivery.study_uid,
+        overdue=overdue,
+        next_attempt_at=delivery.next_attempt_at,
+        created_at=delivery.created_at,
+        reason=reason,
+    )
+
+
+@router.get(
+    "/deliveries/problems",
+    response_model=list[DeliveryProblemOut],
+    responses={code: PROBLEMS[code] for code in (401, 422)},
+)
+def problems(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> list[DeliveryProblemOut]:
+    """Dead-lettered deliveries (each waits for a re-send) and overdue ones, oldest first."""
+    overdue_before = utcnow() - DELIVERY_OVERDUE
+    rows = session.scalars(
+        select(Delivery)
+        .where(
+            or_(
+                Delivery.state == DeliveryState.DEAD,
+                and_(
+                    Delivery.state == DeliveryState.PENDING,
+                    Delivery.next_attempt_at < overdue_before,
+                ),
+            )
+        )
+        .order_by(Delivery.created_at, Delivery.id)
+        .limit(limit)
+    )
+    return [_problem_out(row, overdue_before) for row in rows]
+
+
+@router.post(
+    "/deliveries/{delivery_id}/resend",
+    response_model=ActionOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=PROBLEMS,
+)
+def resend_delivery(delivery_id: DeliveryId, session: SessionDep, state: StateDep) -> ActionOut:
+    """Queue a dead-lettered delivery again: pending, attempts reset, audited."""
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no delivery with this id")
+    if delivery.state != DeliveryState.DEAD:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"delivery {delivery_id} is {delivery.state}, not dead-lettered; nothing to resend",
+        )
+    session.rollback()  # resend() takes its own session
+    ids = resend(state.database, [delivery_id])
+    if not ids:  # another request re-sent it in between
+        raise HTTPException(status.HTTP_409_CONFLICT, f"delivery {delivery_id} was re-sent already")
+    return ActionOut(message=f"delivery {delivery_id} queued again", delivery_ids=ids)
