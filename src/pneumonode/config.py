@@ -28,11 +28,10 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
-from pneumonode.alerts.targets import AlertTargetError, check_webhook_url, parse_mllp_target
+from pneumonode import addresses
 from pneumonode.api_tokens import parse_named_tokens
 from pneumonode.config_messages import PLAIN_PROBLEMS
-from pneumonode.dicom_node.peers import PeerRule, parse_destination
-from pneumonode.dicom_node.selection import (
+from pneumonode.selection_rules import (
     DEFAULT_BODY_PARTS,
     DEFAULT_MODALITIES,
     DEFAULT_VIEW_POSITIONS,
@@ -437,7 +436,7 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_destinations(cls, value: list[str]) -> list[str]:
         for text in value:  # the parser `pneumonode echo` and the sender use
-            parse_destination(text)
+            addresses.parse_destination(text)
         return value
 
     @field_validator("analysed_modalities", "analysed_body_parts", "analysed_view_positions")
@@ -451,8 +450,8 @@ class Settings(BaseSettings):
     def _valid_hl7_destinations(cls, value: list[str]) -> list[str]:
         """Each 'host:port', with the parser the HL7 sender uses."""
         try:
-            return [str(parse_mllp_target(text)) for text in value]
-        except AlertTargetError as exc:
+            return [str(addresses.parse_mllp_target(text)) for text in value]
+        except addresses.AlertTargetError as exc:
             raise ValueError(str(exc)) from None
 
     @field_validator("webhook_urls")
@@ -460,8 +459,8 @@ class Settings(BaseSettings):
     def _valid_webhook_urls(cls, value: list[str]) -> list[str]:
         """Absolute http(s) URLs; a message names a URL without its path (it may be secret)."""
         try:
-            return [check_webhook_url(text) for text in value]
-        except AlertTargetError as exc:
+            return [addresses.check_webhook_url(text) for text in value]
+        except addresses.AlertTargetError as exc:
             raise ValueError(str(exc)) from None
 
     @field_validator("webhook_secret")
@@ -514,7 +513,7 @@ class Settings(BaseSettings):
         for text in value:
             ae_title, sep, host = text.strip().partition("@")
             try:
-                PeerRule.parse(ae_title)  # no host: nothing to resolve
+                addresses.PeerRule.parse(ae_title)  # no host: nothing to resolve
             except ValueError:
                 raise ValueError(
                     f"allowed peer {text!r}: AE title must be 1-16 printable characters "

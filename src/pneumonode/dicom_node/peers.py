@@ -1,104 +1,18 @@
-"""Who may talk to us (calling AE allow-list, optionally bound to hosts) and where we send."""
+"""Who may talk to us (calling AE allow-list, optionally bound to hosts) and where we send.
+
+Defined in :mod:`pneumonode.addresses`, below both this package and ``config`` (which checks
+the settings with the same parsers, without importing the DICOM node); the node's modules
+import them from here.
+"""
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-from collections.abc import Iterable
-from dataclasses import dataclass
+from pneumonode.addresses import (
+    Destination,
+    PeerConfigError,
+    PeerPolicy,
+    PeerRule,
+    parse_destination,
+)
 
-__all__ = ["Destination", "PeerPolicy", "PeerRule", "parse_destination"]
-
-
-class PeerConfigError(ValueError):
-    """A peer or destination in the settings is malformed."""
-
-
-def _check_ae(ae_title: str, what: str) -> str:
-    ae_title = ae_title.strip()
-    if not 1 <= len(ae_title) <= 16 or "\\" in ae_title or not ae_title.isprintable():
-        raise PeerConfigError(f"{what}: AE title must be 1-16 printable characters: {ae_title!r}")
-    return ae_title
-
-
-@dataclass(frozen=True)
-class Destination:
-    """A DICOM peer we send to."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
-
-
-def parse_destination(text: str) -> Destination:
-    """Parse ``AE@host:port`` (IPv6 hosts in brackets: ``AE@[::1]:104``)."""
-    ae_title, sep, address = text.strip().rpartition("@")
-    if not sep:
-        raise PeerConfigError(f"destination {text!r}: expected AE@host:port")
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host:
-        raise PeerConfigError(f"destination {text!r}: expected AE@host:port")
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise PeerConfigError(f"destination {text!r}: port {port_text!r} is not a number") from None
-    if not 1 <= port <= 65535:
-        raise PeerConfigError(f"destination {text!r}: port {port} out of range")
-    return Destination(_check_ae(ae_title, f"destination {text!r}"), host, port)
-
-
-@dataclass(frozen=True)
-class PeerRule:
-    """A calling AE title, optionally only from some addresses."""
-
-    ae_title: str
-    addresses: frozenset[str] | None  # None: from anywhere
-
-    @classmethod
-    def parse(cls, text: str) -> PeerRule:
-        ae_title, sep, host = text.strip().partition("@")
-        ae_title = _check_ae(ae_title, f"allowed peer {text!r}")
-        if not sep:
-            return cls(ae_title, None)
-        return cls(ae_title, frozenset(_resolve(host.strip().strip("[]"), text)))
-
-    def allows(self, calling_ae: str, address: str) -> bool:
-        if calling_ae.strip() != self.ae_title:
-            return False
-        return self.addresses is None or _normalise(address) in self.addresses
-
-
-def _normalise(address: str) -> str:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
-def _resolve(host: str, text: str) -> set[str]:
-    try:
-        return {_normalise(str(info[4][0])) for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
-        raise PeerConfigError(f"allowed peer {text!r}: cannot resolve host {host!r}") from None
-
-
-class PeerPolicy:
-    """The association acceptance rule: an allow-list, or anybody in promiscuous mode."""
-
-    def __init__(self, rules: Iterable[PeerRule], accept_any: bool = False) -> None:
-        self.rules = tuple(rules)
-        self.accept_any = accept_any
-
-    @classmethod
-    def from_settings(cls, allowed_peers: Iterable[str], accept_any: bool) -> PeerPolicy:
-        return cls((PeerRule.parse(text) for text in allowed_peers), accept_any)
-
-    def allows(self, calling_ae: str, address: str) -> bool:
-        return self.accept_any or any(rule.allows(calling_ae, address) for rule in self.rules)
+__all__ = ["Destination", "PeerConfigError", "PeerPolicy", "PeerRule", "parse_destination"]

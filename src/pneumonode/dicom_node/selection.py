@@ -3,14 +3,11 @@
 The SOP classes (CR, DX, and Secondary Capture) and the image checks (pixel data, one frame,
 monochrome) are fixed; the modalities, body parts and view positions analysed are settings
 (``analysed_modalities``, ``analysed_body_parts``, ``analysed_view_positions``), handed in as
-:class:`SelectionRules`.
+:class:`SelectionRules` (``pneumonode.selection_rules``, which ``config`` imports too).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydicom.uid import (
@@ -22,6 +19,15 @@ from pydicom.uid import (
 )
 
 from pneumonode.identity import MANUFACTURER, OWN_OUTPUT_REASON
+from pneumonode.selection_rules import (
+    CODE_STRING,
+    DEFAULT_BODY_PARTS,
+    DEFAULT_MODALITIES,
+    DEFAULT_VIEW_POSITIONS,
+    MISSING,
+    SelectionRules,
+    code_strings,
+)
 
 __all__ = [
     "DEFAULT_BODY_PARTS",
@@ -41,11 +47,6 @@ RADIOGRAPH_CLASSES = {
     DigitalXRayImageStorageForPresentation: "DX",
     DigitalXRayImageStorageForProcessing: "DX",
 }
-#: In a list of values: an image whose attribute is empty or absent.
-MISSING = "MISSING"
-DEFAULT_MODALITIES = ("CR", "DX")
-DEFAULT_BODY_PARTS = ("CHEST", "THORAX", MISSING)
-DEFAULT_VIEW_POSITIONS = ("PA", "AP", MISSING)
 
 
 class Attributes(Protocol):
@@ -66,23 +67,9 @@ SELECTION_KEYWORDS = (
 )
 
 
-@dataclass(frozen=True)
-class SelectionRules:
-    """The values of Modality, Body Part Examined and View Position that are analysed
-    (upper case; :data:`MISSING` admits an image without the attribute). A CR or DX storage
-    object's modality is its class's (CR, DX); a Secondary Capture's is its Modality."""
-
-    modalities: tuple[str, ...] = DEFAULT_MODALITIES
-    body_parts: tuple[str, ...] = DEFAULT_BODY_PARTS
-    view_positions: tuple[str, ...] = DEFAULT_VIEW_POSITIONS
-
-
 def _text(ds: Attributes, keyword: str) -> str:
     value = ds.get(keyword)
     return str(value).strip().upper() if value is not None else ""
-
-
-_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
 
 
 def _shown(value: str, missing: str = "missing") -> str:
@@ -90,25 +77,7 @@ def _shown(value: str, missing: str = "missing") -> str:
     A corrupt dataset can put anything in these elements, a patient's name included."""
     if not value:
         return missing
-    return value if _CODE_STRING.fullmatch(value) else "an invalid value"
-
-
-def code_strings(values: Iterable[str]) -> tuple[str, ...]:
-    """``values`` as the rules hold them: stripped, upper case, each once, in order; a
-    :class:`ValueError` names the first that cannot be a DICOM code string, or says the list
-    is empty (nothing would be analysed)."""
-    chosen: list[str] = []
-    for value in values:
-        text = str(value).strip().upper()
-        if not _CODE_STRING.fullmatch(text):
-            raise ValueError(
-                f"{value!r} is not a DICOM code string (1-16 of A-Z, 0-9, space, underscore)"
-            )
-        if text not in chosen:
-            chosen.append(text)
-    if not chosen:
-        raise ValueError(f"names no value, so nothing would be analysed ({MISSING}: none given)")
-    return tuple(chosen)
+    return value if CODE_STRING.fullmatch(value) else "an invalid value"
 
 
 def _listed(value: str, allowed: tuple[str, ...]) -> bool:
