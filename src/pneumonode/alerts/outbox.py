@@ -292,7 +292,8 @@ def _record(session: Session, row: Alert, outcome: AttemptOutcome, policy: Alert
         row.last_error = None
         received = _received_at(session, row.result_id)
         if received is not None:  # the alert's latency: image received to ACK (or 2xx)
-            detail["seconds_since_received"] = round((now - received).total_seconds(), 3)
+            row.latency_seconds = (now - received).total_seconds()
+            detail["seconds_since_received"] = round(row.latency_seconds, 3)
         audit(
             session,
             "alert.sent",

@@ -15,8 +15,11 @@ from sqlalchemy.exc import OperationalError
 
 from pneumonode import __version__
 from pneumonode.api import actions, deliveries, health, metrics, studies, system
+from pneumonode.api.alerts import router as alerts_router
 from pneumonode.api.deps import ApiState
+from pneumonode.api.feedback import router as feedback_router
 from pneumonode.api.limits import RateLimiter
+from pneumonode.api.performance import router as performance_router
 from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings
 from pneumonode.db.session import Database
@@ -89,6 +92,8 @@ def create_app(settings: Settings, database: Database, token: ApiToken) -> FastA
     app.include_router(actions.router)
     app.include_router(deliveries.router)
     app.include_router(system.router)
+    for router in (feedback_router, performance_router, alerts_router):  # issue 25
+        app.include_router(router)
     if (WEB_DIST / "index.html").is_file():
         app.mount("/", StaticFiles(directory=WEB_DIST, html=True), name="web")
     return app

@@ -23,7 +23,7 @@ from pathlib import Path
 import pydicom.config
 
 from pneumonode import __version__
-from pneumonode.cli import data, model, node, results, tools
+from pneumonode.cli import data, feedback, model, node, results, tools
 from pneumonode.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -53,6 +53,7 @@ log = logging.getLogger("pneumonode")
 GROUPS = (
     ("run the node (operators)", node.add_commands),
     ("results and records (operators)", results.add_commands),
+    ("feedback and alerts (radiologists' loop)", feedback.add_commands),
     ("training data (ML engineers)", data.add_commands),
     ("the model (ML engineers)", model.add_commands),
     ("checks (operators, developers)", tools.add_commands),

@@ -35,6 +35,8 @@ __all__ = [
     "Base",
     "Delivery",
     "DeliveryState",
+    "Feedback",
+    "FeedbackVerdict",
     "Instance",
     "InstanceStatus",
     "Job",
@@ -253,6 +255,30 @@ class Alert(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)  # the ACK or 2xx came
+    # from the image's arrival (the instance's received_at) to the ACK or 2xx, in seconds
+    latency_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class FeedbackVerdict(enum.StrEnum):
+    AGREE = "agree"  # the model's call is right (a positive's region too)
+    DISAGREE = "disagree"  # the model marked a pneumothorax that is not there
+    MISSED = "missed"  # there is a pneumothorax the model did not mark
+
+
+class Feedback(Base):
+    """A radiologist's verdict on the result of one image; each review is a row (the newest
+    counts), with who gave it (the name of the API token) and when."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_instance_created", "instance_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("results.id"), default=None)
+    verdict: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
+    reviewer: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class WorkerHeartbeat(Base):
