@@ -11,6 +11,8 @@ const STYLES = {
   done: "bg-emerald-100 text-emerald-900",
   queued: "bg-slate-200 text-slate-900",
   running: "bg-blue-100 text-blue-900",
+  overdue: "bg-orange-100 text-orange-950 border border-dashed border-orange-700",
+  "own result": "bg-slate-100 text-slate-700 border border-dashed border-slate-500",
 };
 
 export default function Badge({ value, title }) {

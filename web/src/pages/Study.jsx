@@ -1,11 +1,8 @@
 import { useEffect, useState } from "react";
 import { getJson, imageUrl, postJson } from "../api.js";
+import { formatArea, formatDate, formatTime } from "../format.js";
 import Badge from "./Badge.jsx";
-
-function area(result) {
-  if (result.area_mm2 !== null) return `${Math.round(result.area_mm2)} mm²`;
-  return `${result.area_pixels} pixels`;
-}
+import ModelLimits from "./ModelLimits.jsx";
 
 function Viewer({ instance }) {
   const [showOverlay, setShowOverlay] = useState(true);
@@ -43,9 +40,11 @@ function Viewer({ instance }) {
     return (
       <p className="text-slate-700" data-pruned>
         Image and result files deleted by the retention policy on{" "}
-        {new Date(instance.pruned_at).toLocaleString()}; the PACS keeps the original.
+        {formatTime(instance.pruned_at)}; the PACS keeps the original.
       </p>
     );
+  if (instance.own_output)
+    return <p className="text-slate-700">Our own result, returned by the PACS: not analysed again.</p>;
   if (!instance.image_url) return <p className="text-slate-700">No image to show.</p>;
   const id = instance.sop_uid;
   return (
@@ -105,7 +104,12 @@ function Finding({ instance, onAction }) {
   const dead = result?.deliveries.some((d) => d.state === "dead");
   return (
     <div className="space-y-3 text-sm">
-      {instance.status === "skipped" && (
+      {instance.own_output && (
+        <p data-own-output>
+          <Badge value="own result" /> <span className="ml-1">Our own output, returned by the PACS (loop guard): not analysed.</span>
+        </p>
+      )}
+      {instance.status === "skipped" && !instance.own_output && (
         <p>
           <Badge value="skipped" /> <span className="ml-1">{instance.skip_reason}</span>
         </p>
@@ -124,8 +128,10 @@ function Finding({ instance, onAction }) {
           </dd>
           {result.probability != null && (
             <>
-              <dt className="font-medium">Probability</dt>
-              <dd>
+              <dt className="font-medium">
+                Probability<span className="block text-xs font-normal text-slate-700">calibrated, of pneumothorax</span>
+              </dt>
+              <dd data-probability={result.probability}>
                 {result.probability.toFixed(2)}
                 {result.operating_point != null && (
                   <span className="ml-2 text-slate-600">
@@ -135,12 +141,12 @@ function Finding({ instance, onAction }) {
               </dd>
             </>
           )}
-          <dt className="font-medium">Top pixel score</dt>
+          <dt className="font-medium">Top pixel score (not a probability)</dt>
           <dd>{result.max_probability.toFixed(2)}</dd>
           {result.pneumothorax && (
             <>
               <dt className="font-medium">Area</dt>
-              <dd>{area(result)}</dd>
+              <dd>{formatArea(result.area_mm2, result.area_pixels)}</dd>
               <dt className="font-medium">Side</dt>
               <dd>
                 {result.side}
@@ -157,10 +163,15 @@ function Finding({ instance, onAction }) {
       {result && result.deliveries.length > 0 && (
         <div>
           <h4 className="font-medium">Sent to</h4>
-          <ul>
+          <ul className="space-y-1">
             {result.deliveries.map((d) => (
-              <li key={d.id}>
-                {d.destination} <Badge value={d.state} /> {d.last_error && <span className="text-orange-900">{d.last_error}</span>}
+              <li key={d.id} data-delivery={d.id}>
+                <span data-kind={d.kind} className="mr-2 inline-block w-10 rounded bg-slate-200 px-1 text-center font-mono text-xs font-semibold">
+                  {d.kind}
+                </span>
+                {d.destination} <Badge value={d.state} />
+                {d.sent_at && <span className="ml-1 tabular-nums text-slate-700">{formatTime(d.sent_at)}</span>}{" "}
+                {d.last_error && <span className="text-orange-900">{d.last_error}</span>}
               </li>
             ))}
           </ul>
@@ -187,11 +198,12 @@ export default function Study({ studyUid }) {
   const [study, setStudy] = useState(null);
   const [error, setError] = useState("");
   const [tick, setTick] = useState(0);
+  const [own, setOwn] = useState(false);
 
   useEffect(() => {
     let cancelled = false;
     const load = () =>
-      getJson(`/api/studies/${encodeURIComponent(studyUid)}`)
+      getJson(`/api/studies/${encodeURIComponent(studyUid)}${own ? "?own=true" : ""}`)
         .then((body) => !cancelled && setStudy(body))
         .catch((e) => !cancelled && setError(e.message));
     load();
@@ -200,7 +212,7 @@ export default function Study({ studyUid }) {
       cancelled = true;
       clearInterval(timer);
     };
-  }, [studyUid, tick]);
+  }, [studyUid, tick, own]);
 
   if (error) return <p role="alert" className="text-red-700">{error}</p>;
   if (!study) return <p>Loading…</p>;
@@ -211,11 +223,22 @@ export default function Study({ studyUid }) {
       </a>
       <h2 id="study-title" className="mt-2 text-2xl font-semibold">
         Study <Badge value={study.badge} />
+        {study.probability != null && (
+          <span className="ml-3 text-base font-normal" title="The calibrated probability of pneumothorax on the study's most suspect image">
+            Probability {study.probability.toFixed(2)} <span className="text-sm text-slate-700">(calibrated, of pneumothorax)</span>
+          </span>
+        )}
       </h2>
       <p className="mb-4 text-sm text-slate-700">
-        Patient {study.patient_id || "—"} · Accession {study.accession_number || "—"} · Study date {study.study_date || "—"} ·{" "}
+        Patient {study.patient_id || "—"} · Accession {study.accession_number || "—"} · Study date{" "}
+        <span data-date>{formatDate(study.study_date)}</span> · Received <span data-time>{formatTime(study.received_at)}</span> ·{" "}
         <span className="font-mono">{study.study_uid}</span>
       </p>
+      <ModelLimits />
+      <label className="mb-4 flex items-center gap-2 text-sm">
+        <input type="checkbox" checked={own} data-control="own" onChange={(event) => setOwn(event.target.checked)} />
+        Show our own results returned by the PACS (SEG/SR/SC)
+      </label>
       {study.instances.map((instance) => (
         <article key={instance.sop_uid} className="mb-6 grid gap-4 rounded border border-slate-300 bg-white p-4 lg:grid-cols-[2fr_1fr]">
           <Viewer instance={instance} />
@@ -232,7 +255,7 @@ export default function Study({ studyUid }) {
         {study.audit.map((event) => (
           <li key={event.id}>
             <time className="mr-2 tabular-nums text-slate-700" dateTime={event.at}>
-              {new Date(event.at).toLocaleTimeString()}
+              {formatTime(event.at)}
             </time>
             <span className="mr-2 font-mono text-xs">{event.kind}</span>
             {event.message}

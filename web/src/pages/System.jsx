@@ -1,5 +1,7 @@
 import { useEffect, useState } from "react";
-import { getJson, health } from "../api.js";
+import { getJson, health, postJson } from "../api.js";
+import { formatTime } from "../format.js";
+import Badge from "./Badge.jsx";
 
 function Bars({ values, label }) {
   const max = Math.max(1, ...values);
@@ -49,16 +51,100 @@ function Latency({ stages }) {
   );
 }
 
+// Deliveries that wait for someone: dead-lettered (re-send one) or overdue (is a listener up?).
+function DeliveryProblems({ rows, onResent }) {
+  const [message, setMessage] = useState("");
+  const resend = (id) =>
+    postJson(`/api/deliveries/${id}/resend`)
+      .then((body) => {
+        setMessage(body.message);
+        onResent();
+      })
+      .catch((e) => setMessage(e.message));
+  return (
+    <div data-delivery-problems>
+      <h3 className="mb-2 text-lg font-semibold">Dead-lettered and overdue deliveries</h3>
+      {rows.length === 0 ? (
+        <p className="text-sm text-slate-700">None: every result was sent or is waiting for its next attempt.</p>
+      ) : (
+        <div className="overflow-x-auto rounded border border-slate-300 bg-white">
+          <table className="w-full text-left text-sm">
+            <thead className="bg-slate-100">
+              <tr>
+                <th scope="col" className="px-3 py-2">Object</th>
+                <th scope="col" className="px-3 py-2">Destination</th>
+                <th scope="col" className="px-3 py-2">State</th>
+                <th scope="col" className="px-3 py-2">Reason</th>
+                <th scope="col" className="px-3 py-2">Queued</th>
+                <th scope="col" className="px-3 py-2">Study</th>
+                <th scope="col" className="px-3 py-2"><span className="sr-only">Action</span></th>
+              </tr>
+            </thead>
+            <tbody>
+              {rows.map((d) => (
+                <tr key={d.id} data-dead-delivery={d.id} className="border-t border-slate-200">
+                  <td className="px-3 py-2 font-mono text-xs font-semibold" data-kind={d.kind}>
+                    {d.kind}
+                  </td>
+                  <td className="px-3 py-2">{d.destination}</td>
+                  <td className="px-3 py-2">
+                    <Badge value={d.overdue ? "overdue" : d.state} />
+                  </td>
+                  <td className="px-3 py-2" data-reason>
+                    {d.reason}
+                  </td>
+                  <td className="px-3 py-2 tabular-nums" data-time>
+                    {formatTime(d.created_at)}
+                  </td>
+                  <td className="px-3 py-2">
+                    {d.study_uid && (
+                      <a className="text-blue-800 underline" href={`#/study/${encodeURIComponent(d.study_uid)}`}>
+                        Open<span className="sr-only"> study {d.study_uid}</span>
+                      </a>
+                    )}
+                  </td>
+                  <td className="px-3 py-2">
+                    {d.state === "dead" && (
+                      <button
+                        type="button"
+                        className="rounded border border-orange-700 px-3 py-1 font-medium text-orange-900 hover:bg-orange-50"
+                        onClick={() => resend(d.id)}
+                      >
+                        Re-send<span className="sr-only"> delivery {d.id}</span>
+                      </button>
+                    )}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      {message && (
+        <p role="status" className="mt-2 text-sm">
+          {message}
+        </p>
+      )}
+    </div>
+  );
+}
+
 export default function System() {
   const [state, setState] = useState(null);
   const [stats, setStats] = useState(null);
   const [model, setModel] = useState(null);
+  const [problems, setProblems] = useState(null);
   const [error, setError] = useState("");
+  const loadProblems = () =>
+    getJson("/api/deliveries/problems")
+      .then(setProblems)
+      .catch((e) => setError(e.message));
 
   useEffect(() => {
     const load = () => {
       health().then(setState).catch((e) => setError(e.message));
       getJson("/api/stats").then(setStats).catch((e) => setError(e.message));
+      loadProblems();
     };
     load();
     getJson("/api/model").then(setModel).catch((e) => setError(e.message));
@@ -89,6 +175,7 @@ export default function System() {
           </ul>
         </div>
       )}
+      {problems && <DeliveryProblems rows={problems} onResent={loadProblems} />}
       {stats && (
         <div className="space-y-3">
           <h3 className="text-lg font-semibold">Throughput (images finished per minute) · queue depth {stats.queue_depth}</h3>

@@ -1,8 +1,17 @@
 import { useEffect, useState } from "react";
 import { getJson } from "../api.js";
+import { formatArea, formatDate, formatProbability, formatTime } from "../format.js";
 import Badge from "./Badge.jsx";
+import ModelLimits from "./ModelLimits.jsx";
 
 const PAGE = 50;
+const SORTS = [
+  ["urgency", "Most urgent first"],
+  ["-received", "Newest received first"],
+  ["received", "Oldest received first"],
+  ["-study_date", "Newest study date first"],
+  ["study_date", "Oldest study date first"],
+];
 
 function dateParam(value) {
   return value ? value.replaceAll("-", "") : "";
@@ -12,13 +21,16 @@ export default function Worklist() {
   const [filters, setFilters] = useState({ patient_id: "", accession_number: "", date_from: "", date_to: "" });
   const [applied, setApplied] = useState(filters);
   const [offset, setOffset] = useState(0);
+  const [sort, setSort] = useState("urgency");
+  const [own, setOwn] = useState(false);
   const [page, setPage] = useState(null);
   const [error, setError] = useState("");
 
   useEffect(() => {
     let cancelled = false;
     const load = () => {
-      const params = new URLSearchParams({ limit: PAGE, offset });
+      const params = new URLSearchParams({ limit: PAGE, offset, sort });
+      if (own) params.set("own", "true");
       for (const [key, value] of Object.entries(applied)) {
         const v = key.startsWith("date") ? dateParam(value) : value.trim();
         if (v) params.set(key, v);
@@ -38,7 +50,7 @@ export default function Worklist() {
       cancelled = true;
       clearInterval(timer);
     };
-  }, [applied, offset]);
+  }, [applied, offset, sort, own]);
 
   const field = (key, label, type = "text") => (
     <div>
@@ -60,6 +72,7 @@ export default function Worklist() {
       <h2 id="worklist-title" className="mb-4 text-2xl font-semibold">
         Worklist
       </h2>
+      <ModelLimits />
       <form
         role="search"
         className="mb-4 flex flex-wrap items-end gap-3"
@@ -77,6 +90,38 @@ export default function Worklist() {
           Search
         </button>
       </form>
+      <div className="mb-3 flex flex-wrap items-center gap-6 text-sm">
+        <label className="flex items-center gap-2">
+          Sort
+          <select
+            className="rounded border border-slate-400 px-2 py-1"
+            value={sort}
+            data-control="sort"
+            onChange={(event) => {
+              setOffset(0);
+              setSort(event.target.value);
+            }}
+          >
+            {SORTS.map(([value, label]) => (
+              <option key={value} value={value}>
+                {label}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label className="flex items-center gap-2">
+          <input
+            type="checkbox"
+            checked={own}
+            data-control="own"
+            onChange={(event) => {
+              setOffset(0);
+              setOwn(event.target.checked);
+            }}
+          />
+          Show our own results returned by the PACS (SEG/SR/SC)
+        </label>
+      </div>
       {error && (
         <p role="alert" className="mb-3 text-red-700">
           {error}
@@ -87,6 +132,11 @@ export default function Worklist() {
           <thead className="bg-slate-100">
             <tr>
               <th scope="col" className="px-3 py-2">Finding</th>
+              <th scope="col" className="px-3 py-2" title="The calibrated probability of pneumothorax on the study's most suspect image">
+                Probability<span className="block text-xs font-normal text-slate-700">calibrated, of pneumothorax</span>
+              </th>
+              <th scope="col" className="px-3 py-2">Side</th>
+              <th scope="col" className="px-3 py-2">Area</th>
               <th scope="col" className="px-3 py-2">Patient ID</th>
               <th scope="col" className="px-3 py-2">Accession</th>
               <th scope="col" className="px-3 py-2">Study date</th>
@@ -102,11 +152,24 @@ export default function Worklist() {
                   <Badge value={study.badge} title={study.skipped ? `${study.skipped} skipped: ${study.skip_reason}` : undefined} />
                   {study.badge === "skipped" && <span className="ml-2 text-xs text-slate-700">{study.skip_reason}</span>}
                 </td>
+                <td className="px-3 py-2 tabular-nums" data-probability={study.probability ?? ""}>
+                  {formatProbability(study.probability)}
+                </td>
+                <td className="px-3 py-2" data-side>
+                  {study.side || "—"}
+                </td>
+                <td className="px-3 py-2 tabular-nums" data-area>
+                  {study.side ? formatArea(study.area_mm2, study.area_pixels) : "—"}
+                </td>
                 <td className="px-3 py-2">{study.patient_id || "—"}</td>
                 <td className="px-3 py-2">{study.accession_number || "—"}</td>
-                <td className="px-3 py-2">{study.study_date || "—"}</td>
-                <td className="px-3 py-2">{new Date(study.received_at).toLocaleString()}</td>
-                <td className="px-3 py-2">
+                <td className="px-3 py-2 tabular-nums" data-date>
+                  {formatDate(study.study_date)}
+                </td>
+                <td className="px-3 py-2 tabular-nums" data-time>
+                  {formatTime(study.received_at)}
+                </td>
+                <td className="px-3 py-2" data-images={study.images}>
                   {study.images}
                   {study.positives > 0 && <span className="ml-1 font-semibold text-red-700">({study.positives} positive)</span>}
                 </td>
@@ -119,7 +182,7 @@ export default function Worklist() {
             ))}
             {page && page.items.length === 0 && (
               <tr>
-                <td colSpan="7" className="px-3 py-6 text-center text-slate-700">
+                <td colSpan="10" className="px-3 py-6 text-center text-slate-700">
                   No studies yet. Send images to the node, or upload them.
                 </td>
               </tr>
@@ -133,10 +196,10 @@ export default function Worklist() {
             {page.total === 0 ? 0 : offset + 1}–{Math.min(offset + PAGE, page.total)} of {page.total}
           </span>
           <button type="button" disabled={offset === 0} className="rounded border px-2 py-1 disabled:opacity-40" onClick={() => setOffset(Math.max(0, offset - PAGE))}>
-            Newer
+            Previous
           </button>
           <button type="button" disabled={offset + PAGE >= page.total} className="rounded border px-2 py-1 disabled:opacity-40" onClick={() => setOffset(offset + PAGE)}>
-            Older
+            Next
           </button>
         </div>
       )}
