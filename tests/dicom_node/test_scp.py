@@ -40,8 +40,8 @@ from peers_harness import (
 )
 from pneumonode.db.models import AuditEvent, Instance, Job
 from pneumonode.db.session import Database
+from pneumonode.dicom_node.incoming import encode_file_meta
 from pneumonode.dicom_node.receive import dataset_offset
-from pneumonode.dicom_node.upper import encode_file_meta
 
 pytestmark = pytest.mark.integration
 

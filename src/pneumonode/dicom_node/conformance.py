@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pneumonode.dicom_node.dimse import Status
+
 if TYPE_CHECKING:
     from pneumonode.results.common import ResultKind
 __all__ = [
@@ -79,22 +81,22 @@ class ConformanceError(ValueError):
 # --- names the standard gives to numbers --------------------------------------------------
 
 #: DIMSE statuses (PS3.4 B.2.3 for Storage, PS3.7 Annex C for the general ones).
-STATUS_NAMES = {
-    0x0000: "Success",
-    0x0110: "Failure: Processing failure",
-    0x0117: "Failure: Invalid SOP Instance",
-    0x0122: "Failure: SOP Class not supported",
-    0x0124: "Failure: Not authorized",
-    0x0211: "Failure: Unrecognized operation",
-    0x0212: "Failure: Mistyped argument",
-    0x0213: "Failure: Resource limitation",
-    0xA700: "Refused: Out of Resources",
-    0xA900: "Error: Data Set does not match SOP Class",
-    0xB000: "Warning: Coercion of Data Elements",
-    0xB006: "Warning: Elements Discarded",
-    0xB007: "Warning: Data Set does not match SOP Class",
-    0xC210: "Error: Cannot understand",
-    0xFE00: "Cancel",
+STATUS_NAMES: dict[int, str] = {
+    Status.SUCCESS: "Success",
+    Status.PROCESSING_FAILURE: "Failure: Processing failure",
+    Status.INVALID_SOP_INSTANCE: "Failure: Invalid SOP Instance",
+    Status.SOP_CLASS_NOT_SUPPORTED: "Failure: SOP Class not supported",
+    Status.NOT_AUTHORIZED: "Failure: Not authorized",
+    Status.UNRECOGNISED_OPERATION: "Failure: Unrecognized operation",
+    Status.MISTYPED_ARGUMENT: "Failure: Mistyped argument",
+    Status.RESOURCE_LIMITATION: "Failure: Resource limitation",
+    Status.OUT_OF_RESOURCES: "Refused: Out of Resources",
+    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS: "Error: Data Set does not match SOP Class",
+    Status.COERCION_OF_DATA_ELEMENTS: "Warning: Coercion of Data Elements",
+    Status.ELEMENTS_DISCARDED: "Warning: Elements Discarded",
+    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING: "Warning: Data Set does not match SOP Class",
+    Status.CANNOT_UNDERSTAND: "Error: Cannot understand",
+    Status.CANCEL: "Cancel",
 }
 #: A-ASSOCIATE-RJ result, source and reason/diagnostic (PS3.8 Table 9-21).
 REJECT_RESULTS = {1: "rejected-permanent", 2: "rejected-transient"}
@@ -207,7 +209,7 @@ def statuses() -> list[StatusUse]:
                     "not name: add its name from PS3.4/PS3.7"
                 )
             found.add(StatusUse(code, comment if comment is not None else "(varies)"))
-    if not any(use.code == 0x0000 for use in found):
+    if not any(use.code == Status.SUCCESS for use in found):
         raise ConformanceError(
             f"no {'(...) or '.join(_STATUS_CLASSES)}(...) with status 0x0000 found in "
             f"{_PACKAGE}: has the response class been renamed? (see _STATUS_CLASSES)"
@@ -349,7 +351,7 @@ def _supported() -> dict[str, frozenset[str]]:
 
 
 def _verification() -> str:
-    from pneumonode.dicom_node.upper import VERIFICATION
+    from pneumonode.dicom_node.dimse import VERIFICATION
 
     return str(VERIFICATION)
 

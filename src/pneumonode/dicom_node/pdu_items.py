@@ -13,11 +13,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pydicom.uid import generate_uid
+
 __all__ = [
     "ABSTRACT_SYNTAX",
     "APPLICATION_CONTEXT",
     "APPLICATION_CONTEXT_ITEM",
     "ASYNCHRONOUS_OPERATIONS_WINDOW",
+    "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_CLASS_UID_ITEM",
     "IMPLEMENTATION_VERSION_NAME_ITEM",
     "MAXIMUM_LENGTH",
@@ -48,6 +51,8 @@ __all__ = [
 
 #: The DICOM Application Context Name (PS3.7 A.2.1).
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+#: Our Implementation Class UID: a fixed UID under pydicom's root, derived from our name.
+IMPLEMENTATION_CLASS_UID = str(generate_uid(entropy_srcs=["pneumonode DICOM upper layer"]))
 
 # Item types of the A-ASSOCIATE-RQ and -AC (PS3.8 9.3.2, 9.3.3)
 APPLICATION_CONTEXT_ITEM = 0x10

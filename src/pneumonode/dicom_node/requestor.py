@@ -21,11 +21,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pneumonode.dicom_node.dimse import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    VERIFICATION,
+    Response,
+    c_echo_rq,
+    c_store_rq,
+)
 from pneumonode.dicom_node.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
@@ -53,21 +60,10 @@ from pneumonode.dicom_node.pdu import (
 )
 from pneumonode.dicom_node.pdu_items import (
     APPLICATION_CONTEXT,
+    IMPLEMENTATION_CLASS_UID,
     PresentationContextRQ,
     ProtocolError,
     UserInformation,
-    decode_text,
-    encode_uid,
-)
-from pneumonode.dicom_node.upper import (
-    C_ECHO_RQ,
-    C_STORE_RQ,
-    IMPLEMENTATION_CLASS_UID,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    NO_DATASET,
-    VERIFICATION,
-    command_elements,
-    encode_command,
 )
 from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
 
@@ -130,14 +126,6 @@ class AssociationRejectedError(Exception):
 
 class AssociationAbortedError(Exception):
     """The peer aborted, closed the connection or broke the protocol."""
-
-
-@dataclass(frozen=True)
-class Response:
-    """A DIMSE response: its status and Error Comment."""
-
-    status: int
-    comment: str = ""
 
 
 class Requestor:
@@ -285,8 +273,7 @@ class Requestor:
 
     def echo(self) -> Response:
         context_id = self.accepted[(VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)]
-        command = [(0x0002, encode_uid(VERIFICATION)), (0x0100, _us(C_ECHO_RQ))]
-        return self._request(context_id, command, None)
+        return self._request(context_id, c_echo_rq, None)
 
     def store(
         self,
@@ -297,30 +284,24 @@ class Requestor:
     ) -> Response:
         """C-STORE the dataset: a file's bytes from an offset (as stored), or bytes given."""
         context_id = self.accepted[(sop_class_uid, transfer_syntax_uid)]
-        command = [
-            (0x0002, encode_uid(sop_class_uid)),
-            (0x0100, _us(C_STORE_RQ)),
-            (0x0700, _us(0x0000)),  # priority: medium
-            (0x1000, encode_uid(sop_instance_uid)),
-        ]
+
+        def command(message_id: int) -> bytes:
+            return c_store_rq(message_id, sop_class_uid, sop_instance_uid)
+
         return self._request(context_id, command, dataset)
 
     def _request(
         self,
         context_id: int,
-        elements: list[tuple[int, bytes]],
+        command: Callable[[int], bytes],
         dataset: tuple[Path, int] | bytes | None,
     ) -> Response:
+        """Send the request ``command(message_id)`` and its dataset; read its response."""
         if not self.established:
             raise AssociationAbortedError("the association is no longer established")
         self._message_id = self._message_id % 0xFFFF + 1
-        elements = [
-            *elements,
-            (0x0110, _us(self._message_id)),
-            (0x0800, _us(NO_DATASET if dataset is None else 0x0000)),
-        ]
         try:
-            self._send_pdv(context_id, encode_command(elements), command=True)
+            self._send_pdv(context_id, command(self._message_id), command=True)
             if isinstance(dataset, bytes):
                 self._send_pdv(context_id, dataset, command=False)
             elif dataset is not None:
@@ -377,7 +358,7 @@ class Requestor:
                     raise ProtocolError("a response on another context, or with a dataset")
                 command += value
                 if control & PDV_LAST:
-                    return _parse_response(bytes(command), self._message_id)
+                    return Response.decode(bytes(command), self._message_id)
 
     # -- PDUs
 
@@ -406,19 +387,3 @@ class Requestor:
         if length > MAX_CONTROL_PDU:  # an A-ASSOCIATE-AC, or a response
             raise ProtocolError(f"a PDU of {length} bytes")
         return kind, memoryview(self._recv_exactly(length))
-
-
-def _us(value: int) -> bytes:
-    return struct.pack("<H", value)
-
-
-def _parse_response(data: bytes, message_id: int) -> Response:
-    values = command_elements(data)
-    status = values.get(0x0900, b"")
-    if len(status) != 2:
-        raise ProtocolError("a response without a status")
-    answered = values.get(0x0120, b"")
-    if len(answered) == 2 and struct.unpack("<H", answered)[0] != message_id:
-        raise ProtocolError("a response to another request")
-    comment = decode_text(values.get(0x0902, b""))
-    return Response(struct.unpack("<H", status)[0], comment)

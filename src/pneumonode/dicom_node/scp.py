@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pneumonode.config import Settings
 from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
+from pneumonode.dicom_node import dimse
 from pneumonode.dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 from pneumonode.dicom_node.peers import PeerPolicy
 from pneumonode.dicom_node.receive import InstanceReceiver, Status
@@ -147,7 +148,7 @@ class ListenerServices:
             )
         except Exception:
             log.exception("unexpected failure in the C-STORE handler")
-            status = Status(0x0110, "processing failure")
+            status = Status(dimse.Status.PROCESSING_FAILURE, "processing failure")
         finally:
             request.path.unlink(missing_ok=True)  # refused: nothing stays in incoming
         return Answer(status.code, status.comment, status.then)
@@ -161,7 +162,7 @@ class ListenerServices:
             info, "instance.refused", f"refused: {reason}", {"size": size, "limit": limit}
         )
         # Error Comment is an LO: 64 characters at most
-        return Answer(0xA700, f"too large: {size} > limit {limit} bytes")
+        return Answer(dimse.Status.OUT_OF_RESOURCES, f"too large: {size} > limit {limit} bytes")
 
     def tls_refused(self, host: str, reason: str) -> None:
         _audit(

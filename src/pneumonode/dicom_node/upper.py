@@ -14,6 +14,10 @@ half of Orthanc's rate on a 2-core machine. Here one thread reads a PDU, writes 
 fragments straight into the spool file and, after the last fragment, calls the handler and
 answers: no queue, no sleep. Results go out through the requestor side (``requestor.py``).
 
+Each PDU, timeout and refusal is an event of PS3.8's state machine, and what is done about it is
+the action ``fsm.py``'s table gives (the association's ``fsm``); the command sets are encoded and
+decoded by ``dimse.py``, the PDUs by ``pdu.py`` and the dataset files written by ``incoming.py``.
+
 What is supported, as an acceptor only:
 
 * A-ASSOCIATE-RQ of at most ``MAX_ASSOCIATE_RQ_LENGTH`` bytes (a longer one is aborted after its
@@ -46,22 +50,38 @@ import contextlib
 import itertools
 import logging
 import os
-import re
 import socket
 import ssl
-import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from pydicom.uid import generate_uid
-
 from pneumonode.dicom_node.admission import PDU_HEADER, Admission, Refusal
+from pneumonode.dicom_node.dimse import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    VERIFICATION,
+    Command,
+    Status,
+    context_mismatch,
+    response_to,
+)
+from pneumonode.dicom_node.fsm import (
+    Action,
+    Event,
+    InvalidEventError,
+    State,
+    StateMachine,
+    action_for,
+    pdu_event,
+)
+from pneumonode.dicom_node.incoming import IncomingDataset, encode_file_meta
 from pneumonode.dicom_node.pdu import (
     A_ABORT,
-    A_ASSOCIATE_RQ,
     A_RELEASE_RP,
     A_RELEASE_RQ,
     ABORT_PROVIDER,
@@ -95,22 +115,23 @@ from pneumonode.dicom_node.pdu import (
 )
 from pneumonode.dicom_node.pdu_items import (
     APPLICATION_CONTEXT,
+    IMPLEMENTATION_CLASS_UID,
     REASON_INVALID_PARAMETER,
     REASON_UNEXPECTED_PDU,
     PresentationContextAC,
     PresentationContextRQ,
     ProtocolError,
     UserInformation,
-    decode_text,
-    encode_text,
-    encode_uid,
 )
 from pneumonode.identity import IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
     "ANSWERING_THREADS",
     "APPLICATION_CONTEXT",
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLICIT_VR_LITTLE_ENDIAN",
     "MAX_ASSOCIATE_RQ_LENGTH",
+    "VERIFICATION",
     "Acceptor",
     "Answer",
     "AssociationInfo",
@@ -122,15 +143,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-VERIFICATION = "1.2.840.10008.1.1"
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-#: Implementation Class UID: a fixed UID under pydicom's root, derived from our name.
-IMPLEMENTATION_CLASS_UID = str(generate_uid(entropy_srcs=["pneumonode DICOM upper layer"]))
-
-# DIMSE command fields and statuses
-C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
-NO_DATASET = 0x0101
-UNRECOGNISED_OPERATION = 0x0211
 
 #: Longest A-ASSOCIATE-RQ we read. The largest a peer plausibly sends is about 160 KiB: 128
 #: presentation contexts (IDs 1 to 255, odd) each with a 64-character abstract syntax and ten
@@ -146,7 +158,6 @@ _MAX_SHORT_PDU_BODY = 64
 ANSWERING_THREADS = 8
 #: Longest command set we collect.
 _MAX_COMMAND = 64 * 1024
-_ELEMENT_HEADER = struct.Struct("<HHI")
 
 
 class RejectionError(Exception):
@@ -222,111 +233,7 @@ class _CommandRefusedError(Exception):
 # --- encoding -------------------------------------------------------------------------------
 
 
-def _implicit(group_element: int, value: bytes) -> bytes:
-    return _ELEMENT_HEADER.pack(0x0000, group_element, len(value)) + value
-
-
-def encode_command(elements: Iterable[tuple[int, bytes]]) -> bytes:
-    """A command set (group 0000, Implicit VR Little Endian) with its group length."""
-    body = b"".join(_implicit(element, value) for element, value in sorted(elements))
-    return _implicit(0x0000, struct.pack("<I", len(body))) + body
-
-
-def encode_file_meta(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str
-) -> bytes:
-    """Preamble, 'DICM' and File Meta Information (Explicit VR Little Endian)."""
-
-    def element(tag: int, vr: bytes, value: bytes) -> bytes:
-        if vr == b"OB":
-            return struct.pack("<HH2sHI", 0x0002, tag, vr, 0, len(value)) + value
-        return struct.pack("<HH2sH", 0x0002, tag, vr, len(value)) + value
-
-    elements = [
-        element(0x0001, b"OB", b"\x00\x01"),
-        element(0x0002, b"UI", encode_uid(sop_class_uid)),
-        element(0x0003, b"UI", encode_uid(sop_instance_uid)),
-        element(0x0010, b"UI", encode_uid(transfer_syntax_uid)),
-        element(0x0012, b"UI", encode_uid(IMPLEMENTATION_CLASS_UID)),
-        element(0x0013, b"SH", encode_text(IMPLEMENTATION_VERSION_NAME)),
-    ]
-    if source_ae:
-        elements.append(element(0x0016, b"AE", encode_text(source_ae)))
-    body = b"".join(elements)
-    return b"\x00" * 128 + b"DICM" + element(0x0000, b"UL", struct.pack("<I", len(body))) + body
-
-
-# --- decoding -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Command:
-    field: int
-    message_id: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    has_dataset: bool
-
-
-def command_elements(data: bytes) -> dict[int, bytes]:
-    """Element number -> value of a command set (group 0000, Implicit VR Little Endian)."""
-    values: dict[int, bytes] = {}
-    offset = 0
-    while offset + 8 <= len(data):
-        group, element, length = _ELEMENT_HEADER.unpack_from(data, offset)
-        offset += 8
-        if group != 0x0000 or offset + length > len(data):
-            raise ProtocolError("malformed command set", REASON_INVALID_PARAMETER)
-        values[element] = data[offset : offset + length]
-        offset += length
-    return values
-
-
-def _parse_command(data: bytes) -> _Command:
-    """The elements we use of a command set (group 0000, Implicit VR Little Endian)."""
-    values = command_elements(data)
-
-    def number(element: int) -> int:
-        value = values.get(element, b"")
-        if len(value) != 2:
-            raise ProtocolError(f"command element (0000,{element:04X}) missing or malformed")
-        return int(struct.unpack("<H", value)[0])
-
-    return _Command(
-        field=number(0x0100),
-        message_id=number(0x0110) if 0x0110 in values else 0,
-        sop_class_uid=decode_text(values.get(0x0002, b"")),
-        sop_instance_uid=decode_text(values.get(0x1000, b"")),
-        has_dataset=number(0x0800) != NO_DATASET,
-    )
-
-
-_COMMAND_NAMES = {C_STORE_RQ: "C-STORE-RQ", C_ECHO_RQ: "C-ECHO-RQ"}
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-
-
-def _shown_uid(uid: str) -> str:
-    """A UID from the peer as a reason may show it (logged and audited): only a well-formed one."""
-    if not uid:
-        return "no SOP Class UID"
-    return uid if len(uid) <= 64 and _UID.fullmatch(uid) else "an invalid UID"
-
-
-def _context_mismatch(command: _Command, context_id: int, abstract: str) -> str | None:
-    """Why a C-ECHO-RQ or C-STORE-RQ does not belong on its presentation context (PS3.7: the
-    Affected SOP Class UID is the context's abstract syntax; Verification carries C-ECHO
-    only), or None."""
-    name = _COMMAND_NAMES.get(command.field)
-    if name is None:
-        return None  # other commands: unrecognised operation, answered as such
-    where = f"presentation context {context_id} ({abstract})"
-    if command.sop_class_uid != abstract:
-        return f"{name} for {_shown_uid(command.sop_class_uid)} on {where}"
-    if (command.field == C_ECHO_RQ) != (abstract == VERIFICATION):
-        return f"{name} on {where}, which carries " + (
-            "C-ECHO only" if abstract == VERIFICATION else "no C-ECHO"
-        )
-    return None
+# --- association requests ------------------------------------------------------------------
 
 
 def _context_id_error(contexts: list[PresentationContextRQ]) -> str | None:
@@ -343,6 +250,24 @@ def _context_id_error(contexts: list[PresentationContextRQ]) -> str | None:
     return None
 
 
+def _provider_refusal(request: AssociateRQ) -> RejectionError | None:
+    """Why the UL service provider (its ACSE function) cannot accept ``request`` (PS3.8 AE-6:
+    A-ASSOCIATE-RJ, then Sta13), or None: its protocol version, or its context IDs."""
+    if not request.protocol_version & PROTOCOL_VERSION:
+        return RejectionError(
+            "protocol version not supported",
+            REJECTED_PERMANENT,
+            SOURCE_PROVIDER_ACSE,
+            ACSE_PROTOCOL_VERSION_NOT_SUPPORTED,
+        )
+    context_ids = _context_id_error(request.contexts)
+    if context_ids is not None:
+        return RejectionError(
+            context_ids, REJECTED_PERMANENT, SOURCE_PROVIDER_ACSE, ACSE_NO_REASON_GIVEN
+        )
+    return None
+
+
 #: A-ASSOCIATE-RJ: transient, by the UL service-provider (presentation related function), local
 #: limit exceeded (PS3.8 9.3.4).
 _REJECT_BUSY = AssociateRJ(
@@ -351,58 +276,31 @@ _REJECT_BUSY = AssociateRJ(
 
 
 def _screen_first_pdu(kind: int, length: int) -> Refusal | None:
-    """What a new connection's first PDU header calls for, before its body is read (PS3.8 9.2,
-    Sta2): None to read an A-ASSOCIATE-RQ of a plausible length; otherwise an A-ABORT (AA-1),
-    or for an A-ABORT nothing but the close (AA-2)."""
-    if kind == A_ASSOCIATE_RQ:
+    """What a new connection's first PDU header calls for in Sta2, before its body is read, as
+    PS3.8's table says: None to read an A-ASSOCIATE-RQ of a plausible length (AE-6 follows);
+    for an A-ABORT nothing but the close (AA-2); otherwise an A-ABORT (AA-1; an A-ASSOCIATE-RQ
+    too short or too long to be one is Evt19). Before any association there is no service user
+    to speak for: the A-ABORT names the service provider and the reason."""
+    event = pdu_event(kind)
+    if event is Event.EVT6:
         if length < ASSOCIATE_FIXED_LENGTH:
             reason = f"an A-ASSOCIATE-RQ of {length} bytes is too short"
         elif length > MAX_ASSOCIATE_RQ_LENGTH:
             reason = f"an A-ASSOCIATE-RQ of {length} bytes is longer than {MAX_ASSOCIATE_RQ_LENGTH}"
         else:
             return None
-        return Refusal(Abort(ABORT_PROVIDER, REASON_INVALID_PARAMETER).encode(), reason)
-    if kind == A_ABORT:
+        event, diagnostic = Event.EVT19, REASON_INVALID_PARAMETER
+    else:
+        reason = f"expected an A-ASSOCIATE-RQ, got PDU type {kind:#04x}"
+        diagnostic = REASON_UNRECOGNISED_PDU if event is Event.EVT19 else REASON_UNEXPECTED_PDU
+    action = action_for(State.STA2, event)
+    if action is Action.AA_2:
         return Refusal(b"", "an A-ABORT instead of an A-ASSOCIATE-RQ")
-    known = A_ASSOCIATE_RQ <= kind <= A_ABORT
-    diagnostic = REASON_UNEXPECTED_PDU if known else REASON_UNRECOGNISED_PDU
-    return Refusal(
-        Abort(ABORT_PROVIDER, diagnostic).encode(),
-        f"expected an A-ASSOCIATE-RQ, got PDU type {kind:#04x}",
-    )
+    assert action is Action.AA_1, action
+    return Refusal(Abort(ABORT_PROVIDER, diagnostic).encode(), reason)
 
 
 # --- one association ------------------------------------------------------------------------
-
-
-class _Store:
-    """The dataset of one C-STORE, arriving in fragments."""
-
-    def __init__(self, path: Path | None, command: _Command, context_id: int) -> None:
-        self.path = path
-        self.command = command
-        self.context_id = context_id
-        self.size = 0
-        self.fd: int | None = None
-        if path is not None:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-
-    def write(self, data: memoryview) -> None:
-        self.size += len(data)
-        if self.fd is not None:
-            os.write(self.fd, data)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def discard(self) -> None:
-        self.close()
-        if self.path is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-                log.info("discarded the partial dataset of an interrupted transfer")
 
 
 class Association:
@@ -421,6 +319,8 @@ class Association:
             address=address[0], port=address[1], tls=isinstance(sock, ssl.SSLSocket)
         )
         self.established = False
+        #: Sta2 and Evt6: the admission has read the whole A-ASSOCIATE-RQ
+        self.fsm = StateMachine(State.STA2, requestor=False)
         self._request = request  # the A-ASSOCIATE-RQ's body, read by the admission
         self._counted = False  # holds one of the acceptor's association slots
         self._aborting = False
@@ -429,7 +329,7 @@ class Association:
         self._buffer = bytearray()  # P-DATA-TF PDUs, sized once the association is accepted
         self._command = bytearray()
         self._command_context = 0
-        self._store: _Store | None = None
+        self._store: IncomingDataset | None = None
 
     # -- life cycle
 
@@ -458,27 +358,45 @@ class Association:
             if not self._negotiate():
                 return
             self._serve()
-        except _ClosedError:
+        except _ClosedError:  # Evt17: AA-4 (A-P-ABORT indication), AA-5 or AR-5
             if self.established and not self._aborting:
                 log.warning("peer %s closed the connection without release", self.info.address)
-            self._ended(aborted=self.established)
-        except TimeoutError:
-            log.warning("no data from %s for %.0f s: aborting", self.info.address, timeout)
-            self._send_abort(ABORT_PROVIDER, REASON_NOT_SPECIFIED)
-            self._ended(aborted=self.established)
-        except ProtocolError as exc:
-            log.warning("protocol error from %s: %s; aborting", self.info.address, exc)
-            self._send_abort(ABORT_PROVIDER, exc.reason)
-            self._ended(aborted=self.established)
-        except _CommandRefusedError as exc:
-            log.warning("refused from %s: %s; aborting", self.info.address, exc)
-            self._send_abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
-            self._ended(aborted=True, reason=str(exc))
-        except OSError as exc:
-            if not self._aborting:
-                log.warning("connection to %s failed: %s", self.info.address, exc.strerror)
+            self._step(Event.EVT17)
             self._linger = False
             self._ended(aborted=self.established)
+        except TimeoutError:  # the network timeout: we abort, as the service user (Evt15)
+            log.warning("no data from %s for %.0f s: aborting", self.info.address, timeout)
+            self._abort_on(Event.EVT15, ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+            self._ended(aborted=self.established)
+        except ProtocolError as exc:  # an unrecognised or invalid PDU (Evt19): AA-8 or AA-1
+            log.warning("protocol error from %s: %s; aborting", self.info.address, exc)
+            self._abort_on(Event.EVT19, ABORT_PROVIDER, exc.reason)
+            self._ended(aborted=self.established)
+        except _CommandRefusedError as exc:  # a message we refuse as its service user (Evt15)
+            log.warning("refused from %s: %s; aborting", self.info.address, exc)
+            self._abort_on(Event.EVT15, ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+            self._ended(aborted=True, reason=str(exc))
+        except OSError as exc:  # Evt17: the connection is gone
+            if not self._aborting:
+                log.warning("connection to %s failed: %s", self.info.address, exc.strerror)
+            self._step(Event.EVT17)
+            self._linger = False
+            self._ended(aborted=self.established)
+
+    def _step(self, event: Event, *, acceptable: bool = True) -> Action | None:
+        """The action of ``event`` in the current state (the machine moves on), or None where
+        the table has none (a shutdown's abort got there first)."""
+        try:
+            return self.fsm.event(event, acceptable=acceptable)
+        except InvalidEventError as exc:
+            log.debug("association from %s: %s", self.info.address, exc)
+            return None
+
+    def _abort_on(self, event: Event, source: int, reason: int) -> None:
+        """Step on an event that aborts; send the A-ABORT if the table's action sends one
+        (AA-1, AA-7, AA-8: then Sta13, the peer closes within the ARTIM timeout)."""
+        if self._step(event) in (Action.AA_1, Action.AA_7, Action.AA_8):
+            self._send_abort(source, reason)
 
     def _ended(self, aborted: bool, reason: str = "") -> None:
         """Clean up after the association ends (released, aborted or dropped)."""
@@ -490,9 +408,9 @@ class Association:
             self.acceptor.services.aborted(self.info, reason)
 
     def abort(self) -> None:
-        """Abort from another thread (shutdown): A-ABORT, then unblock the reader."""
+        """Abort from another thread (shutdown; Evt15): A-ABORT, then unblock the reader."""
         self._aborting = True
-        self._send_abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+        self._abort_on(Event.EVT15, ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -506,21 +424,23 @@ class Association:
                 raise _ClosedError()
             got += n
 
-    def _read_pdu(self) -> tuple[int, memoryview]:
-        """The next PDU of an established association: a P-DATA-TF of at most our maximum
-        length, or a short one (A-RELEASE-RQ/-RP, A-ABORT); any other is refused from its
-        header, before its body is read."""
+    def _read_pdu(self) -> tuple[Event, memoryview]:
+        """The next PDU of an established association, as its event: a P-DATA-TF of at most our
+        maximum length, or a short one (A-RELEASE-RQ/-RP, A-ABORT); an A-ASSOCIATE PDU is
+        unexpected in every state this thread reads in (AA-8), so its body is never read. An
+        unrecognised type or a length over the limit is Evt19 (``ProtocolError``)."""
         header = memoryview(self._buffer)[:6]
         self._recv_into(header)
         kind, _, length = PDU_HEADER.unpack(header)
+        event = pdu_event(kind)
+        if event is Event.EVT19:
+            raise ProtocolError(f"unknown PDU type {kind:#04x}", REASON_UNRECOGNISED_PDU)
         if kind == P_DATA_TF:
             limit = self.acceptor.max_pdu
         elif kind in (A_RELEASE_RQ, A_RELEASE_RP, A_ABORT):
             limit = _MAX_SHORT_PDU_BODY
-        elif A_ASSOCIATE_RQ <= kind <= A_ABORT:
-            raise ProtocolError(f"unexpected PDU type {kind:#04x}")
         else:
-            raise ProtocolError(f"unknown PDU type {kind:#04x}", REASON_UNRECOGNISED_PDU)
+            return event, memoryview(b"")
         if length > limit:
             raise ProtocolError(
                 f"PDU type {kind:#04x} of {length} bytes is longer than our maximum {limit}",
@@ -528,7 +448,7 @@ class Association:
             )
         body = memoryview(self._buffer)[6 : 6 + length]
         self._recv_into(body)
-        return kind, body
+        return event, body
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
@@ -549,25 +469,17 @@ class Association:
         info.peer_max_pdu = request.user.max_length or 0
         info.peer_implementation_uid = request.user.implementation_class_uid
         info.peer_implementation_version = request.user.implementation_version_name or ""
+        refusal = _provider_refusal(request)
+        self._step(Event.EVT6, acceptable=refusal is None)  # AE-6: Sta3, or Sta13 refused
         try:
-            if not request.protocol_version & PROTOCOL_VERSION:
-                raise RejectionError(
-                    "protocol version not supported",
-                    REJECTED_PERMANENT,
-                    SOURCE_PROVIDER_ACSE,
-                    ACSE_PROTOCOL_VERSION_NOT_SUPPORTED,
-                )
+            if refusal is not None:
+                raise refusal
             if request.application_context != APPLICATION_CONTEXT:
                 raise RejectionError(
                     "application context not supported",
                     REJECTED_PERMANENT,
                     SOURCE_SERVICE_USER,
                     USER_APPLICATION_CONTEXT_NOT_SUPPORTED,
-                )
-            context_ids = _context_id_error(request.contexts)
-            if context_ids is not None:
-                raise RejectionError(
-                    context_ids, REJECTED_PERMANENT, SOURCE_PROVIDER_ACSE, ACSE_NO_REASON_GIVEN
                 )
             active = self.acceptor._take_slot()
             self._counted = True
@@ -577,11 +489,14 @@ class Association:
                 self.acceptor._release_slot()
                 self._counted = False
             self.acceptor.services.rejected(info, rejection)
+            if self.fsm.state is State.STA3:
+                self._step(Event.EVT8)  # AE-8: the service user rejects
             with contextlib.suppress(OSError):
                 self._send(AssociateRJ(*rejection.code).encode())
                 self._linger = True  # AE-8: the requestor closes, within the ARTIM timeout
             return False
         self._buffer = bytearray(self.acceptor.max_pdu + PDU_HEADER.size)
+        self._step(Event.EVT7)  # AE-7: Sta6
         self._send(self._associate_ac(request))
         self.established = True
         self.acceptor.services.accepted(info)
@@ -616,23 +531,29 @@ class Association:
     # -- data transfer
 
     def _serve(self) -> None:
+        """Sta6 on: each PDU's event, and the action the table gives it."""
         while True:
-            kind, body = self._read_pdu()
-            if kind == P_DATA_TF:
+            event, body = self._read_pdu()
+            action = self._step(event)
+            if action is Action.DT_2:
                 self._p_data(body)
-            elif kind == A_RELEASE_RQ:
-                if self._store is not None:
+            elif action is Action.AR_2:  # A-RELEASE indication; we answer at once (Evt14)
+                if self._store is not None:  # Evt19 in Sta8: AA-8
                     raise ProtocolError("A-RELEASE-RQ in the middle of a dataset")
+                self._step(Event.EVT14)  # AR-4: Sta13
                 self._send(release_rp())
                 self.established = False
-                self._linger = True  # AR-4: the requestor closes, within the ARTIM timeout
+                self._linger = True  # the requestor closes, within the ARTIM timeout
                 return
-            elif kind == A_ABORT:
+            elif action is Action.AA_3:  # the peer aborted: Sta1, close
                 log.info("association from %s aborted by the peer", self.info.address)
                 self._ended(aborted=True)
                 return
-            else:  # an A-RELEASE-RP: other types were refused by _read_pdu
-                raise ProtocolError(f"unexpected PDU type {kind:#04x}")
+            else:  # AA-8: a PDU the table does not expect here (Sta13)
+                log.warning("unexpected %s from %s; aborting", event, self.info.address)
+                self._send_abort(ABORT_PROVIDER, REASON_UNEXPECTED_PDU)
+                self._ended(aborted=self.established)
+                return
 
     def _p_data(self, body: memoryview) -> None:
         for context_id, control, data in pdv_items(body):
@@ -654,17 +575,17 @@ class Association:
             raise ProtocolError("command set too long", REASON_INVALID_PARAMETER)
         if not last:
             return
-        command = _parse_command(bytes(self._command))
+        command = Command.decode(bytes(self._command))
         self._command.clear()
         abstract, syntax = self.info.contexts[context_id]
-        mismatch = _context_mismatch(command, context_id, abstract)
+        mismatch = context_mismatch(command, context_id, abstract)
         if mismatch is not None:
             raise _CommandRefusedError(mismatch)
         if command.has_dataset:
             path = None
             if command.field == C_STORE_RQ:
                 path = self.acceptor.services.temporary_path()
-            self._store = _Store(path, command, context_id)
+            self._store = IncomingDataset(path, command, context_id)
             if path is not None:
                 meta = encode_file_meta(
                     abstract, command.sop_instance_uid, syntax, self.info.calling_ae
@@ -688,11 +609,11 @@ class Association:
             store.close()
             self._answer(context_id, store.command, store)
 
-    def _answer(self, context_id: int, command: _Command, store: _Store | None) -> None:
+    def _answer(self, context_id: int, command: Command, store: IncomingDataset | None) -> None:
         if command.field == C_CANCEL_RQ:
             return  # nothing runs asynchronously: nothing to cancel
         if command.field == C_ECHO_RQ:
-            answer = Answer(0x0000)
+            answer = Answer(Status.SUCCESS)
         elif command.field == C_STORE_RQ and store is not None:
             abstract, syntax = self.info.contexts[context_id]
             request = StoreRequest(
@@ -708,28 +629,13 @@ class Association:
             else:
                 answer = self.acceptor.services.store(self.info, request)
         else:
-            answer = Answer(UNRECOGNISED_OPERATION)
-        self._send_command(context_id, self._response(command, answer.status, answer.comment))
+            answer = Answer(Status.UNRECOGNISED_OPERATION)
+        self._send_command(context_id, response_to(command, answer.status, answer.comment))
         if answer.then is not None:
             try:
                 answer.then()
             except Exception:
                 log.exception("the work after a C-STORE response failed")
-
-    def _response(self, command: _Command, status: int, comment: str) -> bytes:
-        elements = [
-            (0x0100, struct.pack("<H", command.field | 0x8000)),
-            (0x0120, struct.pack("<H", command.message_id)),
-            (0x0800, struct.pack("<H", NO_DATASET)),
-            (0x0900, struct.pack("<H", status)),
-        ]
-        if command.sop_class_uid:
-            elements.append((0x0002, encode_uid(command.sop_class_uid)))
-        if command.field == C_STORE_RQ and command.sop_instance_uid:
-            elements.append((0x1000, encode_uid(command.sop_instance_uid)))
-        if comment:
-            elements.append((0x0902, encode_text(comment[:64])))
-        return encode_command(elements)
 
     def _send_command(self, context_id: int, command: bytes) -> None:
         """P-DATA-TF PDU(s) carrying a command, fragmented to the peer's maximum length."""
