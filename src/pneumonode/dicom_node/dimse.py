@@ -87,6 +87,7 @@ PRIORITY_MEDIUM = 0x0000
 _ELEMENT_HEADER = struct.Struct("<HHI")
 _US = struct.Struct("<H")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_COMMAND_NAMES = {C_STORE_RQ: "C-STORE-RQ", C_ECHO_RQ: "C-ECHO-RQ", C_CANCEL_RQ: "C-CANCEL-RQ"}
 
 
 class Status(IntEnum):
@@ -238,11 +239,12 @@ class Response:
         """The response to the request ``message_id``; raises ``ProtocolError`` for one without
         a status, a dataset following it, or answering another request."""
         values = command_elements(data)
+        field = _number(values, COMMAND_FIELD) if COMMAND_FIELD in values else _RESPONSE_BIT
+        if not field & _RESPONSE_BIT:
+            name = _COMMAND_NAMES.get(field, f"a request (command field {field:#06x})")
+            raise ProtocolError(f"{name} instead of a response")
         if len(values.get(STATUS, b"")) != 2:
             raise ProtocolError("a response without a status")
-        field = values.get(COMMAND_FIELD, b"")
-        if len(field) == 2 and not _US.unpack(field)[0] & _RESPONSE_BIT:
-            raise ProtocolError(f"a request (command field {_US.unpack(field)[0]:#06x})")
         answered = values.get(MESSAGE_ID_BEING_RESPONDED_TO, b"")
         if len(answered) == 2 and _US.unpack(answered)[0] != message_id:
             raise ProtocolError("a response to another request")
@@ -250,8 +252,6 @@ class Response:
 
 
 # --- a command on its presentation context ----------------------------------------------------
-
-_COMMAND_NAMES = {C_STORE_RQ: "C-STORE-RQ", C_ECHO_RQ: "C-ECHO-RQ"}
 
 
 def _shown_uid(uid: str) -> str:

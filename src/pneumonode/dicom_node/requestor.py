@@ -200,6 +200,8 @@ class Requestor:
             raise AssociationRejectedError(
                 Rejection(rejected.result, rejected.source, rejected.reason)
             )
+        if kind == A_ABORT:
+            raise AssociationAbortedError("the peer aborted the association request")
         raise AssociationAbortedError(f"answered the association request with PDU type {kind}")
 
     def _associate_rq(self) -> bytes:
