@@ -23,6 +23,7 @@ from pneumonode.api.security import ApiToken
 from pneumonode.config import Settings
 from pneumonode.conversion.prepare import prepare_radiograph
 from pneumonode.db.models import AuditEvent, Delivery, DeliveryState, Job, JobState, Result
+from pneumonode.identity import OWN_OUTPUT_REASON
 from pneumonode.model.predictor import Predictor
 from pneumonode.worker.pipeline import PipelineContext, process_job
 from pneumonode.worker.tasks import celery_config
@@ -414,6 +415,11 @@ def test_our_own_returned_objects_are_hidden_unless_asked_for(api: Api) -> None:
     study = api.get(f"/api/studies/{study_uid}", params={"own": True}).json()  # type: ignore[attr-defined]
     own = {i["sop_uid"]: i["own_output"] for i in study["instances"]}
     assert own == {api.positive_sop: False, seg_uid: True}
+    rows = api.get("/api/results").json()  # type: ignore[attr-defined]
+    assert len(rows) == 3 and seg_uid not in {r["sop_uid"] for r in rows}
+    rows = api.get("/api/results", params={"own": True}).json()  # type: ignore[attr-defined]
+    (back,) = [r for r in rows if r["sop_uid"] == seg_uid]
+    assert back["status"] == "skipped" and back["skip_reason"] == OWN_OUTPUT_REASON
 
 
 def test_deliveries_are_labelled_seg_sr_sc(api: Api) -> None:

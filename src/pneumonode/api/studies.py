@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pneumonode.api.deliveries import delivery_out
@@ -41,6 +41,7 @@ from pneumonode.db.queries import (
     StudyRow,
     list_results,
     list_studies,
+    not_own_output,
     study_row,
 )
 from pneumonode.dicom_node.spool import safe_component
@@ -138,9 +139,7 @@ def study(
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no study with this Study Instance UID")
     query = select(Instance).where(Instance.study_id == row.id).order_by(Instance.received_at)
     if not own:
-        query = query.where(
-            or_(Instance.skip_reason.is_(None), Instance.skip_reason != OWN_OUTPUT_REASON)
-        )
+        query = query.where(not_own_output())
     instances = session.scalars(query).all()
     events = session.scalars(
         select(AuditEvent)
@@ -285,6 +284,7 @@ def results_export(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    own: Annotated[bool, OWN] = False,
 ) -> Response:
     """One row per received image (the same as `pneumonode results`), as JSON or CSV."""
     if study_uid is not None:
@@ -295,7 +295,7 @@ def results_export(
         )
     rows = list_results(
         session,
-        ResultFilters(study_uid, patient_id, since, positive, status_, limit, offset),
+        ResultFilters(study_uid, patient_id, since, positive, status_, limit, offset, own),
     )
     records: list[dict[str, Any]] = []
     for row in rows:

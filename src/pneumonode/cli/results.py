@@ -77,6 +77,11 @@ def add_commands(group: CommandGroup) -> None:
     results.add_argument(
         "--status", choices=("pending", "queued", "running", "done", "failed", "skipped")
     )
+    results.add_argument(
+        "--own",
+        action="store_true",
+        help="also our own SEG/SR/SC that came back from the PACS (skipped by the loop guard)",
+    )
     results.add_argument("--limit", type=positive_int, default=1000)
     results.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
@@ -168,6 +173,7 @@ def _cmd_results(settings: Settings, args: argparse.Namespace) -> int:
         positive=True if args.positive else None,
         status=args.status,
         limit=args.limit,
+        own_output=args.own,
     )
     with open_database(settings).session() as session:
         found = list_results(session, filters)

@@ -59,6 +59,7 @@ __all__ = [
     "delivery_histograms",
     "list_results",
     "list_studies",
+    "not_own_output",
     "refusal_counts",
     "seconds_between",
     "span_histogram",
@@ -79,6 +80,7 @@ class ResultFilters:
     status: str | None = None
     limit: int = 1000
     offset: int = 0
+    own_output: bool = False  # our own SEG/SR/SC that came back from the PACS: left out unless True
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,12 @@ class ResultRow:
         if self.deliveries_dead:
             return "dead"
         return "sent" if self.deliveries_sent == self.deliveries_total else "pending"
+
+
+def not_own_output() -> ColumnElement[bool]:
+    """WHERE clause: the instance is not our own output come back (SEG/SR/SC the loop guard
+    skipped), which the worklist and the results leave out unless asked."""
+    return or_(Instance.skip_reason.is_(None), Instance.skip_reason != OWN_OUTPUT_REASON)
 
 
 def _latest_results() -> Subquery:
@@ -155,6 +163,8 @@ def results_query(filters: ResultFilters) -> Select[Any]:
         .limit(filters.limit)
         .offset(filters.offset)
     )
+    if not filters.own_output:
+        query = query.where(not_own_output())
     if filters.study_uid:
         query = query.where(Study.study_uid == filters.study_uid)
     if filters.patient_id:
@@ -312,9 +322,7 @@ def _study_counts(own_output: bool = False) -> Subquery:
         .group_by(Instance.study_id)
     )
     if not own_output:
-        query = query.where(
-            or_(Instance.skip_reason.is_(None), Instance.skip_reason != OWN_OUTPUT_REASON)
-        )
+        query = query.where(not_own_output())
     return query.subquery()
 
 
