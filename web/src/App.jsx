@@ -4,6 +4,7 @@ import Worklist from "./pages/Worklist.jsx";
 import Study from "./pages/Study.jsx";
 import System from "./pages/System.jsx";
 import Upload from "./pages/Upload.jsx";
+import Performance from "./pages/Performance.jsx";
 
 function useHashRoute() {
   const [hash, setHash] = useState(window.location.hash || "#/");
@@ -56,6 +57,7 @@ function TokenForm({ onSaved, error }) {
 const NAV = [
   ["#/", "Worklist"],
   ["#/upload", "Upload"],
+  ["#/performance", "Performance"],
   ["#/system", "System"],
 ];
 
@@ -85,6 +87,7 @@ export default function App() {
   if (route.startsWith("/study/")) page = <Study studyUid={decodeURIComponent(route.slice(7))} />;
   else if (route === "/system") page = <System />;
   else if (route === "/upload") page = <Upload />;
+  else if (route === "/performance") page = <Performance />;
   else page = <Worklist />;
 
   return (

@@ -2,6 +2,7 @@ import { useEffect, useState } from "react";
 import { getJson, imageUrl, postJson } from "../api.js";
 import { formatArea, formatDate, formatTime } from "../format.js";
 import Badge from "./Badge.jsx";
+import Feedback from "./Feedback.jsx";
 import ModelLimits from "./ModelLimits.jsx";
 
 function Viewer({ instance }) {
@@ -247,6 +248,7 @@ export default function Study({ studyUid }) {
               {instance.modality || "?"} image <span className="font-mono text-xs">{instance.sop_uid}</span>
             </h3>
             <Finding instance={instance} onAction={() => setTick((t) => t + 1)} />
+            <Feedback instance={instance} />
           </div>
         </article>
       ))}
