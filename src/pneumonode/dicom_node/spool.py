@@ -5,6 +5,9 @@ renamed into place and its directory fsynced: after ``commit`` returns (or ``pla
 fsyncs have finished), the file survives a power cut, and no half-written file is ever visible
 under its final name. UIDs are sanitised before they become path components, so no UID can leave
 the spool directory.
+
+:class:`IncomingFile` is the listener's spool step (of parse, spool, record): one received file
+from its arrival in ``.incoming`` to its durable place, hashed when a re-send is compared.
 """
 
 from __future__ import annotations
@@ -14,16 +17,25 @@ import logging
 import os
 import re
 import shutil
+import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["Spool", "Syncs", "safe_component"]
+__all__ = [
+    "IncomingFile",
+    "Spool",
+    "Syncs",
+    "dataset_offset",
+    "hash_dataset",
+    "safe_component",
+]
 
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
 _MAX_COMPONENT = 128
+_HASH_CHUNK = 1 << 20
 
 
 def safe_component(uid: str) -> str:
@@ -168,3 +180,81 @@ class Spool:
         if removed:
             log.info("removed %d partial file(s) of interrupted transfers", removed)
         return removed
+
+
+def dataset_offset(path: Path) -> int:
+    """Byte offset of the dataset in a DICOM file: after preamble, 'DICM' and the file meta."""
+    with path.open("rb") as handle:
+        head = handle.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("no File Meta Information Group Length at the start of the file")
+    group_length: int = struct.unpack("<I", head[140:144])[0]
+    return 144 + group_length
+
+
+def hash_dataset(path: Path, offset: int) -> str:
+    """SHA-256 (hex) of the dataset bytes of a DICOM file: from ``offset`` (after the File
+    Meta Information) to the end."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class IncomingFile:
+    """A received file (``temp``, in ``.incoming``) on its way to its place in the spool.
+
+    Its fsync starts at once, so that the disk works while the header is read and the database
+    queried. A first arrival is put in place by :meth:`place_new` while its rows wait to commit;
+    a re-send is compared with the stored file by :meth:`replace_if_changed`.
+    """
+
+    def __init__(self, spool: Spool, temp: Path) -> None:
+        self.spool = spool
+        self.temp = temp
+        self.synced = spool.start_sync(temp)
+        self._new: Path | None = None  # a file of ours that no other file was in place of
+        self._folder_synced: Syncs | None = None
+
+    def place_new(self, study_uid: str, sop_uid: str) -> None:
+        """Rename the file into place (once its fsync is done); the folders' fsyncs run on
+        until :meth:`wait_until_durable`, so that a transaction can commit meanwhile."""
+        relative, self._folder_synced = self.spool.place(self.temp, study_uid, sop_uid, self.synced)
+        self._new = self.spool.root / relative
+
+    def replace_if_changed(
+        self, offset: int, study_uid: str, sop_uid: str, stored_sha256: str | None, stored: str
+    ) -> tuple[str, bool]:
+        """For a SOP Instance UID held already (its file at ``stored``, relative to the spool,
+        with ``stored_sha256`` when known): the dataset's hash, and whether it is unchanged.
+        Different bytes replace the stored file, durably before this returns (before the
+        transaction that records them may commit); identical ones leave it."""
+        new = hash_dataset(self.temp, offset)
+        old = stored_sha256 or self._stored_hash(self.spool.root / stored)
+        final = self.spool.root / self.spool.relative_path(study_uid, sop_uid)
+        unchanged = new == old and final.is_file()
+        if not unchanged:
+            _, folder_synced = self.spool.place(self.temp, study_uid, sop_uid, self.synced)
+            folder_synced.result()
+        return new, unchanged
+
+    @staticmethod
+    def _stored_hash(path: Path) -> str | None:
+        try:
+            return hash_dataset(path, dataset_offset(path))
+        except (OSError, ValueError):
+            return None  # the stored file is gone or damaged: keep the new one
+
+    def wait_until_durable(self) -> None:
+        """Wait for the fsyncs of the folders :meth:`place_new` changed."""
+        if self._folder_synced is not None:
+            self._folder_synced.result()
+
+    def withdraw(self) -> None:
+        """Remove a first arrival's file again (its transaction failed): the spool never keeps
+        a file the database does not know."""
+        if self._new is not None:
+            self._new.unlink(missing_ok=True)
+            self._new = None
