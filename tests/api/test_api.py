@@ -436,7 +436,7 @@ def test_dead_lettered_deliveries_are_listed_with_their_reason(api: Api) -> None
     for row in rows:
         assert row["state"] == "dead" and row["overdue"] is False
         assert row["destination"] == "PACS@127.0.0.1:9"
-        assert row["reason"].startswith("dead-lettered after 1 attempts: ")
+        assert row["reason"].startswith("dead-lettered after 1 attempt: ")
         assert row["last_error"] and row["last_error"] in row["reason"]
 
 

@@ -358,7 +358,7 @@ def test_the_system_page_lists_dead_letters_and_resends_one(page: object, node: 
     delivery_id = int(first.get_attribute("data-dead-delivery"))
     assert first.locator("[data-kind]").inner_text() in ("SEG", "SR", "SC")
     reason = first.locator("[data-reason]").inner_text()
-    assert reason.startswith("dead-lettered after 1 attempts: "), reason
+    assert reason.startswith("dead-lettered after 1 attempt: "), reason
     assert re.fullmatch(
         r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", first.locator("[data-time]").inner_text()
     )

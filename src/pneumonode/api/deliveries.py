@@ -48,9 +48,8 @@ def _problem_out(delivery: Delivery, overdue_before: Any) -> DeliveryProblemOut:
             "sends deliveries, running?)"
         )
     else:
-        reason = f"dead-lettered after {delivery.attempts} attempts: " + (
-            delivery.last_error or "no error recorded"
-        )
+        attempts = f"{delivery.attempts} attempt{'' if delivery.attempts == 1 else 's'}"
+        reason = f"dead-lettered after {attempts}: " + (delivery.last_error or "no error recorded")
     return DeliveryProblemOut(
         **delivery_out(delivery).model_dump(),
         study_uid=delivery.study_uid,

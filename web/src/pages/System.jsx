@@ -63,13 +63,13 @@ function DeliveryProblems({ rows, onResent }) {
       .catch((e) => setMessage(e.message));
   return (
     <div data-delivery-problems>
-      <h3 className="mb-2 text-lg font-semibold">Dead-lettered and overdue deliveries</h3>
+      <h3 className="mb-2 text-lg font-semibold">Dead-lettered and overdue deliveries ({rows.length})</h3>
       {rows.length === 0 ? (
         <p className="text-sm text-slate-700">None: every result was sent or is waiting for its next attempt.</p>
       ) : (
-        <div className="overflow-x-auto rounded border border-slate-300 bg-white">
+        <div className="max-h-[28rem] overflow-auto rounded border border-slate-300 bg-white">
           <table className="w-full text-left text-sm">
-            <thead className="bg-slate-100">
+            <thead className="sticky top-0 bg-slate-100">
               <tr>
                 <th scope="col" className="px-3 py-2">Object</th>
                 <th scope="col" className="px-3 py-2">Destination</th>
@@ -93,7 +93,7 @@ function DeliveryProblems({ rows, onResent }) {
                   <td className="px-3 py-2" data-reason>
                     {d.reason}
                   </td>
-                  <td className="px-3 py-2 tabular-nums" data-time>
+                  <td className="whitespace-nowrap px-3 py-2 tabular-nums" data-time>
                     {formatTime(d.created_at)}
                   </td>
                   <td className="px-3 py-2">
@@ -107,7 +107,7 @@ function DeliveryProblems({ rows, onResent }) {
                     {d.state === "dead" && (
                       <button
                         type="button"
-                        className="rounded border border-orange-700 px-3 py-1 font-medium text-orange-900 hover:bg-orange-50"
+                        className="whitespace-nowrap rounded border border-orange-700 px-3 py-1 font-medium text-orange-900 hover:bg-orange-50"
                         onClick={() => resend(d.id)}
                       >
                         Re-send<span className="sr-only"> delivery {d.id}</span>

@@ -166,7 +166,7 @@ export default function Worklist() {
                 <td className="px-3 py-2 tabular-nums" data-date>
                   {formatDate(study.study_date)}
                 </td>
-                <td className="px-3 py-2 tabular-nums" data-time>
+                <td className="whitespace-nowrap px-3 py-2 tabular-nums" data-time>
                   {formatTime(study.received_at)}
                 </td>
                 <td className="px-3 py-2" data-images={study.images}>
