@@ -44,6 +44,7 @@ from pneumonode.db.queries import (
     not_own_output,
     study_row,
 )
+from pneumonode.db.repository import list_audit
 from pneumonode.dicom_node.spool import safe_component
 from pneumonode.files import write_atomic
 from pneumonode.identity import OWN_OUTPUT_REASON
@@ -320,23 +321,26 @@ def results_export(
 
 
 @router.get("/audit", response_model=list[AuditOut], responses=BAD)
-def audit(
+def audit_trail(
     session: SessionDep,
     study_uid: Annotated[str | None, Query(max_length=128)] = None,
     kind: Annotated[str | None, Query(max_length=48)] = None,
     since: Annotated[datetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
 ) -> list[AuditOut]:
-    """The audit trail, newest first."""
-    query = select(AuditEvent).order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)
+    """The audit trail, newest first (read through ``db``, which alone writes it)."""
     if study_uid is not None:
-        query = query.where(AuditEvent.study_uid == checked_uid(study_uid, "Study Instance UID"))
-    if kind is not None:
-        query = query.where(AuditEvent.kind == kind)
-    if since is not None:
-        if since.tzinfo is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, "since needs a time zone, e.g. ...Z"
-            )
-        query = query.where(AuditEvent.at >= since)
-    return [AuditOut.model_validate(e) for e in session.scalars(query)]
+        study_uid = checked_uid(study_uid, "Study Instance UID")
+    if since is not None and since.tzinfo is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "since needs a time zone, e.g. ...Z"
+        )
+    events = list_audit(
+        session,
+        study_uid=study_uid,
+        kinds=() if kind is None else (kind,),
+        since=since,
+        limit=limit,
+        newest_first=True,
+    )
+    return [AuditOut.model_validate(e) for e in events]

@@ -47,8 +47,9 @@ def list_audit(
     kinds: Sequence[str] = (),
     since: datetime | None = None,
     limit: int = 1000,
+    newest_first: bool = False,
 ) -> list[AuditEvent]:
-    """Audit events, oldest first, filtered."""
+    """The newest ``limit`` audit events, filtered; oldest first unless ``newest_first``."""
     query = select(AuditEvent)
     if study_uid:
         query = query.where(AuditEvent.study_uid == study_uid)
@@ -59,7 +60,8 @@ def list_audit(
     if since:
         query = query.where(AuditEvent.at >= since)
     query = query.order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)
-    return list(reversed(session.scalars(query).all()))
+    events = list(session.scalars(query))
+    return events if newest_first else events[::-1]
 
 
 def find_instance(session: Session, sop_uid: str) -> Instance | None:
