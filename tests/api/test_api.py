@@ -48,15 +48,34 @@ class Api:
         return self.client.post(url, headers={"Authorization": f"Bearer {TOKEN}"}, **kwargs)  # type: ignore[arg-type]
 
 
+def _empty_postgresql(request: pytest.FixtureRequest) -> str:
+    from sqlalchemy import create_engine, text
+
+    url: str = request.getfixturevalue("postgres_server")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
 @pytest.fixture
 def api(
+    request: pytest.FixtureRequest,
     node_factory: Callable[..., RunningNode],
     siim_sample_dicoms: list[Path],
     tiny_checkpoint: Callable[..., Path],
 ) -> Iterator[Api]:
     """Three SIIM images received and processed (a model that finds something everywhere on
-    the first, nothing on the others); results sent to a destination that is down."""
-    node = node_factory(destinations=["PACS@127.0.0.1:9"], send_max_attempts=1)
+    the first, nothing on the others); results sent to a destination that is down. On SQLite,
+    or on PostgreSQL where a test asks (``parametrize("api", ["postgresql"], indirect=True)``)."""
+    postgresql = getattr(request, "param", "sqlite") == "postgresql"
+    node = node_factory(
+        database_url=_empty_postgresql(request) if postgresql else None,
+        destinations=["PACS@127.0.0.1:9"],
+        send_max_attempts=1,
+    )
     files = siim_sample_dicoms[:3]
     storescu(files, node.port)
     jobs = [job.id for job in _jobs(node)]
@@ -371,6 +390,7 @@ def _set_probabilities(api: Api, probabilities: list[float | None]) -> None:
                 result.probability = probability
 
 
+@pytest.mark.parametrize("api", ["sqlite", "postgresql"], indirect=True)
 def test_studies_by_urgency_with_the_top_finding(api: Api) -> None:
     """Positive first, then by calibrated probability, then newest: the default order."""
     items = api.get("/api/studies").json()["items"]  # type: ignore[attr-defined]
@@ -400,6 +420,7 @@ def _send_our_seg_back(api: Api) -> str:
     return sop_uid
 
 
+@pytest.mark.parametrize("api", ["sqlite", "postgresql"], indirect=True)
 def test_our_own_returned_objects_are_hidden_unless_asked_for(api: Api) -> None:
     seg_uid = _send_our_seg_back(api)
     study_uid = _study_uid(api.files[0])
@@ -428,6 +449,7 @@ def test_deliveries_are_labelled_seg_sr_sc(api: Api) -> None:
     assert sorted(d["kind"] for d in deliveries) == ["SEG", "SR"]
 
 
+@pytest.mark.parametrize("api", ["sqlite", "postgresql"], indirect=True)
 def test_dead_lettered_deliveries_are_listed_with_their_reason(api: Api) -> None:
     assert api.client.get("/api/deliveries/problems").status_code == 401
     rows = api.get("/api/deliveries/problems").json()  # type: ignore[attr-defined]
@@ -456,6 +478,7 @@ def test_an_overdue_delivery_is_listed(api: Api) -> None:
     assert api.post(f"/api/deliveries/{delivery_id}/resend").status_code == 409  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("api", ["sqlite", "postgresql"], indirect=True)
 def test_resend_one_dead_lettered_delivery(api: Api) -> None:
     with api.node.database.session() as session:
         first, second, *_ = session.scalars(select(Delivery.id).order_by(Delivery.id))
