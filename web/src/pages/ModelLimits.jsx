@@ -44,6 +44,15 @@ export default function ModelLimits({ open = false }) {
           </ul>
         </details>
       )}
+      {model.card && (
+        <p className="mt-2">
+          The measurements are in the full model card, on the{" "}
+          <a href="#/system" className="text-blue-800 underline">
+            System page
+          </a>
+          .
+        </p>
+      )}
     </aside>
   );
 }
