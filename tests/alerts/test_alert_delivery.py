@@ -210,6 +210,8 @@ def test_a_positive_film_raises_a_validated_oru_and_a_signed_webhook(
         ("webhook", DeliveryState.SENT, 1),
     ]
     assert all(a.last_status in ("AA", "200") and a.sent_at is not None for a in alerts)
+    # each alert keeps its latency: the image's arrival to the ACK (or 2xx)
+    assert all(a.latency_seconds is not None and 0 < a.latency_seconds < 60 for a in alerts)
     events = _audit(node)
     assert [e.kind for e in events] == ["alert.queued"] * 2 + ["alert.sent"] * 2
     assert events[-1].detail is not None and events[-1].detail["seconds_since_received"] < 60

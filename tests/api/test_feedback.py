@@ -4,6 +4,7 @@ against a node that received real SIIM images and processed them."""
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,3 +246,42 @@ def test_alerts_are_listed_and_a_dead_one_is_resent(api: Api) -> None:
     again = api.post(f"/api/alerts/{alert_id}/resend")
     assert again.status_code == 409 and "pending" in again.json()["detail"]
     assert api.post("/api/alerts/999/resend").status_code == 404
+
+
+def test_the_alerts_command_lists_and_resends(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with api.node.database.session() as session:
+        result_id = session.scalars(select(Result.id).order_by(Result.id)).first()
+        for port, state, latency in (
+            (2575, DeliveryState.SENT, 0.42),
+            (2576, DeliveryState.DEAD, None),
+        ):
+            session.add(
+                Alert(
+                    channel=AlertChannel.HL7,
+                    destination=f"127.0.0.1:{port}",
+                    result_id=result_id,
+                    sop_uid=api.sops[0],
+                    control_id=f"c-{state}",
+                    payload="MSH|...",
+                    state=state,
+                    attempts=1,
+                    last_status="AA" if latency else "AE",
+                    latency_seconds=latency,
+                )
+            )
+    monkeypatch.setenv("PNEUMONODE_DATA_DIR", str(api.node.settings.data_dir))
+    assert main(["alerts", "list", "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(a["state"], a["latency_s"]) for a in listed] == [("dead", ""), ("sent", "0.420")]
+    assert "MSH" not in json.dumps(listed)
+    assert main(["alerts", "resend"]) == 1
+    assert "name alert ids" in capsys.readouterr().err
+    dead = listed[0]["id"]
+    assert main(["alerts", "resend", str(dead)]) == 0
+    assert f"re-queued: {dead}" in capsys.readouterr().out
+    assert main(["alerts", "list", "--state", "pending", "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # header + the re-queued one
+    assert main(["alerts", "resend", "--all"]) == 0
+    assert "no dead-lettered alerts match" in capsys.readouterr().out
