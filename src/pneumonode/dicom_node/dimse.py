@@ -26,6 +26,7 @@ from pneumonode.dicom_node.pdu_items import (
 __all__ = [
     "AFFECTED_SOP_CLASS_UID",
     "AFFECTED_SOP_INSTANCE_UID",
+    "CANCEL",
     "COMMAND_DATA_SET_TYPE",
     "COMMAND_FIELD",
     "COMMAND_GROUP_LENGTH",
@@ -36,22 +37,28 @@ __all__ = [
     "C_STORE_RSP",
     "DATASET_PRESENT",
     "ERROR_COMMENT",
+    "FAILURE",
     "IMPLICIT_VR_LITTLE_ENDIAN",
     "MESSAGE_ID",
     "MESSAGE_ID_BEING_RESPONDED_TO",
     "NO_DATASET",
+    "PENDING",
     "PRIORITY",
     "PRIORITY_MEDIUM",
     "STATUS",
+    "SUCCESS",
     "VERIFICATION",
+    "WARNING",
     "Command",
     "Response",
     "Status",
     "c_echo_rq",
     "c_store_rq",
+    "code_to_category",
     "command_elements",
     "context_mismatch",
     "encode_command",
+    "is_out_of_resources",
     "response_to",
 ]
 
@@ -111,6 +118,29 @@ class Status(IntEnum):
     ELEMENTS_DISCARDED = 0xB006
     DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007
     CANCEL = 0xFE00
+
+
+#: Status categories (PS3.7 C.1), as pynetdicom's ``status.code_to_category`` names them.
+SUCCESS, WARNING, FAILURE, CANCEL, PENDING = "Success", "Warning", "Failure", "Cancel", "Pending"
+
+
+def code_to_category(code: int) -> str:
+    """The category of a status code (PS3.7 C.1 to C.5, PS3.4 B.2.3): a warning is 0x0001,
+    0x0107, 0x0116 or 0xBxxx; anything not success, warning, cancel or pending is a failure."""
+    if code == Status.SUCCESS:
+        return SUCCESS
+    if code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF:
+        return WARNING
+    if code == Status.CANCEL:
+        return CANCEL
+    if code in (0xFF00, 0xFF01):
+        return PENDING
+    return FAILURE
+
+
+def is_out_of_resources(code: int) -> bool:
+    """Refused: Out of Resources, 0xA7xx (PS3.4 B.2.3): the peer may take it later."""
+    return Status.OUT_OF_RESOURCES <= code <= 0xA7FF
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -183,7 +213,8 @@ def response_to(request: Command, status: int, comment: str = "") -> bytes:
 
 def command_elements(data: bytes) -> dict[int, bytes]:
     """Element number -> value of a command set (group 0000, Implicit VR Little Endian); raises
-    ``ProtocolError`` for an element of another group or one whose length runs past the end."""
+    ``ProtocolError`` for an element of another group, one whose length runs past the end, or
+    bytes left over."""
     values: dict[int, bytes] = {}
     offset = 0
     while offset + 8 <= len(data):
@@ -193,6 +224,8 @@ def command_elements(data: bytes) -> dict[int, bytes]:
             raise ProtocolError("malformed command set", REASON_INVALID_PARAMETER)
         values[element] = data[offset : offset + length]
         offset += length
+    if offset != len(data):
+        raise ProtocolError("malformed command set", REASON_INVALID_PARAMETER)
     return values
 
 

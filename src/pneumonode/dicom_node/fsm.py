@@ -17,6 +17,7 @@ it, as pynetdicom does.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from enum import StrEnum
 
 __all__ = [
@@ -297,7 +298,8 @@ class StateMachine:
     def __init__(self, state: State = S.STA1, *, requestor: bool) -> None:
         self.state = state
         self.requestor = requestor
-        self.history: list[tuple[State, Event, Action]] = []
+        #: the last transitions (state, event, action), for a log
+        self.history: deque[tuple[State, Event, Action]] = deque(maxlen=32)
         self._lock = threading.Lock()
 
     def event(self, event: Event, *, acceptable: bool = True) -> Action:
@@ -313,7 +315,6 @@ class StateMachine:
             else:
                 (following,) = choices
             self.history.append((self.state, event, action))
-            del self.history[:-32]  # the last few, for a log
             self.state = following
             return action
 

@@ -13,7 +13,9 @@ transfer syntax each, user information with our maximum length, implementation c
 version name (no role selection, asynchronous operations or extended negotiation: the defaults
 apply, one operation at a time); C-ECHO-RQ; C-STORE-RQ of a file's dataset as stored (streamed,
 fragmented to the peer's maximum length) or of bytes given; A-RELEASE, a release collision
-answered as PS3.8 says; A-ABORT on any failure.
+answered as PS3.8 says; A-ABORT on any failure. What each PDU that arrives calls for is looked
+up in PS3.8's state transition table (``fsm.py``): an unexpected one is aborted (AA-8, from the
+service provider), a failure of ours or a timeout aborted by us as the service user (AA-1).
 """
 
 from __future__ import annotations
@@ -33,15 +35,11 @@ from pneumonode.dicom_node.dimse import (
     c_echo_rq,
     c_store_rq,
 )
+from pneumonode.dicom_node.fsm import Action, Event, InvalidEventError, StateMachine, pdu_event
 from pneumonode.dicom_node.pdu import (
-    A_ABORT,
-    A_ASSOCIATE_AC,
-    A_ASSOCIATE_RJ,
-    A_RELEASE_RP,
-    A_RELEASE_RQ,
+    ABORT_PROVIDER,
     ABORT_SERVICE_USER,
     CONTEXT_ACCEPTED,
-    P_DATA_TF,
     PDU_HEADER,
     PDV_COMMAND,
     PDV_LAST,
@@ -61,6 +59,7 @@ from pneumonode.dicom_node.pdu import (
 from pneumonode.dicom_node.pdu_items import (
     APPLICATION_CONTEXT,
     IMPLEMENTATION_CLASS_UID,
+    REASON_UNEXPECTED_PDU,
     PresentationContextRQ,
     ProtocolError,
     UserInformation,
@@ -158,15 +157,19 @@ class Requestor:
         self.accepted: dict[tuple[str, str], int] = {}
         self.peer_max_pdu = 0
         self.established = False
+        self.fsm = StateMachine(requestor=True)
         self._sock: socket.socket | None = None
         self._message_id = 0
 
     # -- association
 
     def open(self) -> None:
+        self.fsm = StateMachine(requestor=True)
+        self.fsm.event(Event.EVT1)  # AE-1: connect (Sta4)
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
+            self._step(Event.EVT17)  # AA-4
             raise ConnectError(str(exc)) from exc
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -175,18 +178,22 @@ class Requestor:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
             except (OSError, ValueError) as exc:
                 sock.close()
+                self._step(Event.EVT17)  # AA-4
                 raise ConnectError(f"TLS handshake: {exc}") from exc
         sock.settimeout(self.timeout)
         self._sock = sock
+        self.fsm.event(Event.EVT2)  # AE-2: A-ASSOCIATE-RQ (Sta5)
         try:
             self._send(self._associate_rq())
             kind, body = self._read_pdu()
+        except TimeoutError:
+            self.abort()  # Evt15: AA-1
+            raise
         except (OSError, ProtocolError) as exc:
-            self.close()
-            if isinstance(exc, TimeoutError):
-                raise
+            self._failed(exc)
             raise AssociationAbortedError(str(exc)) from exc
-        if kind == A_ASSOCIATE_AC:
+        action = self._step(pdu_event(kind))
+        if action is Action.AE_3:
             try:
                 self._accepted(body)
             except ProtocolError as exc:
@@ -194,14 +201,16 @@ class Requestor:
                 raise AssociationAbortedError(str(exc)) from exc
             self.established = True
             return
-        self.close()
-        if kind == A_ASSOCIATE_RJ and len(body) >= 4:
+        if action is Action.AE_4 and len(body) >= 4:
+            self.close()
             rejected = AssociateRJ.decode(body)
             raise AssociationRejectedError(
                 Rejection(rejected.result, rejected.source, rejected.reason)
             )
-        if kind == A_ABORT:
+        if action is Action.AA_3:
+            self.close()
             raise AssociationAbortedError("the peer aborted the association request")
+        self._aborted_by_us(Action.AA_8, REASON_UNEXPECTED_PDU)
         raise AssociationAbortedError(f"answered the association request with PDU type {kind}")
 
     def _associate_rq(self) -> bytes:
@@ -246,23 +255,55 @@ class Requestor:
             return
         self.established = False
         try:
+            self.fsm.event(Event.EVT11)  # AR-1 (Sta7)
             self._send(release_rq())
             while True:
                 kind, _body = self._read_pdu()
-                if kind in (A_RELEASE_RP, A_ABORT):
-                    break
-                if kind == A_RELEASE_RQ:  # a release collision
+                action = self._step(pdu_event(kind))
+                if action is Action.AR_6:  # a late response may still come first
+                    continue
+                if action is Action.AR_8:  # a release collision: Sta9, AR-9 (Sta11)
+                    self.fsm.event(Event.EVT14)
                     self._send(release_rp())
-                elif kind != P_DATA_TF:  # a late response may still come first
-                    raise ProtocolError(f"PDU type {kind} instead of A-RELEASE-RP")
-        except (OSError, ProtocolError):
-            self._send_abort()
+                    continue
+                if action not in (Action.AR_3, Action.AA_3):  # AA-8
+                    self._aborted_by_us(Action.AA_8, REASON_UNEXPECTED_PDU)
+                break
+        except TimeoutError:
+            self.abort()
+        except (OSError, ProtocolError) as exc:
+            self._failed(exc)
         self.close()
 
     def abort(self) -> None:
+        """A-ABORT from us, the service user (Evt15: AA-1), then close."""
+        self._aborted_by_us(self._step(Event.EVT15), REASON_NOT_SPECIFIED)
+
+    def _failed(self, exc: OSError | ProtocolError) -> None:
+        """The connection failed (Evt17: AA-4, close) or an invalid PDU came (Evt19: AA-8)."""
+        if isinstance(exc, ProtocolError):
+            self._aborted_by_us(self._step(Event.EVT19), exc.reason)
+        else:
+            self._step(Event.EVT17)
+            self.close()
+
+    def _aborted_by_us(self, action: Action | None, reason: int) -> None:
+        """Carry out an abort action (Sta13 after it), then close: AA-1 sends an A-ABORT from
+        the service user, AA-7 and AA-8 one from the service provider with ``reason``."""
         self.established = False
-        self._send_abort()
+        if action is Action.AA_1:
+            self._send_abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+        elif action in (Action.AA_7, Action.AA_8):
+            self._send_abort(ABORT_PROVIDER, reason)
         self.close()
+
+    def _step(self, event: Event) -> Action | None:
+        """The action of ``event`` in the current state (the machine moves on), or None where
+        the table has none (the association is over)."""
+        try:
+            return self.fsm.event(event)
+        except InvalidEventError:
+            return None
 
     def close(self) -> None:
         self.established = False
@@ -316,7 +357,10 @@ class Requestor:
             self.abort()
             raise
         except (OSError, ProtocolError) as exc:
-            self.abort()
+            if isinstance(exc, ProtocolError):
+                self.abort()  # we cannot use what came: the service user aborts (AA-1)
+            else:
+                self._failed(exc)
             raise AssociationAbortedError(str(exc) or type(exc).__name__) from exc
 
     def _fragment(self) -> int:
@@ -350,10 +394,14 @@ class Requestor:
         command = bytearray()
         while True:
             kind, body = self._read_pdu()
-            if kind == A_ABORT:
+            action = self._step(pdu_event(kind))
+            if action is Action.AA_3:
                 self.close()
                 raise AssociationAbortedError("the peer aborted the association")
-            if kind != P_DATA_TF:
+            if action is Action.AA_8:
+                self._aborted_by_us(action, REASON_UNEXPECTED_PDU)
+                raise AssociationAbortedError(f"PDU type {kind} while waiting for a response")
+            if action is not Action.DT_2:  # AR-2: a release asked for mid-operation
                 raise ProtocolError(f"PDU type {kind} while waiting for a response")
             for pdv_context, control, value in pdv_items(body):
                 if pdv_context != context_id or not control & PDV_COMMAND:
@@ -368,10 +416,10 @@ class Requestor:
         assert self._sock is not None
         self._sock.sendall(data)
 
-    def _send_abort(self) -> None:
+    def _send_abort(self, source: int, reason: int) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.sendall(Abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED).encode())
+                self._sock.sendall(Abort(source, reason).encode())
 
     def _recv_exactly(self, length: int) -> bytearray:
         assert self._sock is not None

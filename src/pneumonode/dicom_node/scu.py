@@ -12,6 +12,14 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 from pynetdicom.dsutils import encode, split_dataset
 
+from pneumonode.dicom_node.dimse import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    SUCCESS,
+    VERIFICATION,
+    WARNING,
+    code_to_category,
+    is_out_of_resources,
+)
 from pneumonode.dicom_node.peers import Destination
 from pneumonode.dicom_node.requestor import (
     AssociationAbortedError,
@@ -19,7 +27,6 @@ from pneumonode.dicom_node.requestor import (
     ConnectError,
     Requestor,
 )
-from pneumonode.dicom_node.upper import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION
 
 __all__ = ["EchoResult", "Failure", "SendOutcome", "echo", "send_files"]
 
@@ -118,13 +125,13 @@ def echo(
     except (AssociationAbortedError, TimeoutError):
         return EchoResult(False, f"{destination} did not answer C-ECHO")
     association.release()
-    if code == 0x0000:
+    if code_to_category(code) == SUCCESS:
         return EchoResult(True, f"{destination} answered C-ECHO")
     return EchoResult(False, f"{destination} answered C-ECHO with status {code}")
 
 
 def _status_failure(code: int) -> Failure:
-    return Failure.TRANSIENT if 0xA700 <= code <= 0xA7FF else Failure.PERMANENT
+    return Failure.TRANSIENT if is_out_of_resources(code) else Failure.PERMANENT
 
 
 @dataclass(frozen=True)
@@ -262,7 +269,7 @@ def _store_one(association: Requestor, found: _File, destination: Destination) -
             path, False, failure=Failure.TRANSIENT, reason=f"send failed ({type(exc).__name__})"
         )
     code = response.status
-    if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
+    if code_to_category(code) in (SUCCESS, WARNING):
         return SendOutcome(path, True, status=code)
     comment = response.comment
     return SendOutcome(

@@ -549,9 +549,10 @@ class Association:
                 log.info("association from %s aborted by the peer", self.info.address)
                 self._ended(aborted=True)
                 return
-            else:  # AA-8: a PDU the table does not expect here (Sta13)
-                log.warning("unexpected %s from %s; aborting", event, self.info.address)
-                self._send_abort(ABORT_PROVIDER, REASON_UNEXPECTED_PDU)
+            else:  # AA-8: a PDU the table does not expect here; AA-6: aborted meanwhile
+                if action is Action.AA_8:
+                    log.warning("unexpected %s from %s; aborting", event, self.info.address)
+                    self._send_abort(ABORT_PROVIDER, REASON_UNEXPECTED_PDU)
                 self._ended(aborted=self.established)
                 return
 
@@ -638,7 +639,8 @@ class Association:
                 log.exception("the work after a C-STORE response failed")
 
     def _send_command(self, context_id: int, command: bytes) -> None:
-        """P-DATA-TF PDU(s) carrying a command, fragmented to the peer's maximum length."""
+        """P-DATA-TF PDU(s) carrying a command, fragmented to the peer's maximum length (DT-1)."""
+        self._step(Event.EVT9)
         peer_max = self.info.peer_max_pdu
         step = len(command) if not peer_max else max(1, min(len(command), peer_max - 6))
         pdus = []
