@@ -14,8 +14,8 @@ from pneumonode.db.models import Feedback, FeedbackVerdict, Instance, Job, Resul
 
 __all__ = [
     "MAX_COMMENT",
+    "AnalysedFilm",
     "FeedbackError",
-    "ReviewedFilm",
     "films_in_period",
     "list_feedback",
     "record_feedback",
@@ -30,7 +30,7 @@ class FeedbackError(ValueError):
 
 
 @dataclass(frozen=True)
-class ReviewedFilm:
+class AnalysedFilm:
     """One analysed image with its newest result and, when reviewed, its newest verdict.
 
     ``path`` is relative to the spool directory; ``pruned`` means retention deleted the files.
@@ -126,7 +126,7 @@ def films_in_period(
     *,
     reviewed_only: bool = False,
     limit: int = 100_000,
-) -> list[ReviewedFilm]:
+) -> list[AnalysedFilm]:
     """Images received in ``[since, until)`` that have a result, oldest first, each with its
     newest result and its newest feedback (verdict None when nobody reviewed it)."""
     latest_result = (
@@ -158,7 +158,7 @@ def films_in_period(
     films = []
     for instance, study_uid, result, feedback in session.execute(query):
         films.append(
-            ReviewedFilm(
+            AnalysedFilm(
                 instance_id=instance.id,
                 sop_uid=instance.sop_uid,
                 study_uid=study_uid,
