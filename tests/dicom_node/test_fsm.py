@@ -260,3 +260,18 @@ def test_the_listener_answers_each_first_pdu_in_sta2_as_the_table_says(node_fact
         sock.sendall(_pdu(kind, body))
         reply = _read_all(sock)
     assert reply == _on_the_wire(action_for(S.STA2, pdu_event(kind)), reason)
+
+
+@pytest.mark.integration
+def test_the_network_timeout_is_the_service_users_abort(node_factory) -> None:
+    """Silence in Sta6 past the network timeout: we decide to abort, as the service user
+    (Evt15: AA-1, an A-ABORT with source 0), and close."""
+    node = node_factory(network_timeout=1.0)
+    assert action_for(S.STA6, E.EVT15) is A.AA_1
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(_associate_rq())
+        sock.settimeout(10)
+        assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC: Sta6
+        sock.recv(65536)
+        reply = _read_all(sock)
+    assert reply == _pdu(0x07, bytes([0, 0, 0, 0]))
