@@ -29,7 +29,9 @@ function TokenForm({ onSaved, error }) {
     >
       <h2 className="mb-2 text-lg font-semibold">Sign in with the API token</h2>
       <p className="mb-4 text-sm text-slate-700">
-        The token was printed when the node first started (or set as PNEUMONODE_API_TOKEN).
+        The token was printed when the node first started (or set as PNEUMONODE_API_TOKEN). A named
+        token of PNEUMONODE_API_TOKENS (name:token,...) signs you in under its name, which your feedback
+        and re-runs carry.
       </p>
       <label htmlFor="token" className="mb-1 block text-sm font-medium">
         API token

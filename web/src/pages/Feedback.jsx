@@ -1,5 +1,6 @@
 import { useEffect, useState } from "react";
 import { ApiError, getJson, getToken } from "../api.js";
+import { formatTime } from "../format.js";
 
 // A radiologist's verdict on one image's result: agree, disagree (no pneumothorax) or missed
 // (a pneumothorax the model did not mark), with an optional comment. Stored per image under
@@ -90,7 +91,7 @@ export default function Feedback({ instance }) {
       {latest && (
         <p data-verdict={latest.verdict} className="text-slate-700">
           Newest verdict: <span className="font-medium">{latest.verdict}</span> by {latest.reviewer},{" "}
-          {new Date(latest.created_at).toLocaleString()}
+          <time dateTime={latest.created_at}>{formatTime(latest.created_at)}</time>
           {latest.comment && <span> — “{latest.comment}”</span>}
           {history.length > 1 && <span> ({history.length} reviews)</span>}
         </p>
