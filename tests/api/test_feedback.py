@@ -7,6 +7,7 @@ import csv
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,15 @@ from pneumonode.api import create_app
 from pneumonode.api.security import ApiToken
 from pneumonode.cli import main
 from pneumonode.conversion.siim import INDEX_COLUMNS
-from pneumonode.db.models import Alert, AlertChannel, AuditEvent, DeliveryState, Job, Result
+from pneumonode.db.models import (
+    Alert,
+    AlertChannel,
+    AuditEvent,
+    DeliveryState,
+    Job,
+    Result,
+    utcnow,
+)
 from pneumonode.model.predictor import Predictor
 from pneumonode.worker.pipeline import PipelineContext, process_job
 
@@ -246,6 +255,71 @@ def test_alerts_are_listed_and_a_dead_one_is_resent(api: Api) -> None:
     again = api.post(f"/api/alerts/{alert_id}/resend")
     assert again.status_code == 409 and "pending" in again.json()["detail"]
     assert api.post("/api/alerts/999/resend").status_code == 404
+
+
+def test_the_alerts_that_wait_for_someone_are_listed_with_a_reason(api: Api) -> None:
+    """GET /api/alerts/problems (the System page's list): dead-lettered and overdue alerts,
+    oldest first, each with its reason; a webhook URL redacted, never the message."""
+    now = utcnow()
+    with api.node.database.session() as session:
+        result_id = session.scalars(select(Result.id).order_by(Result.id)).first()
+        assert result_id is not None
+
+        def add(destination: str, state: DeliveryState, **values: Any) -> int:
+            channel = AlertChannel.WEBHOOK if "://" in destination else AlertChannel.HL7
+            values = {"payload": "MSH|...", "control_id": destination[-8:], **values}
+            row = Alert(
+                channel=channel,
+                destination=destination,
+                result_id=result_id,
+                study_uid="1.2.3",
+                state=state,
+                **values,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+        dead = add(
+            "127.0.0.1:2575",
+            DeliveryState.DEAD,
+            attempts=3,
+            last_status="AE",
+            last_error="AE: unknown patient",
+            created_at=now - timedelta(hours=2),
+        )
+        unbuildable = add(
+            "https://ris.example/hook/secret-path?key=secret",
+            DeliveryState.DEAD,
+            payload="",
+            last_error="cannot build the message: too long",
+            created_at=now - timedelta(hours=1),
+        )
+        overdue = add(
+            "127.0.0.1:2576",
+            DeliveryState.PENDING,
+            next_attempt_at=now - timedelta(minutes=30),
+            created_at=now - timedelta(minutes=31),
+        )
+        add("127.0.0.1:2577", DeliveryState.PENDING, next_attempt_at=now)  # waits, not overdue
+        add("127.0.0.1:2578", DeliveryState.SENT, attempts=1, sent_at=now)
+    answer = api.get("/api/alerts/problems")
+    assert answer.status_code == 200, answer.json()
+    listed = answer.json()
+    assert [a["id"] for a in listed] == [dead, unbuildable, overdue]
+    by_id = {a["id"]: a for a in listed}
+    assert by_id[dead]["reason"] == "dead-lettered after 3 attempts: AE: unknown patient"
+    assert by_id[dead]["resendable"] and not by_id[dead]["overdue"]
+    assert by_id[dead]["channel"] == "hl7" and by_id[dead]["attempts"] == 3
+    webhook = by_id[unbuildable]
+    assert webhook["reason"] == "dead-lettered: cannot build the message: too long"
+    assert not webhook["resendable"]  # nothing to send again
+    assert "secret" not in webhook["destination"]
+    assert by_id[overdue]["overdue"] and by_id[overdue]["reason"].startswith("overdue: ")
+    assert not by_id[overdue]["resendable"]
+    assert "MSH" not in answer.text and "payload" not in listed[0]
+    assert api.get("/api/alerts/problems?limit=1").json()[0]["id"] == dead
+    assert api.get("/api/alerts/problems", token="wrong").status_code == 401
 
 
 def test_the_alerts_command_lists_and_resends(

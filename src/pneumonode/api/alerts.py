@@ -1,4 +1,5 @@
-"""Alerts (HL7 ORU^R01 and webhooks): the list with their state and latency, and re-sending
+"""Alerts (HL7 ORU^R01 and webhooks): the list with their state and latency, the ones that wait
+for someone (dead-lettered or overdue, as the System page lists them), and re-sending
 dead-lettered ones. A payload holds patient data: it is never answered here."""
 
 from __future__ import annotations
@@ -8,15 +9,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi import Path as FastApiPath
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_, or_, select
 
 from pneumonode.alerts.outbox import resend_alerts, shown_destination
 from pneumonode.api.deps import Authorized, SessionDep, StateDep
+from pneumonode.api.health import DELIVERY_OVERDUE
 from pneumonode.api.schemas import ActionOut, ProblemOut
-from pneumonode.db.models import Alert, DeliveryState
+from pneumonode.db.models import Alert, DeliveryState, utcnow
 
-__all__ = ["AlertOut", "router"]
+__all__ = ["AlertOut", "AlertProblemOut", "router"]
 
 router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["alerts"])
 
@@ -43,9 +45,42 @@ class AlertOut(BaseModel):
     latency_seconds: float | None  # image received to the ACK (or 2xx)
 
 
+class AlertProblemOut(AlertOut):
+    """An alert that waits for someone: dead-lettered, or pending and overdue."""
+
+    overdue: bool = Field(description="pending, due long ago and not attempted")
+    next_attempt_at: datetime
+    resendable: bool = Field(
+        description="dead-lettered with a message to send again (not one that could not be built)"
+    )
+    reason: str = Field(description="why it is listed, in words")
+
+
 def _out(row: Alert) -> AlertOut:
     out = AlertOut.model_validate(row)
     return out.model_copy(update={"destination": shown_destination(row.channel, row.destination)})
+
+
+def _problem_out(row: Alert, overdue_before: datetime) -> AlertProblemOut:
+    overdue = row.state == DeliveryState.PENDING and row.next_attempt_at < overdue_before
+    if overdue:
+        minutes = DELIVERY_OVERDUE.total_seconds() / 60
+        reason = (
+            f"overdue: due over {minutes:.0f} min ago and not attempted (is a listener, which "
+            "retries alerts, running with the alert settings?)"
+        )
+    else:
+        attempts = f" after {row.attempts} attempt{'' if row.attempts == 1 else 's'}"
+        reason = f"dead-lettered{attempts if row.attempts else ''}: " + (
+            row.last_error or "no error recorded"
+        )
+    return AlertProblemOut(
+        **_out(row).model_dump(),
+        overdue=overdue,
+        next_attempt_at=row.next_attempt_at,
+        resendable=row.state == DeliveryState.DEAD and row.payload != "",
+        reason=reason,
+    )
 
 
 @router.get("/alerts", response_model=list[AlertOut], responses=PROBLEMS)
@@ -59,6 +94,34 @@ def alerts(
     if state:
         query = query.where(Alert.state == state)
     return [_out(row) for row in session.scalars(query)]
+
+
+@router.get(
+    "/alerts/problems",
+    response_model=list[AlertProblemOut],
+    responses={code: PROBLEMS[code] for code in (401, 422)},
+)
+def problems(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> list[AlertProblemOut]:
+    """Dead-lettered alerts (each waits for a re-send) and overdue ones, oldest first; a
+    webhook URL redacted, never the message."""
+    overdue_before = utcnow() - DELIVERY_OVERDUE
+    rows = session.scalars(
+        select(Alert)
+        .where(
+            or_(
+                Alert.state == DeliveryState.DEAD,
+                and_(
+                    Alert.state == DeliveryState.PENDING,
+                    Alert.next_attempt_at < overdue_before,
+                ),
+            )
+        )
+        .order_by(Alert.created_at, Alert.id)
+        .limit(limit)
+    )
+    return [_problem_out(row, overdue_before) for row in rows]
 
 
 @router.post(
