@@ -129,15 +129,108 @@ function DeliveryProblems({ rows, onResent }) {
   );
 }
 
+const CHANNELS = { hl7: "HL7", webhook: "webhook" };
+
+// Alerts (HL7 ORU over MLLP, webhooks) that wait for someone: dead-lettered (re-send one) or
+// overdue (is a listener, which retries them, up?). A webhook URL comes redacted.
+function AlertProblems({ rows, onResent }) {
+  const [message, setMessage] = useState("");
+  const resend = (id) =>
+    postJson(`/api/alerts/${id}/resend`)
+      .then((body) => {
+        setMessage(body.message);
+        onResent();
+      })
+      .catch((e) => setMessage(e.message));
+  return (
+    <div data-alert-problems>
+      <h3 className="mb-2 text-lg font-semibold">Dead-lettered and overdue alerts ({rows.length})</h3>
+      {rows.length === 0 ? (
+        <p className="text-sm text-slate-700">None: every alert was sent or is waiting for its next attempt.</p>
+      ) : (
+        <div className="max-h-[28rem] overflow-auto rounded border border-slate-300 bg-white">
+          <table className="w-full text-left text-sm">
+            <thead className="sticky top-0 bg-slate-100">
+              <tr>
+                <th scope="col" className="px-3 py-2">Kind</th>
+                <th scope="col" className="px-3 py-2">Target</th>
+                <th scope="col" className="px-3 py-2">State</th>
+                <th scope="col" className="px-3 py-2 text-right">Attempts</th>
+                <th scope="col" className="px-3 py-2">Reason</th>
+                <th scope="col" className="px-3 py-2">Queued</th>
+                <th scope="col" className="px-3 py-2">Study</th>
+                <th scope="col" className="px-3 py-2"><span className="sr-only">Action</span></th>
+              </tr>
+            </thead>
+            <tbody>
+              {rows.map((a) => (
+                <tr key={a.id} data-dead-alert={a.id} className="border-t border-slate-200">
+                  <td className="whitespace-nowrap px-3 py-2 font-mono text-xs font-semibold" data-channel={a.channel}>
+                    {CHANNELS[a.channel] || a.channel}
+                    {a.correction && <span className="ml-1 font-sans font-normal text-slate-700">(correction)</span>}
+                  </td>
+                  <td className="break-all px-3 py-2" data-target>
+                    {a.destination}
+                  </td>
+                  <td className="px-3 py-2">
+                    <Badge value={a.overdue ? "overdue" : a.state} />
+                  </td>
+                  <td className="px-3 py-2 text-right tabular-nums" data-attempts>
+                    {a.attempts}
+                  </td>
+                  <td className="px-3 py-2" data-reason>
+                    {a.reason}
+                  </td>
+                  <td className="whitespace-nowrap px-3 py-2 tabular-nums" data-time>
+                    {formatTime(a.created_at)}
+                  </td>
+                  <td className="px-3 py-2">
+                    {a.study_uid && (
+                      <a className="text-blue-800 underline" href={`#/study/${encodeURIComponent(a.study_uid)}`}>
+                        Open<span className="sr-only"> study {a.study_uid}</span>
+                      </a>
+                    )}
+                  </td>
+                  <td className="px-3 py-2">
+                    {a.resendable && (
+                      <button
+                        type="button"
+                        className="whitespace-nowrap rounded border border-orange-700 px-3 py-1 font-medium text-orange-900 hover:bg-orange-50"
+                        onClick={() => resend(a.id)}
+                      >
+                        Re-send<span className="sr-only"> alert {a.id}</span>
+                      </button>
+                    )}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      {message && (
+        <p role="status" className="mt-2 text-sm">
+          {message}
+        </p>
+      )}
+    </div>
+  );
+}
+
 export default function System() {
   const [state, setState] = useState(null);
   const [stats, setStats] = useState(null);
   const [model, setModel] = useState(null);
   const [problems, setProblems] = useState(null);
+  const [alertProblems, setAlertProblems] = useState(null);
   const [error, setError] = useState("");
   const loadProblems = () =>
     getJson("/api/deliveries/problems")
       .then(setProblems)
+      .catch((e) => setError(e.message));
+  const loadAlertProblems = () =>
+    getJson("/api/alerts/problems")
+      .then(setAlertProblems)
       .catch((e) => setError(e.message));
 
   useEffect(() => {
@@ -145,6 +238,7 @@ export default function System() {
       health().then(setState).catch((e) => setError(e.message));
       getJson("/api/stats").then(setStats).catch((e) => setError(e.message));
       loadProblems();
+      loadAlertProblems();
     };
     load();
     getJson("/api/model").then(setModel).catch((e) => setError(e.message));
@@ -176,6 +270,7 @@ export default function System() {
         </div>
       )}
       {problems && <DeliveryProblems rows={problems} onResent={loadProblems} />}
+      {alertProblems && <AlertProblems rows={alertProblems} onResent={loadAlertProblems} />}
       {stats && (
         <div className="space-y-3">
           <h3 className="text-lg font-semibold">Throughput (images finished per minute) · queue depth {stats.queue_depth}</h3>
