@@ -169,7 +169,7 @@ function AlertProblems({ rows, onResent }) {
                     {CHANNELS[a.channel] || a.channel}
                     {a.correction && <span className="ml-1 font-sans font-normal text-slate-700">(correction)</span>}
                   </td>
-                  <td className="break-all px-3 py-2" data-target>
+                  <td className="break-words px-3 py-2" data-target>
                     {a.destination}
                   </td>
                   <td className="px-3 py-2">
