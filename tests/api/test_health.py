@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from pneumonode.api import create_app
 from pneumonode.api.security import ApiToken
 from pneumonode.db.models import Delivery, WorkerHeartbeat, utcnow
-from pneumonode.dicom_node.delivery import RetryPolicy, add_delivery, resend, run_due
+from pneumonode.db.outbox import add_delivery, resend_dead
+from pneumonode.dicom_node.delivery import RetryPolicy, run_due
 from pneumonode.worker.tasks import celery_config
 
 if TYPE_CHECKING:
@@ -70,11 +71,12 @@ def test_dead_lettered_and_overdue_deliveries_make_health_degraded(
     assert (code, body["ready"], body["status"]) == (200, True, "degraded"), body
     deliveries = body["components"]["deliveries"]
     assert deliveries["state"] == "degraded"
-    assert deliveries["detail"].startswith("1 dead-lettered (`pneumonode deliveries --state dead`")
+    assert deliveries["detail"].startswith("1 dead-lettered (the System page lists them")
+    assert "`pneumonode deliveries --state dead`" in deliveries["detail"]
     assert "; 1 overdue (due over 5 min ago, not attempted" in deliveries["detail"]
 
     # re-sent, and the overdue one attempted again later: nothing stuck any more
-    assert resend(node.database, [dead]) == [dead]
+    assert resend_dead(node.database, Delivery, [dead]) == [dead]
     with node.database.session() as session:
         for delivery_id in (dead, overdue):
             row = session.get(Delivery, delivery_id)

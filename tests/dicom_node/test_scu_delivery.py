@@ -19,20 +19,19 @@ from pydicom.filereader import read_file_meta_info
 from sqlalchemy import select
 
 from peers_harness import Orthanc, free_port, run_orthanc, run_storescp
+from pneumonode.addresses import parse_destination
 from pneumonode.db.models import Delivery, DeliveryState, utcnow
+from pneumonode.db.outbox import add_delivery, resend_dead
 from pneumonode.db.repository import list_audit
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import (
     DeliveryLoop,
     RetryPolicy,
-    add_delivery,
     attempt_claimed,
     attempt_deliveries,
     queue_delivery,
-    resend,
     run_due,
 )
-from pneumonode.dicom_node.peers import parse_destination
 from pneumonode.dicom_node.receive import dataset_offset
 from pneumonode.dicom_node.scu import Failure, echo, send_files
 
@@ -344,7 +343,7 @@ def test_destination_down_retries_with_back_off_then_dead_letter_then_resend(
     assert [row.attempts for row in _rows(database, ids)] == [3, 3]
 
     with run_storescp(tmp_path / "scp", port=port) as scp:
-        assert sorted(resend(database, all_dead=True)) == ids
+        assert sorted(resend_dead(database, Delivery, all_dead=True)) == ids
         rows = _rows(database, ids)
         assert [(row.state, row.attempts) for row in rows] == [(DeliveryState.PENDING, 0)] * 2
         assert run_due(database, PATIENT) == 2
@@ -357,7 +356,7 @@ def test_destination_down_retries_with_back_off_then_dead_letter_then_resend(
         _events(database, "delivery.resend", "delivery.sent")
         == ["delivery.resend"] * 2 + ["delivery.sent"] * 2
     )
-    assert resend(database, all_dead=True) == []  # nothing dead any more
+    assert resend_dead(database, Delivery, all_dead=True) == []  # nothing dead any more
 
 
 def test_rows_queued_as_claimed_are_left_to_their_sender_until_the_claim_ends(
@@ -427,11 +426,14 @@ def test_resend_chooses_by_id_and_destination(
     assert run_due(database, once) == 0
     assert {row.state for row in _rows(database, [first, second, third])} == {"dead"}
 
-    assert resend(database) == []  # neither ids nor all_dead: nothing
-    assert resend(database, [second]) == [second]
-    assert resend(database, [second]) == []  # pending now, not dead
-    assert resend(database, all_dead=True, destination=down[1]) == []
-    assert sorted(resend(database, all_dead=True, destination=down[0])) == [first, third]
+    assert resend_dead(database, Delivery) == []  # neither ids nor all_dead: nothing
+    assert resend_dead(database, Delivery, [second]) == [second]
+    assert resend_dead(database, Delivery, [second]) == []  # pending now, not dead
+    assert resend_dead(database, Delivery, all_dead=True, destination=down[1]) == []
+    assert sorted(resend_dead(database, Delivery, all_dead=True, destination=down[0])) == [
+        first,
+        third,
+    ]
 
 
 def test_rejected_calling_ae_is_dead_after_one_attempt(

@@ -8,7 +8,9 @@ what failed, when it is due. Attempts and back-off are the deliveries' (``send_m
 ``send_backoff_seconds`` doubling up to ``send_backoff_max_seconds``: one
 :class:`~pneumonode.dicom_node.delivery.RetryPolicy`); a permanent failure (a webhook answering
 4xx, a message that cannot be built) is dead-lettered at once. Every attempt is audited with the
-receiver named (a URL redacted) and never with patient data.
+receiver named (a URL redacted) and never with patient data. This module builds the messages,
+sends them and holds the policy; the rows are written by ``db.outbox``, which the DICOM
+deliveries share (``shown_destination``, how a receiver is named, is defined there).
 
 A re-run of an alerted result queues its alerts again as corrections (OBR-25/OBX-11 ``C``, the
 webhook's ``result.corrected``), whatever the new finding, so that nobody acts on the old one.
@@ -22,27 +24,27 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from pneumonode.addresses import AlertTargetError, parse_mllp_target
 from pneumonode.alerts.content import AlertContent, Notify, wants_alert
 from pneumonode.alerts.hl7 import build_oru, send_oru
 from pneumonode.alerts.outcome import AttemptOutcome
-from pneumonode.alerts.targets import AlertTargetError, parse_mllp_target, redact_url
 from pneumonode.alerts.webhook import post_webhook, webhook_body
-from pneumonode.db.models import (
-    Alert,
-    AlertChannel,
-    DeliveryState,
-    Instance,
-    Job,
-    Result,
-    utcnow,
+from pneumonode.db.models import Alert, AlertChannel, utcnow
+from pneumonode.db.outbox import (
+    Attempt,
+    alerts_of_result,
+    claim_due,
+    queue_alert,
+    record_attempts,
+    resend_dead,
+    shown_destination,
+    withdraw_alerts,
 )
-from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.delivery import RetryPolicy
 
@@ -60,8 +62,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-CHANNEL_NAMES = {AlertChannel.HL7: "HL7 ORU", AlertChannel.WEBHOOK: "webhook"}
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,6 @@ class AlertPolicy:
         """How long an attempt at ``count`` alerts holds them: per alert, connecting, sending
         and awaiting the answer, each up to the timeout."""
         return count * 3 * self.timeout + 10
-
-
-def shown_destination(channel: str, destination: str) -> str:
-    """A destination as logs, the audit trail and /health show it (a URL redacted)."""
-    return redact_url(destination) if channel == AlertChannel.WEBHOOK else destination
 
 
 def _targets(policy: AlertPolicy) -> list[tuple[AlertChannel, str]]:
@@ -154,83 +149,39 @@ def queue_alerts(
     targets = _targets(policy)
     if not targets:
         return []
-    existing = {
-        (row.channel, row.destination): row
-        for row in session.scalars(select(Alert).where(Alert.result_id == result_id))
-    }
+    existing = alerts_of_result(session, result_id)
     alerted = {key for key, row in existing.items() if row.sent_at is not None or row.correction}
     if not wants_alert(policy.notify, content.present, alerted_before=bool(alerted)):
-        _withdraw(session, existing.values())
+        withdraw_alerts(session, existing.values())
         return []
     now = utcnow()
     lease = policy.claim_seconds(len(targets)) if claim_seconds is None else claim_seconds
     rows: list[Alert] = []
     for channel, destination in targets:
-        row = existing.get((channel, destination))
-        if row is None:
-            row = Alert(channel=channel, destination=destination, result_id=result_id)
-            session.add(row)
-        row.study_uid = content.study_uid or None
-        row.sop_uid = content.sop_uid or None
-        row.control_id = uuid.uuid4().hex[:20]  # MSH-10 is at most 20 characters
-        row.correction = (channel, destination) in alerted
-        row.state = DeliveryState.PENDING
-        row.attempts = 0
-        row.last_status = None
-        row.last_error = None
-        row.sent_at = None
-        row.next_attempt_at = now + timedelta(seconds=lease)
-        shown = shown_destination(channel, destination)
+        control_id = uuid.uuid4().hex[:20]  # MSH-10 is at most 20 characters
+        correction = (channel, destination) in alerted
+        error = None
         try:
-            row.payload = _payload(channel, content, policy, row.control_id, now, row.correction)
+            payload = _payload(channel, content, policy, control_id, now, correction)
         except ValueError as exc:  # a value HL7 cannot carry; its text may quote patient data
-            row.payload = ""
-            row.state = DeliveryState.DEAD
-            row.last_error = f"cannot build the message: {str(exc)[:300]}"
-        session.flush()
-        what = CHANNEL_NAMES[AlertChannel(channel)] + (" correction" if row.correction else "")
-        ids = {"study_uid": row.study_uid, "sop_uid": row.sop_uid}
-        detail = {"alert_id": row.id, "channel": channel, "destination": shown}
-        if row.state == DeliveryState.DEAD:
-            audit(
-                session,
-                "alert.dead",
-                f"alert {row.id} ({what}) to {shown} dead-lettered: the message cannot be "
-                "built (see the alert's last_error)",
-                detail=detail,
-                **ids,
-            )
-            log.warning("alert %d (%s) to %s: the message cannot be built", row.id, what, shown)
-            continue
-        audit(
+            payload, error = "", f"cannot build the message: {str(exc)[:300]}"
+        row = queue_alert(
             session,
-            "alert.queued",
-            f"alert {row.id} ({what}) to {shown} queued",
-            detail=detail,
-            **ids,
+            existing.get((channel, destination)),
+            channel=channel,
+            destination=destination,
+            result_id=result_id,
+            study_uid=content.study_uid or None,
+            sop_uid=content.sop_uid or None,
+            control_id=control_id,
+            correction=correction,
+            payload=payload,
+            due=now + timedelta(seconds=lease),
+            error=error,
         )
-        rows.append(row)
+        if error is None:
+            rows.append(row)
     return rows
-
-
-def _withdraw(session: Session, rows: Iterable[Alert]) -> None:
-    """Delete alerts never delivered about a result that a re-run no longer alerts (a pending
-    positive alert must not reach the RIS after the result turned negative); audited."""
-    for row in rows:
-        if row.sent_at is not None or row.correction:
-            continue
-        shown = shown_destination(row.channel, row.destination)
-        what = CHANNEL_NAMES.get(AlertChannel(row.channel), row.channel)
-        audit(
-            session,
-            "alert.withdrawn",
-            f"alert {row.id} ({what}) to {shown} withdrawn, never delivered: a re-run of its "
-            "result calls for no alert",
-            study_uid=row.study_uid,
-            sop_uid=row.sop_uid,
-            detail={"alert_id": row.id, "channel": row.channel, "destination": shown},
-        )
-        session.delete(row)
 
 
 def _send(row: Alert, policy: AlertPolicy) -> AttemptOutcome:
@@ -262,70 +213,11 @@ def _send(row: Alert, policy: AlertPolicy) -> AttemptOutcome:
         return AttemptOutcome.failed(f"send failed ({type(exc).__name__})")
 
 
-def _received_at(session: Session, result_id: int) -> datetime | None:
-    found: datetime | None = session.scalar(
-        select(Instance.received_at)
-        .join(Job, Job.instance_id == Instance.id)
-        .join(Result, Result.job_id == Job.id)
-        .where(Result.id == result_id)
+def _attempt(outcome: AttemptOutcome) -> Attempt:
+    """A channel's outcome as the outbox records it (what the peer said kept on the row)."""
+    return Attempt(
+        outcome.ok, outcome.status, outcome.reason, outcome.detail, permanent=outcome.permanent
     )
-    return found
-
-
-def _record(session: Session, row: Alert, outcome: AttemptOutcome, policy: AlertPolicy) -> bool:
-    now = utcnow()
-    row.attempts += 1
-    row.last_status = outcome.status
-    shown = shown_destination(row.channel, row.destination)
-    what = CHANNEL_NAMES.get(AlertChannel(row.channel), row.channel)
-    ids = {"study_uid": row.study_uid, "sop_uid": row.sop_uid}
-    detail: dict[str, Any] = {
-        "alert_id": row.id,
-        "channel": row.channel,
-        "destination": shown,
-        "attempt": row.attempts,
-        "status": outcome.status,
-    }
-    if outcome.ok:
-        row.state = DeliveryState.SENT
-        row.sent_at = now
-        row.last_error = None
-        received = _received_at(session, row.result_id)
-        if received is not None:  # the alert's latency: image received to ACK (or 2xx)
-            row.latency_seconds = (now - received).total_seconds()
-            detail["seconds_since_received"] = round(row.latency_seconds, 3)
-        audit(
-            session,
-            "alert.sent",
-            f"alert {row.id} ({what}) delivered to {shown} ({outcome.status})",
-            detail=detail,
-            **ids,
-        )
-        return True
-    row.last_error = outcome.detail or outcome.reason
-    if outcome.permanent or row.attempts >= policy.retry.max_attempts:
-        row.state = DeliveryState.DEAD
-        why = "permanent failure" if outcome.permanent else f"{row.attempts} attempts"
-        audit(
-            session,
-            "alert.dead",
-            f"alert {row.id} ({what}) dead-lettered after {why}: {outcome.reason}",
-            detail=detail,
-            **ids,
-        )
-        log.warning("alert %d (%s) dead-lettered: %s", row.id, what, outcome.reason)
-    else:
-        delay = policy.retry.delay(row.attempts)
-        row.next_attempt_at = now + timedelta(seconds=delay)
-        audit(
-            session,
-            "alert.failed",
-            f"alert {row.id} ({what}) attempt failed, retry in {delay:.0f} s: {outcome.reason}",
-            detail=detail,
-            **ids,
-        )
-        log.info("alert %d (%s) failed (%s); retry in %.0f s", row.id, what, outcome.reason, delay)
-    return False
 
 
 def attempt_alerts(database: Database, claimed: Sequence[Alert], policy: AlertPolicy) -> list[int]:
@@ -334,45 +226,9 @@ def attempt_alerts(database: Database, claimed: Sequence[Alert], policy: AlertPo
     soon as it is known; returns the ids delivered."""
     sent: list[int] = []
     for row in claimed:
-        outcome = _send(row, policy)
-        with database.session() as session:
-            fresh = session.get(Alert, row.id)
-            if fresh is not None and _record(session, fresh, outcome, policy):
-                sent.append(row.id)
+        attempt = _attempt(_send(row, policy))
+        sent += record_attempts(database, Alert, [(row.id, attempt)], policy.retry)
     return sent
-
-
-def _claim_due(database: Database, policy: AlertPolicy, limit: int) -> list[Alert]:
-    """Take due pending rows for one attempt, for as long as sending them may take; the UPDATE
-    checks again that each is pending and due, so two senders never take the same row."""
-    now = utcnow()
-    with database.session() as session:
-        due = list(
-            session.scalars(
-                select(Alert.id)
-                .where(Alert.state == DeliveryState.PENDING)
-                .where(Alert.next_attempt_at <= now)
-                .order_by(Alert.next_attempt_at)
-                .limit(limit)
-            )
-        )
-        if not due:
-            return []
-        lease = timedelta(seconds=policy.claim_seconds(len(due)))
-        ids = list(
-            session.scalars(
-                update(Alert)
-                .where(Alert.id.in_(due))
-                .where(Alert.state == DeliveryState.PENDING)
-                .where(Alert.next_attempt_at <= now)
-                .values(next_attempt_at=now + lease)
-                .returning(Alert.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
-        if not ids:
-            return []
-        return list(session.scalars(select(Alert).where(Alert.id.in_(ids)).order_by(Alert.id)))
 
 
 def run_due_alerts(database: Database, policy: AlertPolicy, limit: int = 20) -> int:
@@ -380,7 +236,7 @@ def run_due_alerts(database: Database, policy: AlertPolicy, limit: int = 20) -> 
     were delivered."""
     delivered = 0
     while True:
-        claimed = _claim_due(database, policy, limit)
+        claimed = claim_due(database, Alert, policy.claim_seconds, limit=limit)
         if not claimed:
             return delivered
         delivered += len(attempt_alerts(database, claimed, policy))
@@ -393,28 +249,7 @@ def resend_alerts(
 ) -> list[int]:
     """Put dead-lettered alerts back to pending (attempts reset, same message); returns their
     ids. Nothing without ``ids`` unless ``all_dead``."""
-    wanted = list(ids)
-    if not wanted and not all_dead:
-        return []
-    with database.session() as session:
-        query = select(Alert.id).where(Alert.state == DeliveryState.DEAD).where(Alert.payload != "")
-        if wanted:
-            query = query.where(Alert.id.in_(wanted))
-        chosen = list(session.scalars(query))
-        if chosen:
-            session.execute(
-                update(Alert)
-                .where(Alert.id.in_(chosen))
-                .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=utcnow())
-            )
-            for alert_id in chosen:
-                audit(
-                    session,
-                    "alert.resend",
-                    f"alert {alert_id} re-queued by request",
-                    detail={"alert_id": alert_id},
-                )
-    return chosen
+    return resend_dead(database, Alert, ids, all_dead=all_dead)
 
 
 class AlertLoop:

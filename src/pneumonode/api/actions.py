@@ -15,8 +15,8 @@ from sqlalchemy import select
 from pneumonode.api.deps import Authorized, SessionDep, StateDep
 from pneumonode.api.schemas import ActionOut, ProblemOut, UploadItem, UploadOut
 from pneumonode.db.models import Delivery, DeliveryState, Job, JobState, Result
+from pneumonode.db.outbox import resend_dead
 from pneumonode.db.repository import audit
-from pneumonode.dicom_node.delivery import resend
 from pneumonode.dicom_node.receive import InstanceReceiver
 from pneumonode.dicom_node.spool import Spool
 
@@ -92,7 +92,7 @@ def resend_result(result_id: IdPath, session: SessionDep, state: StateDep) -> Ac
             status.HTTP_409_CONFLICT, "nothing of this result is dead-lettered; nothing to resend"
         )
     session.commit()
-    ids = resend(state.database, dead)
+    ids = resend_dead(state.database, Delivery, dead)
     return ActionOut(message=f"{len(ids)} deliveries queued again", delivery_ids=ids)
 
 

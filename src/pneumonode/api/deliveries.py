@@ -12,7 +12,7 @@ from pneumonode.api.deps import Authorized, SessionDep, StateDep
 from pneumonode.api.health import DELIVERY_OVERDUE
 from pneumonode.api.schemas import ActionOut, DeliveryOut, DeliveryProblemOut, ProblemOut
 from pneumonode.db.models import Delivery, DeliveryState, utcnow
-from pneumonode.dicom_node.delivery import resend
+from pneumonode.db.outbox import resend_dead
 from pneumonode.results import result_kind
 
 __all__ = ["delivery_out", "router"]
@@ -104,7 +104,7 @@ def resend_delivery(delivery_id: DeliveryId, session: SessionDep, state: StateDe
             f"delivery {delivery_id} is {delivery.state}, not dead-lettered; nothing to resend",
         )
     session.rollback()  # resend() takes its own session
-    ids = resend(state.database, [delivery_id])
+    ids = resend_dead(state.database, Delivery, [delivery_id])
     if not ids:  # another request re-sent it in between
         raise HTTPException(status.HTTP_409_CONFLICT, f"delivery {delivery_id} was re-sent already")
     return ActionOut(message=f"delivery {delivery_id} queued again", delivery_ids=ids)

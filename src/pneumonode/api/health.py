@@ -147,8 +147,9 @@ def _deliveries(database: Database) -> ComponentHealth:
     problems = []
     if dead:
         problems.append(
-            f"{dead} dead-lettered (`pneumonode deliveries --state dead` says why; "
-            "`pneumonode resend --all` sends them again)"
+            f"{dead} dead-lettered (the System page lists them with the reason and a Re-send "
+            "button; on the command line, `pneumonode deliveries --state dead` and "
+            "`pneumonode resend`)"
         )
     if overdue:
         minutes = DELIVERY_OVERDUE.total_seconds() / 60

@@ -332,13 +332,15 @@ def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_resend(settings: Settings, args: argparse.Namespace) -> int:
-    from pneumonode.dicom_node.delivery import RetryPolicy, attempt_deliveries, resend
+    from pneumonode.db.models import Delivery
+    from pneumonode.db.outbox import resend_dead
+    from pneumonode.dicom_node.delivery import RetryPolicy, attempt_deliveries
 
     if not args.ids and not args.all:
         raise CliError("name delivery ids, or --all for every dead-lettered delivery")
     to = str(destination(args.destination)) if args.destination else None
     database = open_database(settings)
-    ids = resend(database, args.ids, all_dead=args.all, destination=to)
+    ids = resend_dead(database, Delivery, args.ids, all_dead=args.all, destination=to)
     if not ids:
         print("no dead-lettered deliveries match")
         return EXIT_OK

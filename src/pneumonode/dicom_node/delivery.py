@@ -7,6 +7,9 @@ the row is dead-lettered. A permanent failure (our AE title rejected, SOP class 
 destination that does not parse) is dead-lettered at once, so a misconfigured peer never causes
 a retry storm. Whatever goes wrong, every attempt records an outcome: no row stays pending with
 no attempt counted. Dead rows are retried only on request (``pneumonode resend``).
+
+This module sends and holds the policy; the rows are written by ``db.outbox`` (queued, claimed,
+each outcome recorded and audited, dead rows queued again), which the alerts share.
 """
 
 from __future__ import annotations
@@ -17,31 +20,27 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
-from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from pneumonode.addresses import PeerConfigError, parse_destination
 from pneumonode.config import Settings
-from pneumonode.db.models import Delivery, DeliveryState, utcnow
-from pneumonode.db.repository import audit
+from pneumonode.db.models import Delivery
+from pneumonode.db.outbox import Attempt, add_delivery, claim_due, record_attempts
 from pneumonode.db.session import Database
-from pneumonode.dicom_node.peers import PeerConfigError, parse_destination
 from pneumonode.dicom_node.scu import Failure, SendOutcome, send_files
 from pneumonode.dicom_node.tls import TlsConfigError, TlsSettings
 
 __all__ = [
     "DeliveryLoop",
     "RetryPolicy",
-    "add_delivery",
     "attempt_claimed",
     "attempt_deliveries",
     "claim_seconds",
     "queue_delivery",
-    "resend",
     "run_due",
 ]
 
@@ -103,71 +102,6 @@ def queue_delivery(
         )
 
 
-def add_delivery(
-    session: Session,
-    path: Path,
-    destination: str,
-    *,
-    sop_uid: str,
-    sop_class_uid: str,
-    study_uid: str | None = None,
-    result_id: int | None = None,
-    claim_seconds: float | None = None,
-) -> int:
-    """Queue ``path`` for ``destination`` within ``session``; returns the row id.
-
-    One row per (destination, SOP Instance UID): queueing the same object again (a re-run makes
-    the same UIDs) resets that row to pending with fresh attempts instead of adding a second one.
-    ``claim_seconds``: the caller sends it at once (:func:`attempt_claimed`); the delivery loop
-    leaves it alone for that long (then it is due, in case the caller died before sending).
-    """
-    delivery = session.scalars(
-        select(Delivery)
-        .where(Delivery.destination == destination)
-        .where(Delivery.sop_uid == sop_uid)
-        .order_by(Delivery.id)
-        .limit(1)
-    ).first()
-    if delivery is None:
-        delivery = Delivery(destination=destination, sop_uid=sop_uid)
-        session.add(delivery)
-    delivery.path = str(path.absolute())
-    delivery.sop_class_uid = sop_class_uid
-    delivery.study_uid = study_uid
-    delivery.result_id = result_id
-    delivery.state = DeliveryState.PENDING
-    delivery.attempts = 0
-    delivery.last_error = None
-    delivery.next_attempt_at = utcnow() + timedelta(seconds=claim_seconds or 0)
-    session.flush()
-    audit(
-        session,
-        "delivery.queued",
-        f"delivery {delivery.id} to {destination} queued",
-        study_uid=study_uid,
-        sop_uid=sop_uid,
-        detail={"delivery_id": delivery.id, "destination": destination},
-    )
-    return delivery.id
-
-
-def _claim(database: Database, ids: Iterable[int], lease: float) -> list[Delivery]:
-    """Take pending rows for one attempt (so that two senders never send the same row)."""
-    now = utcnow()
-    with database.session() as session:
-        rows = list(
-            session.scalars(
-                select(Delivery)
-                .where(Delivery.id.in_(list(ids)))
-                .where(Delivery.state == DeliveryState.PENDING)
-                .where(Delivery.next_attempt_at <= now)
-            )
-        )
-        for row in rows:
-            row.next_attempt_at = now + timedelta(seconds=lease)
-        return rows
-
-
 def claim_seconds(policy: RetryPolicy) -> float:
     """How long an attempt holds its rows: time for an association and every store in it."""
     return 4 * policy.timeout
@@ -175,7 +109,8 @@ def claim_seconds(policy: RetryPolicy) -> float:
 
 def attempt_deliveries(database: Database, ids: Iterable[int], policy: RetryPolicy) -> list[int]:
     """Attempt the given pending, due deliveries now; returns the ids that were sent."""
-    return attempt_claimed(database, _claim(database, ids, claim_seconds(policy)), policy)
+    claimed = claim_due(database, Delivery, lambda _: claim_seconds(policy), ids=ids)
+    return attempt_claimed(database, claimed, policy)
 
 
 def attempt_claimed(
@@ -184,10 +119,11 @@ def attempt_claimed(
     policy: RetryPolicy,
     then: Callable[[Session], None] | None = None,
 ) -> list[int]:
-    """Send ``claimed`` rows (taken by :func:`_claim`, or queued with ``claim_seconds`` by the
-    caller) and record each outcome; returns the ids that were sent. ``then`` runs in the
-    transaction that records the last destination's outcomes (the worker stores its timings
-    there instead of in a transaction of their own)."""
+    """Send ``claimed`` rows (taken by :func:`~pneumonode.db.outbox.claim_due`, or queued with
+    ``claim_seconds`` by the caller), one association per destination, and record each
+    destination's outcomes as soon as they are known; returns the ids that were sent. ``then``
+    runs in the transaction that records the last destination's outcomes (the worker stores its
+    timings there instead of in a transaction of their own)."""
     by_destination: dict[str, list[Delivery]] = defaultdict(list)
     for row in claimed:
         by_destination[row.destination].append(row)
@@ -202,17 +138,23 @@ def attempt_claimed(
             outcomes[path] = SendOutcome(
                 path, False, failure=Failure.PERMANENT, reason="file no longer exists"
             )
-        with database.session() as session:
-            for row in rows:
-                fresh = session.get(Delivery, row.id)
-                if fresh is not None and _record(session, fresh, outcomes[Path(row.path)], policy):
-                    sent.append(row.id)
-            if then is not None and index == last:
-                then(session)
+        attempts = [(row.id, _attempt(outcomes[Path(row.path)])) for row in rows]
+        sent += record_attempts(
+            database, Delivery, attempts, policy, then if index == last else None
+        )
     if then is not None and not by_destination:
-        with database.session() as session:
-            then(session)
+        record_attempts(database, Delivery, [], policy, then)
     return sent
+
+
+def _attempt(outcome: SendOutcome) -> Attempt:
+    """A file's outcome as the outbox records it."""
+    return Attempt(
+        outcome.ok,
+        outcome.status,
+        outcome.reason,
+        permanent=outcome.failure is Failure.PERMANENT,
+    )
 
 
 def _send(destination_text: str, paths: list[Path], policy: RetryPolicy) -> dict[Path, SendOutcome]:
@@ -238,100 +180,11 @@ def _send(destination_text: str, paths: list[Path], policy: RetryPolicy) -> dict
     return {o.path: o for o in sent}
 
 
-def _record(session: Session, row: Delivery, outcome: SendOutcome, policy: RetryPolicy) -> bool:
-    now = utcnow()
-    row.attempts += 1
-    row.last_status = outcome.status
-    ids = {"study_uid": row.study_uid, "sop_uid": row.sop_uid}
-    detail = {
-        "delivery_id": row.id,
-        "destination": row.destination,
-        "attempt": row.attempts,
-        "status": outcome.status,
-    }
-    if outcome.ok:
-        row.state = DeliveryState.SENT
-        row.sent_at = now
-        row.last_error = None
-        audit(session, "delivery.sent", f"sent to {row.destination}", detail=detail, **ids)
-        return True
-    row.last_error = outcome.reason
-    if outcome.failure is Failure.PERMANENT or row.attempts >= policy.max_attempts:
-        row.state = DeliveryState.DEAD
-        why = (
-            "permanent failure"
-            if outcome.failure is Failure.PERMANENT
-            else f"{row.attempts} attempts"
-        )
-        audit(
-            session,
-            "delivery.dead",
-            f"dead-lettered after {why}: {outcome.reason}",
-            detail=detail,
-            **ids,
-        )
-        log.warning("delivery %d dead-lettered: %s", row.id, outcome.reason)
-    else:
-        delay = policy.delay(row.attempts)
-        row.next_attempt_at = now + timedelta(seconds=delay)
-        audit(
-            session,
-            "delivery.failed",
-            f"attempt failed, retry in {delay:.0f} s: {outcome.reason}",
-            detail=detail,
-            **ids,
-        )
-        log.info("delivery %d failed (%s); retry in %.0f s", row.id, outcome.reason, delay)
-    return False
-
-
 def run_due(database: Database, policy: RetryPolicy, limit: int = 500) -> int:
-    """Attempt every pending delivery whose time has come; returns how many were sent."""
-    with database.session() as session:
-        ids = list(
-            session.scalars(
-                select(Delivery.id)
-                .where(Delivery.state == DeliveryState.PENDING)
-                .where(Delivery.next_attempt_at <= utcnow())
-                .order_by(Delivery.next_attempt_at)
-                .limit(limit)
-            )
-        )
-    return len(attempt_deliveries(database, ids, policy)) if ids else 0
-
-
-def resend(
-    database: Database,
-    ids: Iterable[int] = (),
-    *,
-    all_dead: bool = False,
-    destination: str | None = None,
-) -> list[int]:
-    """Put dead-lettered deliveries back to pending (attempts reset); returns their ids."""
-    ids = list(ids)
-    with database.session() as session:
-        query = select(Delivery.id).where(Delivery.state == DeliveryState.DEAD)
-        if ids:
-            query = query.where(Delivery.id.in_(ids))
-        elif not all_dead:
-            return []
-        if destination:
-            query = query.where(Delivery.destination == destination)
-        chosen = list(session.scalars(query))
-        if chosen:
-            session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(chosen))
-                .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=utcnow())
-            )
-            for delivery_id in chosen:
-                audit(
-                    session,
-                    "delivery.resend",
-                    f"delivery {delivery_id} re-queued by request",
-                    detail={"delivery_id": delivery_id},
-                )
-    return chosen
+    """Attempt every pending delivery whose time has come (at most ``limit``, the longest due
+    first); returns how many were sent."""
+    claimed = claim_due(database, Delivery, lambda _: claim_seconds(policy), limit=limit)
+    return len(attempt_claimed(database, claimed, policy)) if claimed else 0
 
 
 class DeliveryLoop:

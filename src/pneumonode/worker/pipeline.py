@@ -64,6 +64,7 @@ from pneumonode.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
+from pneumonode.db.outbox import add_delivery
 from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
 from pneumonode.db.stages import (
@@ -75,12 +76,7 @@ from pneumonode.db.stages import (
     SEND,
     WRITE,
 )
-from pneumonode.dicom_node.delivery import (
-    RetryPolicy,
-    add_delivery,
-    attempt_claimed,
-    claim_seconds,
-)
+from pneumonode.dicom_node.delivery import RetryPolicy, attempt_claimed, claim_seconds
 from pneumonode.dicom_node.spool import safe_component
 from pneumonode.files import write_atomic
 from pneumonode.model.postprocess import describe_finding
