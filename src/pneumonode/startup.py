@@ -74,7 +74,7 @@ def _check_data_dir(settings: Settings) -> None:
 
 
 def _check_peers(settings: Settings) -> None:
-    from pneumonode.dicom_node.peers import PeerConfigError, PeerPolicy
+    from pneumonode.addresses import PeerConfigError, PeerPolicy
 
     try:  # resolves each AE@host's host, as the listener will
         PeerPolicy.from_settings(settings.allowed_peers, settings.accept_any_peer)

@@ -23,12 +23,12 @@ from alert_receivers import MllpListener, WebhookReceiver
 from dicom_factory import make_dx, save, synthetic_chest
 from node_processes import node_env, running, wait_until
 from peers_harness import free_port
+from pneumonode.addresses import Destination
 from pneumonode.alerts.outbox import AlertLoop, AlertPolicy, resend_alerts, run_due_alerts
 from pneumonode.api.app import create_app
 from pneumonode.api.security import ApiToken
 from pneumonode.db.models import Alert, AuditEvent, DeliveryState, Job, JobState
 from pneumonode.db.session import Database
-from pneumonode.dicom_node.peers import Destination
 from pneumonode.dicom_node.scu import send_files
 from pneumonode.model.predictor import Predictor
 from pneumonode.worker.pipeline import JobOutcome, PipelineContext, process_job

@@ -14,9 +14,9 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
+from pneumonode.addresses import MllpTarget
 from pneumonode.alerts.content import AlertContent, Patient, alert_content, wants_alert
 from pneumonode.alerts.hl7 import build_oru, read_ack, send_oru
-from pneumonode.alerts.targets import MllpTarget
 from pneumonode.model.postprocess import Finding
 from pneumonode.results.common import AlgorithmInfo
 

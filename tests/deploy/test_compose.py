@@ -30,8 +30,8 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from peers_harness import free_port
+from pneumonode.addresses import PeerRule, parse_destination
 from pneumonode.config import ENV_PREFIX, Settings
-from pneumonode.dicom_node.peers import PeerRule, parse_destination
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -15,7 +15,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from dicom_factory import basic_text_sr, make_dx, save, synthetic_chest
 from pneumonode.dicom_node.header import read_header
 from pneumonode.dicom_node.receive import dataset_offset
-from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, SelectionRules, skip_reason
+from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
+from pneumonode.selection_rules import SelectionRules
 
 KEYWORDS = (
     "StudyInstanceUID",

@@ -16,8 +16,8 @@ from pneumonode.db.session import Database
 from pneumonode.dicom_node.parse import Problem, RefusedDatasetError, parse_received
 from pneumonode.dicom_node.receive import InstanceReceiver
 from pneumonode.dicom_node.record import InstanceRecorder
-from pneumonode.dicom_node.selection import SelectionRules
 from pneumonode.dicom_node.spool import IncomingFile, Spool, dataset_offset, hash_dataset
+from pneumonode.selection_rules import SelectionRules
 
 
 def _incoming(spool: Spool, source: Path, name: str = "a.dcm") -> Path:

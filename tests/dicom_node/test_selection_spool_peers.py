@@ -18,11 +18,12 @@ from pydicom.uid import (
 
 from dicom_factory import make_dx
 from node_processes import PNEUMONODE
+from pneumonode.addresses import PeerConfigError, PeerPolicy, PeerRule, parse_destination
 from pneumonode.config import ConfigError, Settings, load_settings
 from pneumonode.db.session import Database
-from pneumonode.dicom_node.peers import PeerConfigError, PeerPolicy, PeerRule, parse_destination
-from pneumonode.dicom_node.selection import SelectionRules, skip_reason
+from pneumonode.dicom_node.selection import skip_reason
 from pneumonode.dicom_node.spool import Spool, safe_component
+from pneumonode.selection_rules import SelectionRules
 
 
 def radiograph(**attributes: object):

@@ -5,10 +5,10 @@
 - ``hl7``: the ORU^R01 (hl7apy builds and checks it), MLLP and the ACK (python-hl7).
 - ``webhook``: the JSON body, its HMAC-SHA256 signature, the POST (httpx).
 - ``outbox``: alert rows queued with their result, sent, retried and dead-lettered as deliveries
-  are, audited; the loop that retries them.
-- ``targets``: parsing ``host:port`` and webhook URLs (the settings check them with it).
+  are (their rows written by ``db.outbox``); the loop that retries them.
 
-Nothing is imported here: the settings import ``targets`` and must not pull in the rest.
+Where alerts go (``host:port``, webhook URLs) is parsed by ``pneumonode.addresses``, with which
+the settings check them. Nothing is imported here.
 """
 
 __all__: list[str] = []

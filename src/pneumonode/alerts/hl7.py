@@ -43,9 +43,9 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.factories import datatype_factory
 
+from pneumonode.addresses import MllpTarget
 from pneumonode.alerts.content import AlertContent
 from pneumonode.alerts.outcome import AttemptOutcome
-from pneumonode.alerts.targets import MllpTarget
 
 __all__ = [
     "ACCEPTED",

@@ -29,9 +29,9 @@ from urllib.parse import quote
 import httpx
 
 from pneumonode import __version__
+from pneumonode.addresses import redact_url
 from pneumonode.alerts.content import AlertContent
 from pneumonode.alerts.outcome import AttemptOutcome
-from pneumonode.alerts.targets import redact_url
 
 __all__ = [
     "DELIVERY_HEADER",

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pneumonode.addresses import Destination
     from pneumonode.config import Settings
     from pneumonode.db.session import Database
-    from pneumonode.dicom_node.peers import Destination
     from pneumonode.findings import Finding
     from pneumonode.model.predictor import Predictor
 
@@ -104,7 +104,7 @@ def since(text: str) -> datetime:
 
 def destination(text: str) -> Destination:
     """``AE@host:port`` parsed, or a :class:`CliError` that says what is wrong with it."""
-    from pneumonode.dicom_node.peers import PeerConfigError, parse_destination
+    from pneumonode.addresses import PeerConfigError, parse_destination
 
     try:
         return parse_destination(text)

@@ -319,7 +319,8 @@ def _yes(flag: bool) -> str:
 def _analysed(sop_class_uid: str) -> str:
     """Whether a frontal chest image of this SOP class becomes a job (``skip_reason`` with the
     default rules), and for which modalities when that depends on them."""
-    from pneumonode.dicom_node.selection import SelectionRules, skip_reason
+    from pneumonode.dicom_node.selection import skip_reason
+    from pneumonode.selection_rules import SelectionRules
 
     modalities = ("CR", "DX", "OT")
     analysed = [

@@ -20,13 +20,14 @@ from pydicom import dcmread
 
 from pneumonode.conversion.decode import BoundedReader, keep_dicom_values_out_of_logs
 from pneumonode.dicom_node.header import read_header
-from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, SelectionRules, skip_reason
+from pneumonode.dicom_node.selection import SELECTION_KEYWORDS, skip_reason
 from pneumonode.dicom_node.spool import dataset_offset
 from pneumonode.dicom_node.structure import (
     DamagedDatasetError,
     TooLargeToCheckError,
     check_structure,
 )
+from pneumonode.selection_rules import SelectionRules
 
 __all__ = [
     "HEADER_KEYWORDS",

@@ -18,12 +18,12 @@ from typing import Any
 import pydicom.config
 from sqlalchemy.exc import SQLAlchemyError
 
+from pneumonode.addresses import PeerPolicy
 from pneumonode.config import Settings
 from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
 from pneumonode.dicom_node import dimse
 from pneumonode.dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
-from pneumonode.dicom_node.peers import PeerPolicy
 from pneumonode.dicom_node.receive import InstanceReceiver, Status
 from pneumonode.dicom_node.spool import Spool
 from pneumonode.dicom_node.tls import TlsSettings

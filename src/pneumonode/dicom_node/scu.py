@@ -12,6 +12,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 from pynetdicom.dsutils import encode, split_dataset
 
+from pneumonode.addresses import Destination
 from pneumonode.dicom_node.dimse import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     SUCCESS,
@@ -20,7 +21,6 @@ from pneumonode.dicom_node.dimse import (
     code_to_category,
     is_out_of_resources,
 )
-from pneumonode.dicom_node.peers import Destination
 from pneumonode.dicom_node.requestor import (
     AssociationAbortedError,
     AssociationRejectedError,

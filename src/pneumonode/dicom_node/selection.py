@@ -19,24 +19,10 @@ from pydicom.uid import (
 )
 
 from pneumonode.identity import MANUFACTURER, OWN_OUTPUT_REASON
-from pneumonode.selection_rules import (
-    CODE_STRING,
-    DEFAULT_BODY_PARTS,
-    DEFAULT_MODALITIES,
-    DEFAULT_VIEW_POSITIONS,
-    MISSING,
-    SelectionRules,
-    code_strings,
-)
+from pneumonode.selection_rules import CODE_STRING, MISSING, SelectionRules
 
 __all__ = [
-    "DEFAULT_BODY_PARTS",
-    "DEFAULT_MODALITIES",
-    "DEFAULT_VIEW_POSITIONS",
-    "MISSING",
     "SELECTION_KEYWORDS",
-    "SelectionRules",
-    "code_strings",
     "is_own_output",
     "skip_reason",
 ]
