@@ -34,6 +34,7 @@ from pneumonode.db.repository import (
     find_instance,
 )
 from pneumonode.db.session import Database
+from pneumonode.dicom_node import dimse
 from pneumonode.dicom_node.parse import (
     HEADER_KEYWORDS,
     ParsedInstance,
@@ -44,9 +45,9 @@ from pneumonode.dicom_node.parse import (
     text_value,
 )
 from pneumonode.dicom_node.record import InstanceRecorder
-from pneumonode.dicom_node.selection import SelectionRules
 from pneumonode.dicom_node.spool import IncomingFile, Spool, dataset_offset
 from pneumonode.dicom_node.structure import prepare_structure_check
+from pneumonode.selection_rules import SelectionRules
 
 __all__ = ["HEADER_KEYWORDS", "InstanceReceiver", "Status", "dataset_offset"]
 
@@ -71,29 +72,27 @@ class Status:
         return ds
 
 
-OUT_OF_RESOURCES = 0xA700
-DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC210
-PROCESSING_FAILURE = 0x0110
-
-
 #: The answer to each refusal of the parse step.
 _REFUSED = {
-    Problem.DAMAGED: Status(CANNOT_UNDERSTAND, "cannot understand: damaged dataset"),
+    Problem.DAMAGED: Status(dimse.Status.CANNOT_UNDERSTAND, "cannot understand: damaged dataset"),
     Problem.TOO_LARGE_TO_CHECK: Status(
-        OUT_OF_RESOURCES, "out of resources: deflated dataset too large"
+        dimse.Status.OUT_OF_RESOURCES, "out of resources: deflated dataset too large"
     ),
     Problem.NO_FILE_META_LENGTH: Status(
-        CANNOT_UNDERSTAND, "cannot understand: no file meta group length"
+        dimse.Status.CANNOT_UNDERSTAND, "cannot understand: no file meta group length"
     ),
-    Problem.UNREADABLE: Status(CANNOT_UNDERSTAND, "cannot understand: unreadable dataset"),
+    Problem.UNREADABLE: Status(
+        dimse.Status.CANNOT_UNDERSTAND, "cannot understand: unreadable dataset"
+    ),
     Problem.SOP_CLASS_DIFFERS: Status(
-        DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        dimse.Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
         "data set does not match SOP Class: SOP Class UID differs",
     ),
-    Problem.NO_STUDY_UID: Status(CANNOT_UNDERSTAND, "cannot understand: no Study Instance UID"),
+    Problem.NO_STUDY_UID: Status(
+        dimse.Status.CANNOT_UNDERSTAND, "cannot understand: no Study Instance UID"
+    ),
     Problem.SOP_INSTANCE_DIFFERS: Status(
-        CANNOT_UNDERSTAND, "cannot understand: SOP Instance UID mismatch"
+        dimse.Status.CANNOT_UNDERSTAND, "cannot understand: SOP Instance UID mismatch"
     ),
 }
 
@@ -149,7 +148,7 @@ class InstanceReceiver:
         try:
             if self.disk_is_low():
                 self._audit_refusal("free disk space below the watermark", **who)
-                return Status(OUT_OF_RESOURCES, "out of resources: disk space low")
+                return Status(dimse.Status.OUT_OF_RESOURCES, "out of resources: disk space low")
             # the disk works while we parse and query the database (a refused dataset is
             # fsynced for nothing: refusals are rare, stored datasets are not)
             incoming = IncomingFile(self.spool, temp)
@@ -171,7 +170,7 @@ class InstanceReceiver:
             return self._store(incoming, parsed.offset, item)
         except Exception:
             log.exception("unexpected failure while receiving an instance")
-            return Status(PROCESSING_FAILURE, "processing failure")
+            return Status(dimse.Status.PROCESSING_FAILURE, "processing failure")
 
     def _item(
         self,
@@ -212,12 +211,12 @@ class InstanceReceiver:
         except SQLAlchemyError as exc:
             log.error("database unavailable: %s", type(exc).__name__)
             incoming.withdraw()  # never leave a file the database does not know about
-            return Status(OUT_OF_RESOURCES, "out of resources: database unavailable")
+            return Status(dimse.Status.OUT_OF_RESOURCES, "out of resources: database unavailable")
         except OSError as exc:
             reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or "I/O error")
             log.error("cannot write to the spool: %s", reason)
-            return Status(OUT_OF_RESOURCES, f"out of resources: {reason}")
-        return Status(0x0000, then=lambda: self._announce(item, record))
+            return Status(dimse.Status.OUT_OF_RESOURCES, f"out of resources: {reason}")
+        return Status(dimse.Status.SUCCESS, then=lambda: self._announce(item, record))
 
     def _announce(self, item: ReceivedInstance, record: ReceiveRecord) -> None:
         """After the response (the peer need not wait for it): wake the dispatcher, log."""
