@@ -148,21 +148,26 @@ def postgres_server() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The same tests on the embedded SQLite and on the PostgreSQL server (empty each time)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'pneumonode.sqlite3'}"
-        return
+@pytest.fixture
+def empty_postgresql(postgres_server: str) -> str:
+    """The URL of the test session's PostgreSQL database, emptied for this test."""
     from sqlalchemy import create_engine, text
 
-    url = request.getfixturevalue("postgres_server")
-    engine = create_engine(url)
+    engine = create_engine(postgres_server)
     with engine.begin() as connection:
         connection.execute(text("DROP SCHEMA public CASCADE"))
         connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
-    yield url
+    return postgres_server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests on the embedded SQLite and on the PostgreSQL server (empty each time)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'pneumonode.sqlite3'}"
+    url: str = request.getfixturevalue("empty_postgresql")
+    return url
 
 
 @pytest.fixture

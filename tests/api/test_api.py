@@ -48,18 +48,6 @@ class Api:
         return self.client.post(url, headers={"Authorization": f"Bearer {TOKEN}"}, **kwargs)  # type: ignore[arg-type]
 
 
-def _empty_postgresql(request: pytest.FixtureRequest) -> str:
-    from sqlalchemy import create_engine, text
-
-    url: str = request.getfixturevalue("postgres_server")
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
-
-
 @pytest.fixture
 def api(
     request: pytest.FixtureRequest,
@@ -72,7 +60,7 @@ def api(
     or on PostgreSQL where a test asks (``parametrize("api", ["postgresql"], indirect=True)``)."""
     postgresql = getattr(request, "param", "sqlite") == "postgresql"
     node = node_factory(
-        database_url=_empty_postgresql(request) if postgresql else None,
+        database_url=request.getfixturevalue("empty_postgresql") if postgresql else None,
         destinations=["PACS@127.0.0.1:9"],
         send_max_attempts=1,
     )

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from received_item import received_instance
 from sqlalchemy import select
 
 from pneumonode.db.audit import (
@@ -17,30 +18,10 @@ from pneumonode.db.audit import (
     audit_row,
 )
 from pneumonode.db.models import AuditEvent
-from pneumonode.db.repository import (
-    ReceivedInstance,
-    find_known_instance,
-    record_received_instance,
-)
+from pneumonode.db.repository import find_known_instance, record_received_instance
 from pneumonode.db.session import Database
 
-ITEM = ReceivedInstance(
-    study_uid="1.2.3",
-    series_uid="1.2.3.4",
-    sop_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-    transfer_syntax_uid="1.2.840.10008.1.2.1",
-    modality="CR",
-    patient_id="PAT-4711",
-    accession_number="ACC-0815",
-    study_date="20260101",
-    path="1.2.3/1.2.3.4.5.dcm",
-    size_bytes=1000,
-    sha256="a" * 64,
-    calling_ae="MODALITY",
-    peer_address="10.0.0.5",
-    skip_reason=None,
-)
+ITEM = received_instance(patient_id="PAT-4711", accession_number="ACC-0815")
 #: A skip reason that breaks the rule: two lines, patient identifiers (a corrupt dataset's).
 REASON = "view position PAT-4711\nfrom ACC-0815"
 #: A message too long for the column.

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from received_item import received_instance
 from sqlalchemy import bindparam, inspect, select, text
 
 from pneumonode.cli import AUDIT_COLUMNS, main
@@ -22,23 +23,7 @@ from pneumonode.db.repository import (
 )
 from pneumonode.db.session import Database
 
-ITEM = ReceivedInstance(
-    study_uid="1.2.3",
-    series_uid="1.2.3.4",
-    sop_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-    transfer_syntax_uid="1.2.840.10008.1.2.1",
-    modality="CR",
-    patient_id="PAT-1",
-    accession_number="ACC-1",
-    study_date="20260101",
-    path="1.2.3/1.2.3.4.5.dcm",
-    size_bytes=1000,
-    sha256="a" * 64,
-    calling_ae="MODALITY",
-    peer_address="10.0.0.5",
-    skip_reason=None,
-)
+ITEM = received_instance()
 
 
 def receive(

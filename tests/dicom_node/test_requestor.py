@@ -9,6 +9,7 @@ import threading
 
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from raw_pdus import encode_pdu, read_pdu
 
 from pneumonode.dicom_node.requestor import Requestor
 
@@ -20,21 +21,9 @@ def _item(kind: int, value: bytes) -> bytes:
     return struct.pack(">BBH", kind, 0, len(value)) + value
 
 
-def _pdu(kind: int, body: bytes) -> bytes:
-    return struct.pack(">BBI", kind, 0, len(body)) + body
-
-
-def _read_pdu(connection: socket.socket) -> tuple[int, bytes] | None:
-    """(type, body) of the next PDU; None when the peer has closed the connection."""
-    header = connection.recv(6, socket.MSG_WAITALL)
-    if len(header) < 6:
-        return None
-    return header[0], connection.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL)
-
-
 def _accept_verification(connection: socket.socket) -> None:
     """Read the A-ASSOCIATE-RQ and accept its context 1 (Verification, implicit VR)."""
-    request = _read_pdu(connection)
+    request = read_pdu(connection)
     assert request is not None and request[0] == 0x01
     titles = request[1][4:36]
     syntax = ImplicitVRLittleEndian.encode() + b"\x00"
@@ -43,7 +32,9 @@ def _accept_verification(connection: socket.socket) -> None:
         + _item(0x21, bytes([1, 0, 0, 0]) + _item(0x40, syntax))
         + _item(0x50, _item(0x51, struct.pack(">I", 16_384)))
     )
-    connection.sendall(_pdu(A_ASSOCIATE_AC, struct.pack(">HH", 1, 0) + titles + bytes(32) + items))
+    connection.sendall(
+        encode_pdu(A_ASSOCIATE_AC, struct.pack(">HH", 1, 0) + titles + bytes(32) + items)
+    )
 
 
 def _colliding_acceptor(listener: socket.socket, seen: list[str]) -> None:
@@ -53,8 +44,12 @@ def _colliding_acceptor(listener: socket.socket, seen: list[str]) -> None:
     with connection:
         connection.settimeout(10)
         _accept_verification(connection)
-        for answer in (_pdu(A_RELEASE_RQ, bytes(4)), _pdu(A_RELEASE_RP, bytes(4)), None):
-            pdu = _read_pdu(connection)
+        for answer in (
+            encode_pdu(A_RELEASE_RQ, bytes(4)),
+            encode_pdu(A_RELEASE_RP, bytes(4)),
+            None,
+        ):
+            pdu = read_pdu(connection)
             seen.append("closed" if pdu is None else f"PDU {pdu[0]:#04x}")
             if pdu is None or answer is None:
                 return

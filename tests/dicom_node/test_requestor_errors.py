@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from raw_pdus import encode_pdu, read_pdu
 
 from pneumonode.dicom_node.dimse import (
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -45,21 +46,9 @@ TIMEOUT = 2.0
 Script = Callable[[socket.socket, list[str]], None]
 
 
-def _pdu(kind: int, body: bytes = bytes(4)) -> bytes:
-    return struct.pack(">BBI", kind, 0, len(body)) + body
-
-
-def _read_pdu(connection: socket.socket) -> tuple[int, bytes] | None:
-    """(type, body) of the next PDU; None when the requestor has closed the connection."""
-    header = connection.recv(6, socket.MSG_WAITALL)
-    if len(header) < 6:
-        return None
-    return header[0], connection.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL)
-
-
 def _accept(connection: socket.socket, max_pdu: int = 16_384) -> None:
     """Read the A-ASSOCIATE-RQ and accept each proposed context with its transfer syntax."""
-    request = _read_pdu(connection)
+    request = read_pdu(connection)
     assert request is not None and request[0] == 0x01
     rq = AssociateRQ.decode(memoryview(request[1]))
     answers = [
@@ -76,7 +65,7 @@ def _command(connection: socket.socket) -> tuple[int, DimseCommand]:
     """(context id, command) of the next request's command set."""
     data = b""
     while True:
-        pdu = _read_pdu(connection)
+        pdu = read_pdu(connection)
         assert pdu is not None and pdu[0] == 0x04
         length, context_id, control = struct.unpack(">IBB", pdu[1][:6])
         data += pdu[1][6 : 4 + length]
@@ -88,7 +77,7 @@ def _drain(connection: socket.socket, seen: list[str]) -> None:
     """Note each PDU type the requestor still sends, then 'closed'."""
     connection.settimeout(TIMEOUT * 3)
     try:
-        while (pdu := _read_pdu(connection)) is not None:
+        while (pdu := read_pdu(connection)) is not None:
             seen.append(f"PDU {pdu[0]:#04x}")
     except OSError:
         pass
@@ -138,8 +127,8 @@ def _within_the_timeout(started: float) -> None:
 
 def test_an_associate_rj_is_a_rejection_that_says_why(acceptor) -> None:
     def reject(connection: socket.socket, seen: list[str]) -> None:
-        _read_pdu(connection)
-        connection.sendall(_pdu(0x03, bytes([0, 1, 1, 3])))  # permanent, user, calling AE
+        read_pdu(connection)
+        connection.sendall(encode_pdu(0x03, bytes([0, 1, 1, 3])))  # permanent, user, calling AE
         _drain(connection, seen)
 
     port, seen, peer = acceptor(reject)
@@ -153,8 +142,8 @@ def test_an_associate_rj_is_a_rejection_that_says_why(acceptor) -> None:
 
 def test_an_abort_in_answer_to_the_request_is_an_abort(acceptor) -> None:
     def abort(connection: socket.socket, seen: list[str]) -> None:
-        _read_pdu(connection)
-        connection.sendall(_pdu(0x07, bytes([0, 0, 2, 0])))
+        read_pdu(connection)
+        connection.sendall(encode_pdu(0x07, bytes([0, 0, 2, 0])))
         _drain(connection, seen)
 
     port, _seen, _peer = acceptor(abort)
@@ -169,9 +158,9 @@ def test_a_peer_abort_in_the_middle_of_a_dataset_ends_the_store(acceptor) -> Non
     def abort_mid_dataset(connection: socket.socket, seen: list[str]) -> None:
         _accept(connection, max_pdu=16_384)
         _command(connection)
-        fragment = _read_pdu(connection)
+        fragment = read_pdu(connection)
         seen.append(f"PDU {fragment[0]:#04x}" if fragment else "closed")
-        connection.sendall(_pdu(0x07, bytes([0, 0, 0, 0])))
+        connection.sendall(encode_pdu(0x07, bytes([0, 0, 0, 0])))
 
     port, seen, peer = acceptor(abort_mid_dataset)
     requestor = _requestor(port, (CT, IMPLICIT_VR_LITTLE_ENDIAN))
@@ -188,15 +177,15 @@ def test_a_peer_abort_in_the_middle_of_a_dataset_ends_the_store(acceptor) -> Non
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
-        (_pdu(0x02, bytes(10)), "A-ASSOCIATE-AC"),  # shorter than its fixed fields
-        (_pdu(0x0A, bytes(4)), "PDU type 10"),  # no such PDU type
+        (encode_pdu(0x02, bytes(10)), "A-ASSOCIATE-AC"),  # shorter than its fixed fields
+        (encode_pdu(0x0A, bytes(4)), "PDU type 10"),  # no such PDU type
         (b"\x02\x00\x7f\xff\xff\xff", "a PDU of"),  # announces 2 GiB
     ],
     ids=["short-associate-ac", "unknown-type", "huge-length"],
 )
 def test_a_malformed_answer_to_the_request_is_an_abort(acceptor, reply, message) -> None:
     def answer(connection: socket.socket, seen: list[str]) -> None:
-        _read_pdu(connection)
+        read_pdu(connection)
         connection.sendall(reply)
         _drain(connection, seen)
 
@@ -224,7 +213,7 @@ def _echo_answered_with(reply: Callable[[int, DimseCommand], bytes]) -> Script:
     ("reply", "message"),
     [
         # a PDV whose length runs past the end of its P-DATA-TF
-        (lambda c, _: _pdu(0x04, struct.pack(">IBB", 100, c, 3) + b"\x00" * 4), "PDV"),
+        (lambda c, _: encode_pdu(0x04, struct.pack(">IBB", 100, c, 3) + b"\x00" * 4), "PDV"),
         # a request (C-STORE-RQ) where the C-ECHO-RSP belongs
         (
             lambda c, _: p_data_tf(c, PDV_COMMAND | PDV_LAST, c_store_rq(1, CT, "1.2.3")),
@@ -256,7 +245,7 @@ def _echo_answered_with(reply: Callable[[int, DimseCommand], bytes]) -> Script:
             "malformed command set",
         ),
         # an A-ASSOCIATE-AC again (Sta6, Evt3: AA-8)
-        (lambda c, _: _pdu(0x02, bytes(68)), "PDU type 2"),
+        (lambda c, _: encode_pdu(0x02, bytes(68)), "PDU type 2"),
     ],
     ids=[
         "pdv-overrun",
@@ -327,7 +316,7 @@ def test_silence_after_a_request_is_a_timeout_and_an_abort(acceptor) -> None:
 def test_a_release_request_instead_of_a_response_aborts(acceptor) -> None:
     """The acceptor asks for release while a C-ECHO-RQ waits for its response (Sta6, Evt12):
     the operation cannot complete; the requestor aborts rather than wait."""
-    port, seen, peer = acceptor(_echo_answered_with(lambda c, _: _pdu(0x05)))
+    port, seen, peer = acceptor(_echo_answered_with(lambda c, _: encode_pdu(0x05)))
     requestor = _requestor(port)
     requestor.open()
     with pytest.raises(AssociationAbortedError, match="PDU type 5"):
@@ -342,9 +331,9 @@ def test_a_release_collision_without_the_acceptors_reply_ends_in_an_abort(accept
 
     def collide_then_fall_silent(connection: socket.socket, seen: list[str]) -> None:
         _accept(connection)
-        pdu = _read_pdu(connection)
+        pdu = read_pdu(connection)
         seen.append(f"PDU {pdu[0]:#04x}" if pdu else "closed")
-        connection.sendall(_pdu(0x05))  # our A-RELEASE-RQ too
+        connection.sendall(encode_pdu(0x05))  # our A-RELEASE-RQ too
         _drain(connection, seen)
 
     port, seen, peer = acceptor(collide_then_fall_silent)
@@ -362,9 +351,9 @@ def test_a_release_collision_without_the_acceptors_reply_ends_in_an_abort(accept
 def test_a_release_answered_by_an_abort_closes_quietly(acceptor) -> None:
     def abort_the_release(connection: socket.socket, seen: list[str]) -> None:
         _accept(connection)
-        pdu = _read_pdu(connection)
+        pdu = read_pdu(connection)
         seen.append(f"PDU {pdu[0]:#04x}" if pdu else "closed")
-        connection.sendall(_pdu(0x07, bytes([0, 0, 2, 0])))
+        connection.sendall(encode_pdu(0x07, bytes([0, 0, 2, 0])))
         _drain(connection, seen)
 
     port, seen, peer = acceptor(abort_the_release)
