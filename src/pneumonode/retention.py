@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from pneumonode.config import Settings
-from pneumonode.db.audit import audit_direct, audit_row
 from pneumonode.db.models import (
     Delivery,
     DeliveryState,
@@ -38,6 +37,7 @@ from pneumonode.db.models import (
     Study,
     utcnow,
 )
+from pneumonode.db.repository import PrunedInstance, record_pruned
 from pneumonode.db.session import Database
 from pneumonode.dicom_node.spool import safe_component
 
@@ -158,27 +158,12 @@ def prune(
             _remove_if_empty(results.parent)
             events.append((candidate, len(files), size))
         if events and not dry_run:
-            stamp = utcnow()
+            pruned = [
+                PrunedInstance(c.id, c.study_uid, c.sop_uid, files=count, size_bytes=size)
+                for c, count, size in events
+            ]
             with database.session() as session:
-                session.execute(
-                    update(Instance)
-                    .where(Instance.id.in_([c.id for c, _, _ in events]))
-                    .values(pruned_at=stamp)
-                )
-                audit_direct(
-                    session,
-                    [
-                        audit_row(
-                            "instance.pruned",
-                            "stored image and result files deleted (retention)",
-                            at=stamp,
-                            study_uid=c.study_uid,
-                            sop_uid=c.sop_uid,
-                            detail={"files": count, "bytes": size},
-                        )
-                        for c, count, size in events
-                    ],
-                )
+                record_pruned(session, pruned)
         if progress is not None:
             progress(len(rows))
 

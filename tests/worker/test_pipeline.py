@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from dicom_factory import make_dx, save, synthetic_chest
 from peers_harness import StoreSCP, dciodvfy_errors, run_storescp, storescu
+from pneumonode.db.jobs import claim_job
 from pneumonode.db.models import (
     AuditEvent,
     Delivery,
@@ -28,7 +29,7 @@ from pneumonode.db.models import (
 from pneumonode.db.session import Database
 from pneumonode.model.predictor import Predictor
 from pneumonode.worker.dispatch import dispatch_once
-from pneumonode.worker.pipeline import PipelineContext, claim_job, process_job
+from pneumonode.worker.pipeline import PipelineContext, process_job
 
 if TYPE_CHECKING:
     from conftest import RunningNode

@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from pneumonode.api.deps import Authorized, SessionDep, StateDep
 from pneumonode.api.schemas import ActionOut, ProblemOut, UploadItem, UploadOut
+from pneumonode.db.jobs import rerun_job
 from pneumonode.db.models import Delivery, DeliveryState, Job, JobState, Result
 from pneumonode.db.outbox import resend_dead
-from pneumonode.db.repository import audit
 from pneumonode.dicom_node.receive import InstanceReceiver
 from pneumonode.dicom_node.spool import Spool
 
@@ -56,17 +56,7 @@ def rerun(job_id: IdPath, session: SessionDep) -> ActionOut:
             status.HTTP_409_CONFLICT,
             "retention deleted this image; send it again from the PACS to run it again",
         )
-    job.state = JobState.PENDING
-    job.error = None
-    job.queued_at = job.started_at = job.finished_at = None
-    audit(
-        session,
-        "job.rerun",
-        f"job {job.id} will run again (requested through the API)",
-        study_uid=instance.study.study_uid,
-        sop_uid=instance.sop_uid,
-        detail={"job_id": job.id},
-    )
+    rerun_job(session, job, "requested through the API")
     return ActionOut(message="queued to run again", job_id=job.id)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from pneumonode.db.audit import audit, audit_direct, audit_row
@@ -28,6 +28,7 @@ from pneumonode.db.models import (
 
 __all__ = [
     "KnownInstance",
+    "PrunedInstance",
     "ReceiveOutcome",
     "ReceiveRecord",
     "ReceivedInstance",
@@ -35,6 +36,7 @@ __all__ = [
     "find_instance",
     "find_known_instance",
     "list_audit",
+    "record_pruned",
     "record_received_instance",
 ]
 
@@ -291,3 +293,41 @@ def _record_resent(
             session, "job.reset", f"job {job.id} will run again", detail={"job_id": job.id}, **ids
         )
     return ReceiveRecord(ReceiveOutcome.RESENT_CHANGED, instance.id, job.id, JobState.PENDING)
+
+
+@dataclass(frozen=True)
+class PrunedInstance:
+    """An instance whose spooled image and result files retention deleted."""
+
+    instance_id: int
+    study_uid: str
+    sop_uid: str
+    files: int
+    size_bytes: int
+
+
+def record_pruned(session: Session, pruned: Sequence[PrunedInstance]) -> None:
+    """Mark ``pruned`` instances as pruned now (their rows and audit trail stay), one
+    ``instance.pruned`` event each, written many at once on the cursor."""
+    if not pruned:
+        return
+    stamp = utcnow()
+    session.execute(
+        update(Instance)
+        .where(Instance.id.in_([p.instance_id for p in pruned]))
+        .values(pruned_at=stamp)
+    )
+    audit_direct(
+        session,
+        [
+            audit_row(
+                "instance.pruned",
+                "stored image and result files deleted (retention)",
+                at=stamp,
+                study_uid=p.study_uid,
+                sop_uid=p.sop_uid,
+                detail={"files": p.files, "bytes": p.size_bytes},
+            )
+            for p in pruned
+        ],
+    )

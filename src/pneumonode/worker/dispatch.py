@@ -36,14 +36,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
+from pneumonode.db.jobs import take_for_queue, unqueue
 from pneumonode.db.models import Job, JobState, utcnow
-from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
 
 __all__ = ["DispatchReport", "Dispatcher", "dispatch_once", "pending_waiting", "prune_processed"]
@@ -93,49 +92,6 @@ def _publish_all(publish: Publish, ids: Sequence[int]) -> list[int]:
 STALE_LEASES = 5
 
 
-def _requeue_expired(session: Session, now: datetime, limit: int) -> list[int]:
-    """RUNNING jobs whose lease ran out go back to QUEUED (audited); returns their ids."""
-    expired = list(
-        session.scalars(
-            select(Job)
-            .where(Job.state == JobState.RUNNING)
-            .where(Job.lease_until < now)
-            .limit(limit)
-        )
-    )
-    for job in expired:
-        audit(
-            session,
-            "job.requeued",
-            f"job {job.id} re-queued: its worker gave no sign within the lease",
-            detail={"job_id": job.id, "worker": job.worker},
-        )
-        # back to the queue: a late finish by the old worker no longer counts
-        job.state = JobState.QUEUED
-        job.queued_at = now
-        job.lease_until = None
-    return [job.id for job in expired]
-
-
-def _refresh_stale(
-    session: Session, now: datetime, queued_before: datetime, exclude: list[int], limit: int
-) -> list[int]:
-    """QUEUED jobs queued before ``queued_before`` (their message may be lost) get a new
-    queued_at; returns their ids, to publish again."""
-    stale = list(
-        session.scalars(
-            select(Job)
-            .where(Job.state == JobState.QUEUED)
-            .where(Job.queued_at < queued_before)
-            .where(Job.id.not_in(exclude))
-            .limit(limit)
-        )
-    )
-    for job in stale:
-        job.queued_at = now
-    return [job.id for job in stale]
-
-
 def dispatch_once(
     database: Database,
     publish: Publish,
@@ -149,51 +105,16 @@ def dispatch_once(
     every QUEUED job again, however young (the first look after a start); ``full=False``: only
     queue the PENDING jobs (a look on a wake)."""
     now = utcnow()
-    expired_ids: list[int] = []
-    stale_ids: list[int] = []
-    with database.session() as session:
-        # one statement: two dispatchers never both flip (and publish) the same job
-        oldest = (
-            select(Job.id)
-            .where(Job.state == JobState.PENDING)
-            .order_by(Job.id)
-            .limit(limit)
-            .scalar_subquery()
-        )
-        flipped = sorted(
-            session.scalars(
-                update(Job)
-                .where(Job.id.in_(oldest))
-                .where(Job.state == JobState.PENDING)
-                .values(state=JobState.QUEUED, queued_at=now)
-                .returning(Job.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
-        if full:
-            expired_ids = _requeue_expired(session, now, limit)
-            stale_ids = _refresh_stale(
-                session,
-                now,
-                now - timedelta(seconds=0 if republish_queued else STALE_LEASES * lease_seconds),
-                flipped + expired_ids,
-                limit,
-            )
-
-    failed = _publish_all(publish, flipped)
+    stale_after = timedelta(seconds=0 if republish_queued else STALE_LEASES * lease_seconds)
+    taken = take_for_queue(database, now, limit, full=full, queued_before=now - stale_after)
+    failed = _publish_all(publish, taken.queued)
     if failed:
-        with database.session() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(failed))
-                .where(Job.state == JobState.QUEUED)
-                .values(state=JobState.PENDING, queued_at=None)
-            )
-    failed_again = _publish_all(publish, expired_ids + stale_ids)
+        unqueue(database, failed)
+    failed_again = _publish_all(publish, taken.expired + taken.stale)
     report = DispatchReport(
-        queued=len(flipped) - len(failed),
-        requeued_expired=len(expired_ids),
-        requeued_stale=len(stale_ids),
+        queued=len(taken.queued) - len(failed),
+        requeued_expired=len(taken.expired),
+        requeued_stale=len(taken.stale),
         publish_failures=len(failed) + len(failed_again),
     )
     if report.queued or report.requeued_expired or report.requeued_stale:

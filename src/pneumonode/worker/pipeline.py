@@ -37,13 +37,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom import Dataset
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -53,15 +53,13 @@ from pneumonode.config import Settings
 from pneumonode.conversion import ConversionError, encode_png
 from pneumonode.conversion.decode import read_dataset
 from pneumonode.conversion.prepare import prepare_radiograph
+from pneumonode.db.jobs import ClaimedJob, beat, claim_job, fail_job, give_back, still_ours
 from pneumonode.db.models import (
     Alert,
     Delivery,
-    Instance,
     Job,
     JobState,
     Result,
-    Study,
-    WorkerHeartbeat,
     utcnow,
 )
 from pneumonode.db.outbox import add_delivery
@@ -101,7 +99,6 @@ __all__ = [
     "ResultFiles",
     "TransientJobError",
     "analyse",
-    "claim_job",
     "process_job",
     "release_job",
     "settle_heap",
@@ -133,28 +130,18 @@ class PipelineContext:
         return AlgorithmInfo.from_checkpoint(self.predictor.config)
 
     def heartbeat(self) -> None:
-        """Say this worker is alive (the API's health page lists workers seen recently)."""
+        """Say this worker is alive (the health page lists workers seen recently) and renew the
+        lease of the job it runs (only a silent worker loses its job)."""
         config = self.predictor.config
-        with self.database.session() as session:
-            row = session.get(WorkerHeartbeat, self.worker_name)
-            if row is None:
-                row = WorkerHeartbeat(name=self.worker_name, started_at=utcnow())
-                session.add(row)
-            row.model = config.name[:128]
-            row.model_version = config.version[:64]
-            row.device = self.predictor.device[:32]
-            row.backend = self.predictor.backend[:32]
-            row.seen_at = utcnow()
-            # the lease of what we are running now runs on from here: only a silent worker
-            # (dead, frozen, cut off) loses its job
-            session.execute(
-                update(Job)
-                .where(Job.state == JobState.RUNNING)
-                .where(Job.worker == self.worker_name)
-                .values(
-                    lease_until=row.seen_at + timedelta(seconds=self.settings.job_lease_seconds)
-                )
-            )
+        beat(
+            self.database,
+            self.worker_name,
+            model=config.name,
+            model_version=config.version,
+            device=self.predictor.device,
+            backend=self.predictor.backend,
+            lease_seconds=self.settings.job_lease_seconds,
+        )
 
     def start_heartbeats(self, interval: float | None = None) -> None:
         """Refresh the heartbeat (and our running job's lease) from a daemon thread, every
@@ -335,120 +322,16 @@ def write_results(
     )
 
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    job_id: int
-    instance_id: int
-    path: Path
-    study_uid: str
-    sop_uid: str
-    received_at: datetime
-    queued_at: datetime | None
-    started_at: datetime
-    attempt: int
-
-
-def claim_job(
-    database: Database, job_id: int, worker: str, lease_seconds: float
-) -> ClaimedJob | None:
-    """Make the job RUNNING in ``worker``'s name; None when it is not ours to run."""
-    now = utcnow()
-    runnable = (Job.state.in_((JobState.PENDING, JobState.QUEUED))) | (
-        (Job.state == JobState.RUNNING) & (Job.lease_until < now)
-    )
-    with database.session() as session:
-        claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-            update(Job)
-            .where(Job.id == job_id)
-            .where(runnable)
-            .values(
-                state=JobState.RUNNING,
-                started_at=now,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                worker=worker,
-                attempts=Job.attempts + 1,
-            )
-        )
-        if claimed.rowcount != 1:
-            return None
-        # one query for what the job needs of its instance and study (not three lazy loads)
-        row = session.execute(
-            select(
-                Job.attempts,
-                Job.queued_at,
-                Instance.id,
-                Instance.path,
-                Instance.sop_uid,
-                Instance.received_at,
-                Study.study_uid,
-            )
-            .join(Instance, Instance.id == Job.instance_id)
-            .join(Study, Study.id == Instance.study_id)
-            .where(Job.id == job_id)
-        ).one()
-        attempts, queued_at, instance_id, path, sop_uid, received_at, study_uid = row
-        audit(
-            session,
-            "job.started",
-            f"job {job_id} started (attempt {attempts})",
-            study_uid=study_uid,
-            sop_uid=sop_uid,
-            detail={"job_id": job_id, "worker": worker, "attempt": attempts},
-        )
-        return ClaimedJob(
-            job_id=job_id,
-            instance_id=instance_id,
-            path=Path(path),
-            study_uid=study_uid,
-            sop_uid=sop_uid,
-            received_at=received_at,
-            queued_at=queued_at,
-            started_at=now,
-            attempt=attempts,
-        )
-
-
-def _still_ours(session: Session, job_id: int, worker: str) -> Job | None:
-    job = session.scalars(
-        select(Job)
-        .where(Job.id == job_id)
-        .where(Job.state == JobState.RUNNING)
-        .where(Job.worker == worker)
-        .with_for_update()
-    ).first()
-    return job
-
-
 def _fail(context: PipelineContext, claimed: ClaimedJob, reason: str) -> JobOutcome:
-    with context.database.session() as session:
-        job = _still_ours(session, claimed.job_id, context.worker_name)
-        if job is None:
-            return JobOutcome(claimed.job_id, "skipped", reason="no longer ours")
-        job.state = JobState.FAILED
-        job.error = reason
-        job.finished_at = utcnow()
-        job.lease_until = None
-        audit(
-            session,
-            "job.failed",
-            f"job {claimed.job_id} failed: {reason}",
-            study_uid=claimed.study_uid,
-            sop_uid=claimed.sop_uid,
-            detail={"job_id": claimed.job_id, "reason": reason},
-        )
+    if not fail_job(context.database, claimed, context.worker_name, reason):
+        return JobOutcome(claimed.job_id, "skipped", reason="no longer ours")
     log.warning("job %d failed: %s", claimed.job_id, reason)
     return JobOutcome(claimed.job_id, "failed", reason=reason)
 
 
 def release_job(context: PipelineContext, job_id: int, reason: str) -> None:
     """Give a claimed job back (QUEUED) after a transient error, for the task's retry."""
-    with context.database.session() as session:
-        job = _still_ours(session, job_id, context.worker_name)
-        if job is not None:
-            job.state = JobState.QUEUED
-            job.error = reason
-            job.lease_until = None
-            job.queued_at = utcnow()
+    give_back(context.database, job_id, context.worker_name, reason)
 
 
 def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
@@ -567,7 +450,7 @@ def _record(
     finding = analysis.prediction.finding
     ids = {"study_uid": claimed.study_uid, "sop_uid": claimed.sop_uid}
     with context.database.session() as session:
-        job = _still_ours(session, claimed.job_id, context.worker_name)
+        job = still_ours(session, claimed.job_id, context.worker_name)
         if job is None:
             log.info("job %d was reset while running; its result is dropped", claimed.job_id)
             return _Recorded("skipped", reason="reset while running")
