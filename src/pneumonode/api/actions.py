@@ -81,7 +81,7 @@ def resend_result(result_id: IdPath, session: SessionDep, state: StateDep) -> Ac
         raise HTTPException(
             status.HTTP_409_CONFLICT, "nothing of this result is dead-lettered; nothing to resend"
         )
-    session.commit()
+    session.rollback()  # resend_dead() takes its own session
     ids = resend_dead(state.database, Delivery, dead)
     return ActionOut(message=f"{len(ids)} deliveries queued again", delivery_ids=ids)
 

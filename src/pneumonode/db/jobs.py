@@ -18,8 +18,9 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from pneumonode.db.audit import audit
-from pneumonode.db.models import Instance, Job, JobState, Study, WorkerHeartbeat, utcnow
+from pneumonode.db.models import Instance, Job, JobState, Result, Study, WorkerHeartbeat, utcnow
 from pneumonode.db.session import Database
+from pneumonode.findings import AlgorithmInfo, Finding
 
 __all__ = [
     "ClaimedJob",
@@ -27,9 +28,12 @@ __all__ = [
     "beat",
     "claim_job",
     "fail_job",
+    "finish_job",
     "give_back",
+    "record_result",
     "rerun_job",
     "still_ours",
+    "store_timings",
     "take_for_queue",
     "unqueue",
 ]
@@ -271,6 +275,82 @@ def fail_job(database: Database, claimed: ClaimedJob, worker: str, reason: str) 
             detail={"job_id": claimed.job_id, "reason": reason},
         )
         return True
+
+
+def record_result(
+    session: Session,
+    job: Job,
+    finding: Finding,
+    algorithm: AlgorithmInfo,
+    *,
+    seg_sop_uid: str,
+    sr_sop_uid: str,
+    sc_sop_uid: str | None,
+) -> Result:
+    """Store the job's result by ``algorithm``: one row per job and model version, replaced
+    when the job runs again with the same version. Returns it (flushed: it has its id)."""
+    result = session.scalars(
+        select(Result)
+        .where(Result.job_id == job.id)
+        .where(Result.model_version == algorithm.version)
+    ).first()
+    if result is None:
+        result = Result(job_id=job.id, model_version=algorithm.version)
+        session.add(result)
+    result.pneumothorax = finding.present
+    result.probability = finding.probability
+    result.operating_point = finding.threshold
+    result.max_probability = finding.max_probability
+    result.area_pixels = finding.area_pixels
+    result.area_mm2 = finding.area_mm2
+    result.side = finding.side
+    result.side_assumed = finding.orientation_assumed
+    result.threshold = algorithm.threshold
+    result.min_area_pixels = algorithm.min_area_pixels
+    result.seg_sop_uid = seg_sop_uid
+    result.sr_sop_uid = sr_sop_uid
+    result.sc_sop_uid = sc_sop_uid
+    result.created_at = utcnow()
+    session.flush()
+    return result
+
+
+def finish_job(
+    session: Session,
+    job: Job,
+    result: Result,
+    timings: dict[str, Any],
+    verdict: str,
+    *,
+    study_uid: str,
+    sop_uid: str,
+) -> None:
+    """Make the job DONE with its per-stage ``timings`` (``db.stages``' names), audited as
+    ``job <id> done: <verdict>``."""
+    job.state = JobState.DONE
+    job.error = None
+    job.finished_at = utcnow()
+    job.lease_until = None
+    job.timings = dict(timings)
+    audit(
+        session,
+        "job.done",
+        f"job {job.id} done: {verdict}",
+        study_uid=study_uid,
+        sop_uid=sop_uid,
+        detail={
+            "job_id": job.id,
+            "result_id": result.id,
+            "timings": {k: v for k, v in timings.items() if v is not None},
+        },
+    )
+
+
+def store_timings(session: Session, job_id: int, timings: dict[str, Any]) -> None:
+    """Replace the job's per-stage timings (the worker adds ``send`` once it has sent)."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.timings = dict(timings)
 
 
 def give_back(database: Database, job_id: int, worker: str, reason: str) -> None:

@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom import Dataset
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -53,17 +52,19 @@ from pneumonode.config import Settings
 from pneumonode.conversion import ConversionError, encode_png
 from pneumonode.conversion.decode import read_dataset
 from pneumonode.conversion.prepare import prepare_radiograph
-from pneumonode.db.jobs import ClaimedJob, beat, claim_job, fail_job, give_back, still_ours
-from pneumonode.db.models import (
-    Alert,
-    Delivery,
-    Job,
-    JobState,
-    Result,
-    utcnow,
+from pneumonode.db.jobs import (
+    ClaimedJob,
+    beat,
+    claim_job,
+    fail_job,
+    finish_job,
+    give_back,
+    record_result,
+    still_ours,
+    store_timings,
 )
+from pneumonode.db.models import Alert, Delivery
 from pneumonode.db.outbox import add_delivery
-from pneumonode.db.repository import audit
 from pneumonode.db.session import Database
 from pneumonode.db.stages import (
     BUILD,
@@ -415,9 +416,7 @@ def process_job(context: PipelineContext, job_id: int) -> JobOutcome:
 
     def sent_in(session: Session) -> None:  # with the outcomes: no transaction of its own
         timings[SEND] = time.perf_counter() - sending
-        job = session.get(Job, job_id)
-        if job is not None:
-            job.timings = dict(timings)
+        store_timings(session, job_id, timings)
 
     sent = attempt_claimed(context.database, outcome.deliveries, policy, then=sent_in)
     return JobOutcome(
@@ -454,31 +453,16 @@ def _record(
         if job is None:
             log.info("job %d was reset while running; its result is dropped", claimed.job_id)
             return _Recorded("skipped", reason="reset while running")
-        result = session.scalars(
-            select(Result)
-            .where(Result.job_id == claimed.job_id)
-            .where(Result.model_version == algorithm.version)
-        ).first()
-        if result is None:
-            result = Result(job_id=claimed.job_id, model_version=algorithm.version)
-            session.add(result)
-        result.pneumothorax = finding.present
-        result.probability = finding.probability
-        result.operating_point = finding.threshold
-        result.max_probability = finding.max_probability
-        result.area_pixels = finding.area_pixels
-        result.area_mm2 = finding.area_mm2
-        result.side = finding.side
-        result.side_assumed = finding.orientation_assumed
-        result.threshold = algorithm.threshold
-        result.min_area_pixels = algorithm.min_area_pixels
-        result.seg_sop_uid = str(analysis.segmentation.SOPInstanceUID)
-        result.sr_sop_uid = str(analysis.report.SOPInstanceUID)
-        result.sc_sop_uid = (
-            str(analysis.capture.SOPInstanceUID) if analysis.capture is not None else None
+        capture = analysis.capture
+        result = record_result(
+            session,
+            job,
+            finding,
+            algorithm,
+            seg_sop_uid=str(analysis.segmentation.SOPInstanceUID),
+            sr_sop_uid=str(analysis.report.SOPInstanceUID),
+            sc_sop_uid=str(capture.SOPInstanceUID) if capture is not None else None,
         )
-        result.created_at = utcnow()
-        session.flush()
 
         deliveries: list[Delivery] = []
         objects = [(files.seg, analysis.segmentation), (files.sr, analysis.report)]
@@ -506,21 +490,12 @@ def _record(
                 assert delivery is not None
                 deliveries.append(delivery)
         alerts = queue_alerts(session, alerting, content, result.id)
-        job.state = JobState.DONE
-        job.error = None
-        job.finished_at = utcnow()
-        job.lease_until = None
-        job.timings = dict(timings)
-        verdict = describe_finding(finding)
-        audit(
+        finish_job(
             session,
-            "job.done",
-            f"job {claimed.job_id} done: {verdict}; model {algorithm.version}",
-            detail={
-                "job_id": claimed.job_id,
-                "result_id": result.id,
-                "timings": {k: v for k, v in timings.items() if v is not None},
-            },
+            job,
+            result,
+            timings,
+            f"{describe_finding(finding)}; model {algorithm.version}",
             **ids,
         )
         return _Recorded(
