@@ -1,7 +1,8 @@
 """The audit trail's one writer: the row every audit event becomes, and the rule for its message.
 
 Every audit event is built by :func:`audit_row`, whichever way it reaches the database: an ORM
-session (:func:`audit`), or the listener's statements on the DBAPI cursor (:func:`audit_direct`,
+session (:func:`audit`; :func:`audit_now` for an event that goes with no other write, in a
+transaction of its own), or the listener's statements on the DBAPI cursor (:func:`audit_direct`,
 no session per instance). The rule for a message:
 
 - it is one line: line breaks and other control characters become spaces;
@@ -16,16 +17,19 @@ raises at once.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, String
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from pneumonode.db.direct import direct_insert
 from pneumonode.db.models import AuditEvent, utcnow
+from pneumonode.db.session import Database
 
 __all__ = [
     "FIELDS",
@@ -35,8 +39,11 @@ __all__ = [
     "audit",
     "audit_direct",
     "audit_message",
+    "audit_now",
     "audit_row",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def _length(column: str) -> int:
@@ -115,3 +122,16 @@ def audit_direct(db: Session | Connection, rows: Sequence[dict[str, Any]]) -> No
     and many events at once."""
     if rows:
         _INSERT.many(db.connection() if isinstance(db, Session) else db, rows)
+
+
+def audit_now(database: Database, kind: str, message: str, **fields: Any) -> bool:
+    """Write one audit event in a transaction of its own (an event that goes with no other
+    write: a rejected association, a refused instance); False, logged, while the database is
+    unavailable, so that the caller answers the peer all the same."""
+    try:
+        with database.session() as session:
+            audit(session, kind, message, **fields)
+    except SQLAlchemyError:
+        log.error("could not write audit event %s: database unavailable", kind)
+        return False
+    return True

@@ -26,6 +26,7 @@ from pathlib import Path
 from pydicom import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
+from pneumonode.db.audit import audit_now
 from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveOutcome,
@@ -282,8 +283,4 @@ class InstanceReceiver:
 
     def _audit_refusal(self, reason: str, **who: str | None) -> None:
         log.warning("refused an instance: %s", reason)
-        try:
-            with self.database.session() as session:
-                audit(session, "instance.refused", f"refused: {reason}", **who)
-        except SQLAlchemyError:
-            log.error("could not audit a refused instance: database unavailable")
+        audit_now(self.database, "instance.refused", f"refused: {reason}", **who)

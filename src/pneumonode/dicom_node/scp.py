@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pydicom.config
-from sqlalchemy.exc import SQLAlchemyError
 
 from pneumonode.addresses import PeerPolicy
 from pneumonode.config import Settings
-from pneumonode.db.repository import audit
+from pneumonode.db.audit import audit_now
 from pneumonode.db.session import Database
 from pneumonode.dicom_node import dimse
 from pneumonode.dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
@@ -44,14 +43,6 @@ log = logging.getLogger(__name__)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
 REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, provider, local limit exceeded
-
-
-def _audit(database: Database, kind: str, message: str, **fields: Any) -> None:
-    try:
-        with database.session() as session:
-            audit(session, kind, message, **fields)
-    except SQLAlchemyError:
-        log.error("could not write audit event %s: database unavailable", kind)
 
 
 def supported_contexts() -> dict[str, frozenset[str]]:
@@ -79,7 +70,7 @@ class ListenerServices:
         self, info: AssociationInfo, kind: str, message: str, detail: dict[str, Any] | None = None
     ) -> None:
         """An audit event naming the peer (calling AE title and address)."""
-        _audit(
+        audit_now(
             self.database,
             kind,
             message,
@@ -165,7 +156,7 @@ class ListenerServices:
         return Answer(dimse.Status.OUT_OF_RESOURCES, f"too large: {size} > limit {limit} bytes")
 
     def tls_refused(self, host: str, reason: str) -> None:
-        _audit(
+        audit_now(
             self.database,
             "association.rejected",
             f"rejected: TLS handshake failed ({reason[:80]})",
