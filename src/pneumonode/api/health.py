@@ -186,7 +186,10 @@ def _alerts(settings: Settings, database: Database) -> ComponentHealth:
     dead, pending = counts.get(DeliveryState.DEAD, 0), counts.get(DeliveryState.PENDING, 0)
     problems = []
     if dead:
-        problems.append(f"{dead} dead-lettered (the audit trail's alert.dead events say why)")
+        problems.append(
+            f"{dead} dead-lettered (the System page lists them with the reason and a Re-send "
+            "button; the audit trail's alert.dead events say why too)"
+        )
     if overdue:
         minutes = DELIVERY_OVERDUE.total_seconds() / 60
         problems.append(
