@@ -11,12 +11,12 @@ from received_item import received_instance
 from sqlalchemy import bindparam, inspect, select, text
 
 from pneumonode.cli import AUDIT_COLUMNS, main
+from pneumonode.db.audit import audit
 from pneumonode.db.direct import Direct, direct_insert
 from pneumonode.db.models import AuditEvent, Job, JobState, Study, utcnow
 from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveOutcome,
-    audit,
     find_known_instance,
     list_audit,
     record_received_instance,

@@ -1,6 +1,5 @@
-"""Repository functions: the only code that writes studies, instances and jobs as they arrive.
-
-Their audit events go through ``db.audit`` (``audit`` is re-exported here for the callers).
+"""Repository functions: the only code that writes studies, instances and jobs as they arrive,
+and marks instances pruned. Their audit events go through ``db.audit``.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ __all__ = [
     "ReceiveOutcome",
     "ReceiveRecord",
     "ReceivedInstance",
-    "audit",
     "find_instance",
     "find_known_instance",
     "list_audit",

@@ -26,12 +26,11 @@ from pathlib import Path
 from pydicom import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
-from pneumonode.db.audit import audit_now
+from pneumonode.db.audit import audit, audit_now
 from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveOutcome,
     ReceiveRecord,
-    audit,
     find_instance,
 )
 from pneumonode.db.session import Database

@@ -17,10 +17,10 @@ from dataclasses import replace
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from pneumonode.db.audit import audit
 from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveRecord,
-    audit,
     find_known_instance,
     record_received_instance,
 )
