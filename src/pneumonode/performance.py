@@ -11,10 +11,14 @@ Definitions (over the films analysed in the period, the newest verdict of each c
 - sensitivity (estimate): agreed positives / (agreed positives + reported misses), where a miss
   is a film called negative that a reviewer marked ``missed``. Unreviewed negatives may hide
   more misses, so this is an upper bound that is only as good as the reviewing;
-- drift: each film's manufacturer, view position, pixel spacing and size against the training
-  data's (``training_data.json`` in the model folder); a category never seen in training is
-  flagged, and a number is flagged when more than ``OUTSIDE_SHARE`` of the films fall outside
-  the training range.
+- drift: each film's manufacturer, view position, pixel spacing and size, and the statistics
+  of the model's input (mean, standard deviation and near-black share of the
+  windowed, resized film, 0..1: :class:`~pneumonode.conversion.prepare.InputStatistics`,
+  recorded by the worker) against the training data's (``training_data.json`` in the model
+  folder); a category never seen in training is flagged, and a number is flagged when more than
+  ``OUTSIDE_SHARE`` of the films fall outside the training range. The input statistics' ranges
+  come from :func:`input_statistic_ranges` over the training films (``python -m
+  pneumonode.performance MODEL_FOLDER DATA_DIR`` prints them).
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "INPUT_FEATURES",
     "NUMERIC_FEATURES",
     "OUTSIDE_SHARE",
     "TRAINING_DATA_FILE",
     "Film",
     "HeaderFacts",
     "TrainingData",
+    "input_statistic_ranges",
     "read_header_facts",
     "read_training_data",
     "summarize",
@@ -44,8 +50,10 @@ __all__ = [
 TRAINING_DATA_FILE = "training_data.json"
 #: A numeric feature is flagged when more than this share of the films is outside its range.
 OUTSIDE_SHARE = 0.05
+#: The statistics of the model's input compared (attributes of :class:`Film`).
+INPUT_FEATURES = ("input_mean", "input_std", "input_dark_share")
 #: The numeric features compared with the training data's ranges.
-NUMERIC_FEATURES = ("pixel_spacing_mm", "rows", "columns")
+NUMERIC_FEATURES = ("pixel_spacing_mm", "rows", "columns", *INPUT_FEATURES)
 #: The categorical ones.
 CATEGORICAL_FEATURES = ("manufacturer", "view_position")
 UNKNOWN = "(none)"
@@ -65,12 +73,20 @@ class HeaderFacts:
 
 @dataclass(frozen=True)
 class Film:
-    """One analysed film: when it came, the model's call, the newest verdict, its header."""
+    """One analysed film: when it came, the model's call, the newest verdict, its header, and
+    the statistics of its model input (None: not recorded)."""
 
     received_at: datetime
     positive: bool
     verdict: str | None = None  # agree, disagree, missed or None (not reviewed)
     facts: HeaderFacts = field(default_factory=HeaderFacts)
+    input_mean: float | None = None
+    input_std: float | None = None
+    input_dark_share: float | None = None
+
+    def value(self, feature: str) -> Any:
+        """A feature of the film: an input statistic, else a header fact."""
+        return getattr(self, feature) if feature in INPUT_FEATURES else getattr(self.facts, feature)
 
 
 @dataclass(frozen=True)
@@ -253,7 +269,7 @@ def summarize(
         for name in CATEGORICAL_FEATURES
     ]
     for name in NUMERIC_FEATURES:
-        values = [float(v) for f in films if (v := getattr(f.facts, name)) is not None]
+        values = [float(v) for f in films if (v := f.value(name)) is not None]
         drift.append(_numeric_drift(name, values, numeric.get(name)))
     return {
         "since": since.isoformat() if since else None,
@@ -267,3 +283,57 @@ def summarize(
         "drift_flagged": any(d["flagged"] for d in drift),
         "training_data": training.source if training else None,
     }
+
+
+def input_statistic_ranges(
+    images: Iterable[Path], size: int, percentiles: tuple[float, float] = (1.0, 99.0)
+) -> dict[str, list[float]]:
+    """The ``percentiles`` of the training films' input statistics, as ``training_data.json``'s
+    ranges of :data:`INPUT_FEATURES`: each film (an 8-bit PNG or JPEG, already windowed, as
+    training reads it) letterboxed to ``size`` the way training and inference do, then
+    :meth:`~pneumonode.conversion.prepare.PreparedImage.statistics`.
+
+    Raises:
+        ValueError: an image that cannot be read, or no images.
+    """
+    import cv2
+    import numpy as np
+
+    from pneumonode.conversion.prepare import prepare_8bit_image
+
+    rows = []
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise ValueError(f"{path}: not a readable image")
+        stats = prepare_8bit_image(image, size).statistics()
+        rows.append((stats.mean, stats.std, stats.dark_share))
+    if not rows:
+        raise ValueError("no training images")
+    low, high = np.percentile(np.array(rows), percentiles, axis=0)
+    return {
+        name: [round(float(a), 4), round(float(b), 4)]
+        for name, a, b in zip(INPUT_FEATURES, low, high, strict=True)
+    }
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pneumonode.performance MODEL_FOLDER DATA_DIR...``: print the input
+    statistics' ranges of the model's training films (its ``split.json``'s train side, found
+    among the data folders, e.g. siim-positives and negatives) as JSON."""
+    import argparse
+
+    from pneumonode.model.data import discover_cohort, read_split
+
+    parser = argparse.ArgumentParser(prog="python -m pneumonode.performance")
+    parser.add_argument("model", type=Path, help="the model folder (config.json, split.json)")
+    parser.add_argument("data", type=Path, nargs="+", help="the training data folders")
+    args = parser.parse_args(argv)
+    size = int(json.loads((args.model / "config.json").read_text())["input"]["size"])
+    train = read_split(args.model / "split.json", discover_cohort(args.data))["train"]
+    ranges = input_statistic_ranges((Path(s.image) for s in train), size)
+    print(json.dumps({"films": len(train), "size": size, "ranges": ranges}, indent=2))
+
+
+if __name__ == "__main__":
+    _main()

@@ -163,7 +163,8 @@ def test_performance_counts_the_reviews(api: Api) -> None:
 def test_performance_compares_with_the_training_data(api: Api) -> None:
     model = api.node.settings.model
     (model / "training_data.json").write_text(
-        '{"source": "test", "ranges": {"rows": [2000, 3000]}, "values": {"view_position": ["LL"]}}'
+        '{"source": "test", "ranges": {"rows": [2000, 3000], "input_mean": [0.999, 1.0],'
+        ' "input_std": [0.0, 1.0]}, "values": {"view_position": ["LL"]}}'
     )
     try:
         report = api.get("/api/performance").json()
@@ -172,6 +173,10 @@ def test_performance_compares_with_the_training_data(api: Api) -> None:
     drift = {d["feature"]: d for d in report["drift"]}
     assert drift["rows"]["flagged"] and drift["rows"]["outside"] == 4
     assert drift["view_position"]["flagged"] and drift["view_position"]["unseen"]
+    # the worker recorded each film's input statistics: compared like the header's numbers
+    assert drift["input_mean"]["films"] == 4 and drift["input_mean"]["outside"] == 4
+    assert drift["input_mean"]["flagged"] and not drift["input_std"]["flagged"]
+    assert drift["input_dark_share"]["training_range"] is None
     assert report["drift_flagged"] and report["training_data"] == "test"
 
 

@@ -113,6 +113,12 @@ def test_received_images_come_back_as_seg_and_sr(
             sr = received[result.sr_sop_uid]
             assert sr.Modality == "SR"
             assert result.pneumothorax == bool(expected.any())
+            # the statistics of the model's input, kept for input drift
+            stats = predictor.predict_dicom(path).prepared.statistics()
+            assert result.input_mean == pytest.approx(stats.mean)
+            assert result.input_std == pytest.approx(stats.std)
+            assert result.input_dark_share == pytest.approx(stats.dark_share)
+            assert 0.0 < stats.mean < 1.0 and 0.0 < stats.std < 0.5
             for kind, dataset in (("seg", seg), ("sr", sr)):
                 out = tmp_path / f"{kind}.dcm"
                 dataset.save_as(out)

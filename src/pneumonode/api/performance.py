@@ -84,6 +84,9 @@ def performance(
             positive=row.pneumothorax,
             verdict=row.verdict,
             facts=HeaderFacts() if row.pruned else _header(settings.spool_dir / row.path),
+            input_mean=row.input_mean,
+            input_std=row.input_std,
+            input_dark_share=row.input_dark_share,
         )
         for row in rows
     ]

@@ -17,7 +17,51 @@ from pneumonode.conversion.geometry import Letterbox
 from pneumonode.conversion.png import encode_png
 from pneumonode.conversion.window import DisplayLUT, build_display_lut
 
-__all__ = ["PreparedImage", "prepare_8bit_image", "prepare_radiograph"]
+__all__ = [
+    "DARK_LEVEL",
+    "InputStatistics",
+    "PreparedImage",
+    "input_statistics",
+    "prepare_8bit_image",
+    "prepare_radiograph",
+]
+
+#: A pixel of the model input at or below this 8-bit level counts as near-black (2 %).
+DARK_LEVEL = 5
+
+
+@dataclass(frozen=True)
+class InputStatistics:
+    """Simple statistics of the film inside the model input (padding left out), on the
+    model's scale (0..1): mean, standard deviation, and the share of near-black
+    (<= ``DARK_LEVEL``) pixels. Input drift compares them
+    with the training films' (``pneumonode.performance``)."""
+
+    mean: float
+    std: float
+    dark_share: float
+
+
+def input_statistics(pixels: np.ndarray, letterbox: Letterbox | None = None) -> InputStatistics:
+    """The :class:`InputStatistics` of a uint8 model input, over the ``letterbox``'s film area
+    (the whole array without one). One histogram: about a millisecond for 512 x 512."""
+    if letterbox is not None:
+        pixels = pixels[
+            letterbox.pad_top : letterbox.pad_top + letterbox.scaled_rows,
+            letterbox.pad_left : letterbox.pad_left + letterbox.scaled_cols,
+        ]
+    counts = np.bincount(pixels.ravel(), minlength=256).astype(np.float64)
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("no pixels")
+    levels = np.arange(counts.size, dtype=np.float64) / 255.0
+    mean = float(counts @ levels / total)
+    variance = float(counts @ (levels - mean) ** 2 / total)
+    return InputStatistics(
+        mean=mean,
+        std=variance**0.5,
+        dark_share=float(counts[: DARK_LEVEL + 1].sum() / total),
+    )
 
 
 @dataclass(frozen=True)
@@ -42,6 +86,10 @@ class PreparedImage:
     def tensor(self) -> np.ndarray:
         """float32 array of shape (1, size, size) with values in [0, 1]."""
         return (self.pixels.astype(np.float32) * np.float32(1.0 / 255.0))[np.newaxis]
+
+    def statistics(self) -> InputStatistics:
+        """The film's :class:`InputStatistics` (the padding left out)."""
+        return input_statistics(self.pixels, self.letterbox)
 
     def png(self, level: int = 1) -> bytes:
         """The 8-bit image as PNG bytes (deflate ``level`` 0..3)."""

@@ -50,6 +50,10 @@ class AnalysedFilm:
     comment: str | None = None
     reviewer: str | None = None
     reviewed_at: datetime | None = None
+    # the model input's statistics (None for results recorded before they were kept)
+    input_mean: float | None = None
+    input_std: float | None = None
+    input_dark_share: float | None = None
 
 
 def _latest_result(session: Session, instance: Instance) -> Result | None:
@@ -173,6 +177,9 @@ def films_in_period(
                 comment=feedback.comment if feedback else None,
                 reviewer=feedback.reviewer if feedback else None,
                 reviewed_at=feedback.created_at if feedback else None,
+                input_mean=result.input_mean,
+                input_std=result.input_std,
+                input_dark_share=result.input_dark_share,
             )
         )
     return films

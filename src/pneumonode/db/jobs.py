@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
@@ -21,6 +21,9 @@ from pneumonode.db.audit import audit
 from pneumonode.db.models import Instance, Job, JobState, Result, Study, WorkerHeartbeat, utcnow
 from pneumonode.db.session import Database
 from pneumonode.findings import AlgorithmInfo, Finding
+
+if TYPE_CHECKING:
+    from pneumonode.conversion.prepare import InputStatistics
 
 __all__ = [
     "ClaimedJob",
@@ -286,9 +289,11 @@ def record_result(
     seg_sop_uid: str,
     sr_sop_uid: str,
     sc_sop_uid: str | None,
+    input_stats: InputStatistics | None = None,
 ) -> Result:
     """Store the job's result by ``algorithm``: one row per job and model version, replaced
-    when the job runs again with the same version. Returns it (flushed: it has its id)."""
+    when the job runs again with the same version, with the statistics of the model's input
+    (``input_stats``) when given. Returns it (flushed: it has its id)."""
     result = session.scalars(
         select(Result)
         .where(Result.job_id == job.id)
@@ -310,6 +315,9 @@ def record_result(
     result.seg_sop_uid = seg_sop_uid
     result.sr_sop_uid = sr_sop_uid
     result.sc_sop_uid = sc_sop_uid
+    result.input_mean = input_stats.mean if input_stats else None
+    result.input_std = input_stats.std if input_stats else None
+    result.input_dark_share = input_stats.dark_share if input_stats else None
     result.created_at = utcnow()
     session.flush()
     return result

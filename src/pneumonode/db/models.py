@@ -191,6 +191,11 @@ class Result(Base):
     seg_sop_uid: Mapped[str | None] = mapped_column(UID)
     sr_sop_uid: Mapped[str | None] = mapped_column(UID)
     sc_sop_uid: Mapped[str | None] = mapped_column(UID)
+    # statistics of the film in the model's input, 0..1 (conversion.prepare.InputStatistics),
+    # for input drift; null for results recorded before they were kept
+    input_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    input_std: Mapped[float | None] = mapped_column(Float, default=None)
+    input_dark_share: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="results")

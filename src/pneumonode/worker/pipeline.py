@@ -12,8 +12,8 @@
    source when a page first asks for it (and keeps as image.png): most images are never looked
    at, and encoding it here cost the worker more than writing the SEG.
 4. **Record**, in one transaction: the result (one row per job and model version, replaced on a
-   re-run), a delivery per object and destination, the alerts it calls for, the job DONE with
-   its timings, audit events.
+   re-run; with the model input's statistics, for input drift), a delivery per object and
+   destination, the alerts it calls for, the job DONE with its timings, audit events.
    The transaction commits only while the job is still ours (a re-send of the image meanwhile
    puts it back to PENDING; our result is then dropped and the new run makes it).
 5. **Alert**: the HL7 ORU and webhook alerts queued in step 4 (positive results, or all with
@@ -462,6 +462,7 @@ def _record(
             seg_sop_uid=str(analysis.segmentation.SOPInstanceUID),
             sr_sop_uid=str(analysis.report.SOPInstanceUID),
             sc_sop_uid=str(capture.SOPInstanceUID) if capture is not None else None,
+            input_stats=analysis.prediction.prepared.statistics(),
         )
 
         deliveries: list[Delivery] = []

@@ -99,6 +99,14 @@ function Groups({ title, rows }) {
   );
 }
 
+// What a drift row compares, where its name alone does not say it.
+const FEATURE_NOTES = {
+  pixel_spacing_mm: "from the header",
+  input_mean: "model input: mean grey, 0–1",
+  input_std: "model input: contrast (standard deviation), 0–1",
+  input_dark_share: "model input: share of near-black pixels",
+};
+
 function Drift({ drift, source }) {
   return (
     <div>
@@ -117,7 +125,10 @@ function Drift({ drift, source }) {
         <tbody>
           {drift.map((d) => (
             <tr key={d.feature} data-drift={d.feature} className="border-t border-slate-200 align-top">
-              <td className="pr-2 font-mono text-xs">{d.feature}</td>
+              <td className="pr-2">
+                <span className="font-mono text-xs">{d.feature}</span>
+                {FEATURE_NOTES[d.feature] && <span className="block text-xs text-slate-600">{FEATURE_NOTES[d.feature]}</span>}
+              </td>
               <td className="pr-2">
                 {d.distribution
                   ? d.distribution.map((v) => `${v.value}: ${v.films}`).join(", ") || "—"
