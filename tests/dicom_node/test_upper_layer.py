@@ -405,3 +405,38 @@ def test_even_or_duplicate_presentation_context_ids_are_rejected(
     with socket.create_connection(("127.0.0.1", node.port)) as sock:  # odd and unique: fine
         sock.sendall(_associate_rq(presentation=((1, Verification, ImplicitVRLittleEndian),)))
         assert _read_pdu(sock)[0] == 0x02
+
+
+def _cancel_command(message_id: int) -> bytes:
+    """A C-CANCEL-RQ command set (PS3.7 9.3.2.3): Message ID Being Responded To, no dataset."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = Dataset()
+    ds.CommandField = 0x0FFF
+    ds.MessageIDBeingRespondedTo = message_id
+    ds.CommandDataSetType = 0x0101
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True
+    write_dataset(body, ds)
+    encoded = body.getvalue()
+    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(encoded)) + encoded
+
+
+def test_a_c_cancel_gets_no_answer_and_the_association_goes_on(node_factory) -> None:
+    """PS3.7 9.3.2.3: C-CANCEL-RQ has no response of its own. Nothing runs asynchronously here
+    (a C-STORE is answered when its last fragment arrives), so there is nothing to cancel: the
+    listener neither answers nor aborts, and the next C-ECHO on the association is answered."""
+    node = node_factory()
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(_associate_rq(presentation=_CONTEXTS))
+        assert _read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+        sock.sendall(_p_data(1, 0x03, _cancel_command(2)))
+        sock.sendall(_p_data(1, 0x03, _echo_command()))
+        kind, body = _read_pdu(sock)  # the echo's response is the first thing to come back
+        assert kind == 0x04, body[:16]  # P-DATA-TF
+        assert b"\x00\x00\x00\x01\x02\x00\x00\x00\x30\x80" in body  # (0000,0100) C-ECHO-RSP
+        assert b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00" in body  # (0000,0900) Success
+        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+        assert _read_pdu(sock)[0] == 0x06  # A-RELEASE-RP

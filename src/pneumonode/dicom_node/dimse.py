@@ -297,9 +297,10 @@ def _shown_uid(uid: str) -> str:
 def context_mismatch(command: Command, context_id: int, abstract: str) -> str | None:
     """Why a C-ECHO-RQ or C-STORE-RQ does not belong on its presentation context (PS3.7: the
     Affected SOP Class UID is the context's abstract syntax; Verification carries C-ECHO
-    only), or None (other commands are answered "unrecognised operation")."""
+    only), or None (other commands are answered "unrecognised operation"; a C-CANCEL-RQ names
+    no SOP Class, PS3.7 9.3.2.3, and may come on any context)."""
     name = _COMMAND_NAMES.get(command.field)
-    if name is None:
+    if name is None or command.field == C_CANCEL_RQ:
         return None
     where = f"presentation context {context_id} ({abstract})"
     if command.sop_class_uid != abstract:
