@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -258,12 +259,20 @@ def test_a_peer_that_vanishes_mid_dataset_leaves_nothing(
     _echo(node.port)
 
 
-def _store_command(sop_class: str, sop_instance: str) -> bytes:
-    """A C-STORE-RQ command set, Implicit VR Little Endian, as pynetdicom would encode it."""
-    from pydicom.dataset import Dataset
+def _command_set(ds: Dataset) -> bytes:
+    """``ds`` as a command set: Implicit VR Little Endian, led by its Command Group Length."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True
+    write_dataset(body, ds)
+    encoded = body.getvalue()
+    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(encoded)) + encoded
+
+
+def _store_command(sop_class: str, sop_instance: str) -> bytes:
+    """A C-STORE-RQ command set, Implicit VR Little Endian, as pynetdicom would encode it."""
     ds = Dataset()
     ds.AffectedSOPClassUID = sop_class
     ds.CommandField = 0x0001
@@ -271,11 +280,7 @@ def _store_command(sop_class: str, sop_instance: str) -> bytes:
     ds.Priority = 0
     ds.CommandDataSetType = 0x0000
     ds.AffectedSOPInstanceUID = sop_instance
-    body = DicomBytesIO()
-    body.is_little_endian, body.is_implicit_VR = True, True
-    write_dataset(body, ds)
-    encoded = body.getvalue()
-    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(encoded)) + encoded
+    return _command_set(ds)
 
 
 # ------------------------------------------- PS3.7 and PS3.8 checks (issue 22)
@@ -297,20 +302,12 @@ def _p_data(context_id: int, control: int, data: bytes) -> bytes:
 
 
 def _echo_command() -> bytes:
-    from pydicom.dataset import Dataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
     ds = Dataset()
     ds.AffectedSOPClassUID = Verification
     ds.CommandField = 0x0030
     ds.MessageID = 3
     ds.CommandDataSetType = 0x0101
-    body = DicomBytesIO()
-    body.is_little_endian, body.is_implicit_VR = True, True
-    write_dataset(body, ds)
-    encoded = body.getvalue()
-    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(encoded)) + encoded
+    return _command_set(ds)
 
 
 #: Verification on context 1, Secondary Capture (JPEG Baseline) on context 3.
@@ -409,19 +406,11 @@ def test_even_or_duplicate_presentation_context_ids_are_rejected(
 
 def _cancel_command(message_id: int) -> bytes:
     """A C-CANCEL-RQ command set (PS3.7 9.3.2.3): Message ID Being Responded To, no dataset."""
-    from pydicom.dataset import Dataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
     ds = Dataset()
     ds.CommandField = 0x0FFF
     ds.MessageIDBeingRespondedTo = message_id
     ds.CommandDataSetType = 0x0101
-    body = DicomBytesIO()
-    body.is_little_endian, body.is_implicit_VR = True, True
-    write_dataset(body, ds)
-    encoded = body.getvalue()
-    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(encoded)) + encoded
+    return _command_set(ds)
 
 
 def test_a_c_cancel_gets_no_answer_and_the_association_goes_on(node_factory) -> None:
