@@ -10,21 +10,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi import Path as FastApiPath
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from pneumonode.alerts.outbox import resend_alerts, shown_destination
 from pneumonode.api.deps import Authorized, SessionDep, StateDep
 from pneumonode.api.health import DELIVERY_OVERDUE
-from pneumonode.api.schemas import ActionOut, ProblemOut
-from pneumonode.db.models import Alert, DeliveryState, utcnow
+from pneumonode.api.problems import LIST_PROBLEMS, PROBLEMS, check_dead, waiting
+from pneumonode.api.schemas import ActionOut
+from pneumonode.db.models import Alert, DeliveryState
 
 __all__ = ["AlertOut", "AlertProblemOut", "router"]
 
 router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["alerts"])
-
-PROBLEMS: dict[int | str, dict[str, object]] = {
-    code: {"model": ProblemOut} for code in (401, 404, 409, 422)
-}
 
 
 class AlertOut(BaseModel):
@@ -99,29 +96,14 @@ def alerts(
 @router.get(
     "/alerts/problems",
     response_model=list[AlertProblemOut],
-    responses={code: PROBLEMS[code] for code in (401, 422)},
+    responses=LIST_PROBLEMS,
 )
 def problems(
     session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
 ) -> list[AlertProblemOut]:
     """Dead-lettered alerts (each waits for a re-send) and overdue ones, oldest first; a
     webhook URL redacted, never the message."""
-    overdue_before = utcnow() - DELIVERY_OVERDUE
-    rows = session.scalars(
-        select(Alert)
-        .where(
-            or_(
-                Alert.state == DeliveryState.DEAD,
-                and_(
-                    Alert.state == DeliveryState.PENDING,
-                    Alert.next_attempt_at < overdue_before,
-                ),
-            )
-        )
-        .order_by(Alert.created_at, Alert.id)
-        .limit(limit)
-    )
-    return [_problem_out(row, overdue_before) for row in rows]
+    return waiting(session, Alert, limit, _problem_out)
 
 
 @router.post(
@@ -134,14 +116,13 @@ def resend(
     alert_id: Annotated[int, FastApiPath(ge=1, le=2**62)], session: SessionDep, state: StateDep
 ) -> ActionOut:
     """Send a dead-lettered alert again (the same message, attempts reset)."""
-    row = session.get(Alert, alert_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no alert with this id")
-    if row.state != DeliveryState.DEAD:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"the alert is {row.state}; only a dead one is re-sent"
-        )
-    session.rollback()  # resend_alerts writes in its own session
+    check_dead(
+        session,
+        Alert,
+        alert_id,
+        "no alert with this id",
+        lambda row: f"the alert is {row.state}; only a dead one is re-sent",
+    )
     chosen = resend_alerts(state.database, [alert_id])
     if not chosen:
         raise HTTPException(status.HTTP_409_CONFLICT, "the alert cannot be re-sent")

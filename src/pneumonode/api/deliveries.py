@@ -6,12 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi import Path as FastApiPath
-from sqlalchemy import and_, or_, select
 
 from pneumonode.api.deps import Authorized, SessionDep, StateDep
 from pneumonode.api.health import DELIVERY_OVERDUE
-from pneumonode.api.schemas import ActionOut, DeliveryOut, DeliveryProblemOut, ProblemOut
-from pneumonode.db.models import Delivery, DeliveryState, utcnow
+from pneumonode.api.problems import LIST_PROBLEMS, PROBLEMS, check_dead, waiting
+from pneumonode.api.schemas import ActionOut, DeliveryOut, DeliveryProblemOut
+from pneumonode.db.models import Delivery, DeliveryState
 from pneumonode.db.outbox import resend_dead
 from pneumonode.results import result_kind
 
@@ -20,9 +20,6 @@ __all__ = ["delivery_out", "router"]
 router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["deliveries"])
 
 DeliveryId = Annotated[int, FastApiPath(ge=1, le=2**62, description="a delivery's id")]
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ProblemOut} for code in (401, 404, 409, 422)
-}
 
 
 def delivery_out(delivery: Delivery) -> DeliveryOut:
@@ -63,28 +60,13 @@ def _problem_out(delivery: Delivery, overdue_before: Any) -> DeliveryProblemOut:
 @router.get(
     "/deliveries/problems",
     response_model=list[DeliveryProblemOut],
-    responses={code: PROBLEMS[code] for code in (401, 422)},
+    responses=LIST_PROBLEMS,
 )
 def problems(
     session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
 ) -> list[DeliveryProblemOut]:
     """Dead-lettered deliveries (each waits for a re-send) and overdue ones, oldest first."""
-    overdue_before = utcnow() - DELIVERY_OVERDUE
-    rows = session.scalars(
-        select(Delivery)
-        .where(
-            or_(
-                Delivery.state == DeliveryState.DEAD,
-                and_(
-                    Delivery.state == DeliveryState.PENDING,
-                    Delivery.next_attempt_at < overdue_before,
-                ),
-            )
-        )
-        .order_by(Delivery.created_at, Delivery.id)
-        .limit(limit)
-    )
-    return [_problem_out(row, overdue_before) for row in rows]
+    return waiting(session, Delivery, limit, _problem_out)
 
 
 @router.post(
@@ -95,15 +77,13 @@ def problems(
 )
 def resend_delivery(delivery_id: DeliveryId, session: SessionDep, state: StateDep) -> ActionOut:
     """Queue a dead-lettered delivery again: pending, attempts reset, audited."""
-    delivery = session.get(Delivery, delivery_id)
-    if delivery is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no delivery with this id")
-    if delivery.state != DeliveryState.DEAD:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"delivery {delivery_id} is {delivery.state}, not dead-lettered; nothing to resend",
-        )
-    session.rollback()  # resend() takes its own session
+    check_dead(
+        session,
+        Delivery,
+        delivery_id,
+        "no delivery with this id",
+        lambda row: f"delivery {delivery_id} is {row.state}, not dead-lettered; nothing to resend",
+    )
     ids = resend_dead(state.database, Delivery, [delivery_id])
     if not ids:  # another request re-sent it in between
         raise HTTPException(status.HTTP_409_CONFLICT, f"delivery {delivery_id} was re-sent already")

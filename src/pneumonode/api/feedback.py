@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from pneumonode.api.deps import Authorized, Caller, SessionDep, UidPath, checked_uid
-from pneumonode.api.schemas import ProblemOut
+from pneumonode.api.problems import PROBLEMS, found
 from pneumonode.db.feedback import MAX_COMMENT, FeedbackError, list_feedback, record_feedback
 from pneumonode.db.models import Instance
 from pneumonode.db.repository import find_instance
@@ -20,10 +20,6 @@ from pneumonode.db.repository import find_instance
 __all__ = ["FeedbackIn", "FeedbackOut", "router"]
 
 router = APIRouter(prefix="/api", dependencies=[Authorized], tags=["feedback"])
-
-PROBLEMS: dict[int | str, dict[str, object]] = {
-    code: {"model": ProblemOut} for code in (401, 404, 409, 422)
-}
 
 
 class FeedbackIn(BaseModel):
@@ -51,10 +47,7 @@ class FeedbackOut(BaseModel):
 
 def _instance(session: Session, sop_uid: str) -> Instance:
     checked_uid(sop_uid, "SOP Instance UID")
-    instance = find_instance(session, sop_uid)
-    if instance is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no instance with this SOP Instance UID")
-    return instance
+    return found(find_instance(session, sop_uid), "no instance with this SOP Instance UID")
 
 
 @router.get("/instances/{sop_uid}/feedback", response_model=list[FeedbackOut], responses=PROBLEMS)
