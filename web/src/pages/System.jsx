@@ -1,7 +1,6 @@
 import { useEffect, useState } from "react";
-import { getJson, health, postJson } from "../api.js";
-import { formatTime } from "../format.js";
-import Badge from "./Badge.jsx";
+import { getJson, health } from "../api.js";
+import ProblemList from "./ProblemList.jsx";
 
 function Bars({ values, label }) {
   const max = Math.max(1, ...values);
@@ -52,170 +51,34 @@ function Latency({ stages }) {
 }
 
 // Deliveries that wait for someone: dead-lettered (re-send one) or overdue (is a listener up?).
-function DeliveryProblems({ rows, onResent }) {
-  const [message, setMessage] = useState("");
-  const resend = (id) =>
-    postJson(`/api/deliveries/${id}/resend`)
-      .then((body) => {
-        setMessage(body.message);
-        onResent();
-      })
-      .catch((e) => setMessage(e.message));
-  return (
-    <div data-delivery-problems>
-      <h3 className="mb-2 text-lg font-semibold">Dead-lettered and overdue deliveries ({rows.length})</h3>
-      {rows.length === 0 ? (
-        <p className="text-sm text-slate-700">None: every result was sent or is waiting for its next attempt.</p>
-      ) : (
-        <div className="max-h-[28rem] overflow-auto rounded border border-slate-300 bg-white">
-          <table className="w-full text-left text-sm">
-            <thead className="sticky top-0 bg-slate-100">
-              <tr>
-                <th scope="col" className="px-3 py-2">Object</th>
-                <th scope="col" className="px-3 py-2">Destination</th>
-                <th scope="col" className="px-3 py-2">State</th>
-                <th scope="col" className="px-3 py-2">Reason</th>
-                <th scope="col" className="px-3 py-2">Queued</th>
-                <th scope="col" className="px-3 py-2">Study</th>
-                <th scope="col" className="px-3 py-2"><span className="sr-only">Action</span></th>
-              </tr>
-            </thead>
-            <tbody>
-              {rows.map((d) => (
-                <tr key={d.id} data-dead-delivery={d.id} className="border-t border-slate-200">
-                  <td className="px-3 py-2 font-mono text-xs font-semibold" data-kind={d.kind}>
-                    {d.kind}
-                  </td>
-                  <td className="px-3 py-2">{d.destination}</td>
-                  <td className="px-3 py-2">
-                    <Badge value={d.overdue ? "overdue" : d.state} />
-                  </td>
-                  <td className="px-3 py-2" data-reason>
-                    {d.reason}
-                  </td>
-                  <td className="whitespace-nowrap px-3 py-2 tabular-nums" data-time>
-                    {formatTime(d.created_at)}
-                  </td>
-                  <td className="px-3 py-2">
-                    {d.study_uid && (
-                      <a className="text-blue-800 underline" href={`#/study/${encodeURIComponent(d.study_uid)}`}>
-                        Open<span className="sr-only"> study {d.study_uid}</span>
-                      </a>
-                    )}
-                  </td>
-                  <td className="px-3 py-2">
-                    {d.state === "dead" && (
-                      <button
-                        type="button"
-                        className="whitespace-nowrap rounded border border-orange-700 px-3 py-1 font-medium text-orange-900 hover:bg-orange-50"
-                        onClick={() => resend(d.id)}
-                      >
-                        Re-send<span className="sr-only"> delivery {d.id}</span>
-                      </button>
-                    )}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
-      {message && (
-        <p role="status" className="mt-2 text-sm">
-          {message}
-        </p>
-      )}
-    </div>
-  );
-}
+const DELIVERY_COLUMNS = [
+  { title: "Object", cell: (d) => ({ className: "px-3 py-2 font-mono text-xs font-semibold", "data-kind": d.kind, children: d.kind }) },
+  { title: "Destination", cell: (d) => ({ className: "px-3 py-2", children: d.destination }) },
+];
 
 const CHANNELS = { hl7: "HL7", webhook: "webhook" };
 
 // Alerts (HL7 ORU over MLLP, webhooks) that wait for someone: dead-lettered (re-send one) or
 // overdue (is a listener, which retries them, up?). A webhook URL comes redacted.
-function AlertProblems({ rows, onResent }) {
-  const [message, setMessage] = useState("");
-  const resend = (id) =>
-    postJson(`/api/alerts/${id}/resend`)
-      .then((body) => {
-        setMessage(body.message);
-        onResent();
-      })
-      .catch((e) => setMessage(e.message));
-  return (
-    <div data-alert-problems>
-      <h3 className="mb-2 text-lg font-semibold">Dead-lettered and overdue alerts ({rows.length})</h3>
-      {rows.length === 0 ? (
-        <p className="text-sm text-slate-700">None: every alert was sent or is waiting for its next attempt.</p>
-      ) : (
-        <div className="max-h-[28rem] overflow-auto rounded border border-slate-300 bg-white">
-          <table className="w-full text-left text-sm">
-            <thead className="sticky top-0 bg-slate-100">
-              <tr>
-                <th scope="col" className="px-3 py-2">Kind</th>
-                <th scope="col" className="px-3 py-2">Target</th>
-                <th scope="col" className="px-3 py-2">State</th>
-                <th scope="col" className="px-3 py-2 text-right">Attempts</th>
-                <th scope="col" className="px-3 py-2">Reason</th>
-                <th scope="col" className="px-3 py-2">Queued</th>
-                <th scope="col" className="px-3 py-2">Study</th>
-                <th scope="col" className="px-3 py-2"><span className="sr-only">Action</span></th>
-              </tr>
-            </thead>
-            <tbody>
-              {rows.map((a) => (
-                <tr key={a.id} data-dead-alert={a.id} className="border-t border-slate-200">
-                  <td className="whitespace-nowrap px-3 py-2 font-mono text-xs font-semibold" data-channel={a.channel}>
-                    {CHANNELS[a.channel] || a.channel}
-                    {a.correction && <span className="ml-1 font-sans font-normal text-slate-700">(correction)</span>}
-                  </td>
-                  <td className="break-words px-3 py-2" data-target>
-                    {a.destination}
-                  </td>
-                  <td className="px-3 py-2">
-                    <Badge value={a.overdue ? "overdue" : a.state} />
-                  </td>
-                  <td className="px-3 py-2 text-right tabular-nums" data-attempts>
-                    {a.attempts}
-                  </td>
-                  <td className="px-3 py-2" data-reason>
-                    {a.reason}
-                  </td>
-                  <td className="whitespace-nowrap px-3 py-2 tabular-nums" data-time>
-                    {formatTime(a.created_at)}
-                  </td>
-                  <td className="px-3 py-2">
-                    {a.study_uid && (
-                      <a className="text-blue-800 underline" href={`#/study/${encodeURIComponent(a.study_uid)}`}>
-                        Open<span className="sr-only"> study {a.study_uid}</span>
-                      </a>
-                    )}
-                  </td>
-                  <td className="px-3 py-2">
-                    {a.resendable && (
-                      <button
-                        type="button"
-                        className="whitespace-nowrap rounded border border-orange-700 px-3 py-1 font-medium text-orange-900 hover:bg-orange-50"
-                        onClick={() => resend(a.id)}
-                      >
-                        Re-send<span className="sr-only"> alert {a.id}</span>
-                      </button>
-                    )}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
-      {message && (
-        <p role="status" className="mt-2 text-sm">
-          {message}
-        </p>
-      )}
-    </div>
-  );
-}
+const ALERT_COLUMNS = [
+  {
+    title: "Kind",
+    cell: (a) => ({
+      className: "whitespace-nowrap px-3 py-2 font-mono text-xs font-semibold",
+      "data-channel": a.channel,
+      children: (
+        <>
+          {CHANNELS[a.channel] || a.channel}
+          {a.correction && <span className="ml-1 font-sans font-normal text-slate-700">(correction)</span>}
+        </>
+      ),
+    }),
+  },
+  { title: "Target", cell: (a) => ({ className: "break-words px-3 py-2", "data-target": true, children: a.destination }) },
+];
+const ALERT_EXTRA = [
+  { title: "Attempts", th: "px-3 py-2 text-right", cell: (a) => ({ className: "px-3 py-2 text-right tabular-nums", "data-attempts": true, children: a.attempts }) },
+];
 
 export default function System() {
   const [state, setState] = useState(null);
@@ -269,8 +132,29 @@ export default function System() {
           </ul>
         </div>
       )}
-      {problems && <DeliveryProblems rows={problems} onResent={loadProblems} />}
-      {alertProblems && <AlertProblems rows={alertProblems} onResent={loadAlertProblems} />}
+      {problems && (
+        <ProblemList
+          noun="delivery"
+          plural="deliveries"
+          rows={problems}
+          onResent={loadProblems}
+          empty="None: every result was sent or is waiting for its next attempt."
+          lead={DELIVERY_COLUMNS}
+          canResend={(d) => d.state === "dead"}
+        />
+      )}
+      {alertProblems && (
+        <ProblemList
+          noun="alert"
+          plural="alerts"
+          rows={alertProblems}
+          onResent={loadAlertProblems}
+          empty="None: every alert was sent or is waiting for its next attempt."
+          lead={ALERT_COLUMNS}
+          extra={ALERT_EXTRA}
+          canResend={(a) => a.resendable}
+        />
+      )}
       {stats && (
         <div className="space-y-3">
           <h3 className="text-lg font-semibold">Throughput (images finished per minute) · queue depth {stats.queue_depth}</h3>
