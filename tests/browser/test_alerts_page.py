@@ -6,11 +6,7 @@ queues one again (audited, then attempted again by the node's alert loop)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,17 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from peers_harness import free_port, storescu, wait_for_port
-from pneumonode.api.app import WEB_DIST
+from browser_harness import require_browser, serving, shot, sign_in
+from peers_harness import free_port
 from pneumonode.db.models import AuditEvent
 from pneumonode.db.session import Database
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 TOKEN = "alerts-page-token-5e8b2d7c1a9f"
-ARTIFACTS = Path(os.environ.get("PNEUMONODE_TEST_ARTIFACTS", "test-artifacts"))
-PNEUMONODE = str(Path(sys.executable).parent / "pneumonode")
 TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 
 
@@ -59,68 +52,25 @@ def node(
     siim_sample_dicoms: list[Path],
     tiny_checkpoint: Callable[..., Path],
 ) -> Iterator[Node]:
-    if not (WEB_DIST / "index.html").is_file():
-        pytest.skip("the web page is not built: run `make web` (npm ci + vite build)")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    require_browser()
     work = tmp_path_factory.mktemp("alerts-page")
-    dicom_port, api_port = free_port(), free_port()
     hl7 = f"127.0.0.1:{free_port()}"
     webhook = f"http://127.0.0.1:{free_port()}/hooks/secret-path-token"
-    env = {
-        **os.environ,
-        "PNEUMONODE_DATA_DIR": str(work / "data"),
+    settings = {
         "PNEUMONODE_MODEL_PATH": str(tiny_checkpoint(bias=20.0)),  # every film positive
-        "PNEUMONODE_DICOM_PORT": str(dicom_port),
-        "PNEUMONODE_API_PORT": str(api_port),
         "PNEUMONODE_API_TOKEN": TOKEN,
-        "PNEUMONODE_ALLOWED_PEERS": "STORESCU",
-        "PNEUMONODE_INFERENCE_BACKEND": "torch",
         "PNEUMONODE_HL7_DESTINATIONS": hl7,
         "PNEUMONODE_WEBHOOK_URLS": webhook,
         "PNEUMONODE_WEBHOOK_SECRET": "alerts-page-webhook-secret-0123456789",
         "PNEUMONODE_ALERT_TIMEOUT": "2",
         "PNEUMONODE_SEND_MAX_ATTEMPTS": "1",
     }
-    log = (work / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [PNEUMONODE, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        wait_for_port(api_port, timeout=60)
-        wait_for_port(dicom_port, timeout=60)
-        storescu(siim_sample_dicoms[:1], dicom_port)
-        database_url = f"sqlite:///{work / 'data' / 'pneumonode.sqlite3'}"
-        yield Node(f"http://127.0.0.1:{api_port}/", hl7, webhook, database_url)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
-
-
-@pytest.fixture
-def page() -> Iterator[object]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        yield context.new_page()
-        context.close()
-        browser.close()
-
-
-def _shot(page: object, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+    with serving(work, siim_sample_dicoms[:1], settings) as served:
+        yield Node(served.url, hl7, webhook, served.database_url)
 
 
 def test_dead_lettered_alerts_are_listed_and_one_is_resent(page: object, node: Node) -> None:
-    page.goto(node.url)  # type: ignore[attr-defined]
-    page.get_by_label("API token").fill(TOKEN)  # type: ignore[attr-defined]
-    page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+    sign_in(page, node.url, TOKEN)
     page.get_by_role("link", name="System").click()  # type: ignore[attr-defined]
     section = page.locator("[data-alert-problems]")  # type: ignore[attr-defined]
     rows = section.locator("tr[data-dead-alert]")
@@ -143,7 +93,7 @@ def test_dead_lettered_alerts_are_listed_and_one_is_resent(page: object, node: N
         assert reason.startswith("dead-lettered after 1 attempt: "), reason
         assert TIME.fullmatch(row.locator("[data-time]").inner_text())
         assert row.get_by_role("link", name=re.compile("Open")).is_visible()
-    _shot(page, "dead-alerts")
+    shot(page, "dead-alerts")
 
     alert_id = int(hl7.get_attribute("data-dead-alert"))
     dead_before = sum(1 for d in node.audit("alert.dead") if d.get("alert_id") == alert_id)

@@ -5,15 +5,10 @@ to a PACS that is down, once: they are dead-lettered."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,31 +18,16 @@ from PIL import Image
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from peers_harness import free_port, storescu, wait_for_port
-from pneumonode.api.app import WEB_DIST
+from browser_harness import ARTIFACTS, Node, require_browser, serving, shot, sign_in
+from peers_harness import free_port, storescu
 from pneumonode.config import SHIPPED_MODEL
 from pneumonode.db.models import Delivery, Instance, Result
-from pneumonode.db.session import Database
 from pneumonode.identity import OWN_OUTPUT_REASON
 from pneumonode.results import result_kind
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 TOKEN = "browser-test-token-4c1d9a7e5b2f"
-ARTIFACTS = Path(os.environ.get("PNEUMONODE_TEST_ARTIFACTS", "test-artifacts"))
-
-
-@dataclass
-class Node:
-    url: str
-    port: int
-    env: dict[str, str]
-    database_url: str
-
-    def database(self) -> Database:
-        """The node's database, as the test reads and arranges it (no migrations run)."""
-        return Database(self.database_url)
 
 
 @pytest.fixture(scope="module")
@@ -56,80 +36,34 @@ def node(
     siim_sample_dicoms: list[Path],
     tiny_checkpoint: Callable[..., Path],
 ) -> Iterator[Node]:
-    if not (WEB_DIST / "index.html").is_file():
-        pytest.skip("the web page is not built: run `make web` (npm ci + vite build)")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    require_browser()
     work = tmp_path_factory.mktemp("browser")
-    dicom_port, api_port, pacs_port = free_port(), free_port(), free_port()
     model = work / "model"  # the tiny model with the shipped card: the page shows its limits
     shutil.copytree(tiny_checkpoint(bias=20.0), model)
     shutil.copy(SHIPPED_MODEL / "MODEL_CARD.md", model / "MODEL_CARD.md")
-    pacs = f"PACS@127.0.0.1:{pacs_port}"  # nothing listens there
-    env = {
-        **os.environ,
-        "PNEUMONODE_DATA_DIR": str(work / "data"),
+    pacs = f"PACS@127.0.0.1:{free_port()}"  # nothing listens there
+    settings = {
         "PNEUMONODE_MODEL_PATH": str(model),
-        "PNEUMONODE_DICOM_PORT": str(dicom_port),
-        "PNEUMONODE_API_PORT": str(api_port),
         "PNEUMONODE_API_TOKEN": TOKEN,
-        "PNEUMONODE_ALLOWED_PEERS": "STORESCU",
-        "PNEUMONODE_INFERENCE_BACKEND": "torch",
         "PNEUMONODE_DESTINATIONS": pacs,
         "PNEUMONODE_SC_DESTINATIONS": pacs,
         "PNEUMONODE_SEND_MAX_ATTEMPTS": "1",
     }
-    log = (work / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "pneumonode"), "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for_port(api_port, timeout=60)
-        wait_for_port(dicom_port, timeout=60)
-        storescu(siim_sample_dicoms, dicom_port)
-        database_url = f"sqlite:///{work / 'data' / 'pneumonode.sqlite3'}"
-        yield Node(f"http://127.0.0.1:{api_port}/", dicom_port, env, database_url)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+    with serving(work, siim_sample_dicoms, settings) as node:
+        yield node
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: object) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
-    page = context.new_page()
-    yield page
-    context.close()
+def viewport() -> dict[str, int]:
+    return {"width": 1280, "height": 900}
 
 
 def _sign_in(page: object, node: Node, token: str = TOKEN) -> None:
-    page.goto(node.url)  # type: ignore[attr-defined]
-    page.get_by_label("API token").fill(token)  # type: ignore[attr-defined]
-    page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+    sign_in(page, node.url, token)
 
 
 def _shot(page: object, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=False)  # type: ignore[attr-defined]
-    return path
+    return shot(page, name, full_page=False)
 
 
 def test_a_wrong_token_is_refused(page: object, node: Node) -> None:
