@@ -71,7 +71,7 @@ def node(
 
 def test_dead_lettered_alerts_are_listed_and_one_is_resent(page: object, node: Node) -> None:
     sign_in(page, node.url, TOKEN)
-    page.get_by_role("link", name="System").click()  # type: ignore[attr-defined]
+    page.get_by_role("link", name="System", exact=True).click()  # type: ignore[attr-defined]
     section = page.locator("[data-alert-problems]")  # type: ignore[attr-defined]
     rows = section.locator("tr[data-dead-alert]")
     deadline = time.monotonic() + 120

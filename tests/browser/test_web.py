@@ -146,7 +146,7 @@ def test_upload_a_dicom_file(
 
 def test_the_system_view(page: object, node: Node) -> None:
     _sign_in(page, node)
-    page.get_by_role("link", name="System").click()  # type: ignore[attr-defined]
+    page.get_by_role("link", name="System", exact=True).click()  # type: ignore[attr-defined]
     page.locator('[data-component="workers"]').wait_for()  # type: ignore[attr-defined]
     assert "ok" in page.locator('[data-component="database"]').inner_text()  # type: ignore[attr-defined]
     page.get_by_text("Latency per stage").wait_for()  # type: ignore[attr-defined]
@@ -285,7 +285,7 @@ def test_our_own_returned_results_are_hidden_unless_shown(page: object, node: No
 
 def test_the_system_page_lists_dead_letters_and_resends_one(page: object, node: Node) -> None:
     _sign_in(page, node)
-    page.get_by_role("link", name="System").click()  # type: ignore[attr-defined]
+    page.get_by_role("link", name="System", exact=True).click()  # type: ignore[attr-defined]
     listed = page.locator("tr[data-dead-delivery]")  # type: ignore[attr-defined]
     listed.first.wait_for(timeout=30_000)
     first = listed.first
