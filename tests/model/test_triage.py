@@ -346,6 +346,129 @@ def test_the_gate_reports_a_mask_only_on_films_called_positive() -> None:
     assert legacy.finding.present and legacy.finding.threshold is None
 
 
+# ------------------------------------------------------------------------ mirror averaging
+
+
+class _OneSidedEngine(InferenceEngine):
+    """Sees lesions only in the left half of its input (``one_sided``), or everywhere: pixel
+    logits high on bright pixels, the image logit from the brightest pixel it sees."""
+
+    backend = "torch"
+    precision = "fp32"
+
+    def __init__(self, one_sided: bool) -> None:
+        self.one_sided = one_sided
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        seen = batch.copy()
+        if self.one_sided:
+            seen[..., seen.shape[-1] // 2 :] = 0.0
+        logits = (12 * (seen - 0.5)).astype(np.float32)
+        return logits, logits.reshape(len(batch), -1).max(axis=1)
+
+
+def _mirror_cohort(root: Path, count: int = 12) -> list[Sample]:
+    """Films of 64 px; each positive has a bright square, on the left or the right."""
+    rng = np.random.default_rng(4)
+    root.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for k in range(2 * count):
+        image = rng.integers(20, 80, (64, 64)).astype(np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        positive = k < count
+        if positive:
+            left = 4 if k % 2 else 40
+            mask[20:36, left : left + 16] = 255
+            image[mask > 0] = 230
+        cv2.imwrite(str(root / f"{k}.png"), image)
+        if positive:
+            cv2.imwrite(str(root / f"{k}_mask.png"), mask)
+        samples.append(
+            Sample(
+                image_id=str(k),
+                image=str(root / f"{k}.png"),
+                mask=str(root / f"{k}_mask.png") if positive else None,
+                patient_id=str(k),
+                positive=positive,
+            )
+        )
+    return samples
+
+
+def _checkpoint_folder(root: Path) -> Path:
+    folder = root / "model"
+    folder.mkdir()
+    config = CheckpointConfig(
+        architecture=Architecture(encoder="timm-tf_efficientnet_lite0", classification_head=True),
+        input=InputSpec(size=64),
+    )
+    (folder / "config.json").write_text(config.model_dump_json())
+    return folder
+
+
+@pytest.mark.parametrize(("one_sided", "expected"), [(True, True), (False, False)])
+def test_calibration_chooses_mirror_averaging_only_where_it_helps(
+    tmp_path: Path, one_sided: bool, expected: bool
+) -> None:
+    """A network blind to the right half misses right-sided lesions; averaged with the mirror
+    image it finds them, so calibration turns averaging on and stores it in the checkpoint, and
+    the node's predictor then averages. A network that sees both halves gains nothing: off."""
+    from pneumonode.model.assess import calibrate
+
+    samples = _mirror_cohort(tmp_path / "films")
+    folder = _checkpoint_folder(tmp_path)
+    config = CheckpointConfig.model_validate_json((folder / "config.json").read_text())
+    predictor = Predictor(_OneSidedEngine(one_sided), config)
+    chosen = calibrate(predictor, samples, folder, min_sensitivity=0.9, progress=False)
+
+    figures = chosen["flip_average"]
+    if one_sided:
+        assert figures["on"]["auc"] > figures["off"]["auc"]
+        assert figures["on"]["dice"] > figures["off"]["dice"]
+    else:
+        assert figures["on"] == pytest.approx(figures["off"])
+    written = CheckpointConfig.model_validate_json((folder / "config.json").read_text())
+    assert written.postprocess.flip_average is expected
+    assert predictor.tta is expected
+    # a predictor loaded from that config averages (or not) without being told
+    again = Predictor(_OneSidedEngine(one_sided), written)
+    assert again.tta is expected
+    right_sided = prepare_8bit_image(cv2.imread(samples[0].image, cv2.IMREAD_GRAYSCALE), 64)
+    assert again.predict_prepared(right_sided).finding.present
+    if one_sided:  # found only because the checkpoint says to average
+        plain = written.model_copy(
+            update={"postprocess": written.postprocess.model_copy(update={"flip_average": False})}
+        )
+        alone = Predictor(_OneSidedEngine(True), plain).predict_prepared(right_sided)
+        assert not alone.finding.present
+
+
+def test_calibration_can_be_told_to_average_or_not(tmp_path: Path) -> None:
+    from pneumonode.model.assess import calibrate
+
+    samples = _mirror_cohort(tmp_path / "films")
+    folder = _checkpoint_folder(tmp_path)
+    config = CheckpointConfig.model_validate_json((folder / "config.json").read_text())
+    off = calibrate(
+        Predictor(_OneSidedEngine(True), config),
+        samples,
+        folder,
+        flip_average="off",
+        progress=False,
+    )
+    assert not off["postprocess"]["flip_average"] and set(off["flip_average"]) == {"off"}
+    on = calibrate(
+        Predictor(_OneSidedEngine(False), config),
+        samples,
+        folder,
+        flip_average="on",
+        progress=False,
+    )
+    assert on["postprocess"]["flip_average"] and set(on["flip_average"]) == {"on"}
+    with pytest.raises(ValueError, match="auto, on or off"):
+        calibrate(Predictor(_OneSidedEngine(False), config), samples, folder, flip_average="x")
+
+
 # ------------------------------------------------------------------------ the whole loop
 
 

@@ -116,6 +116,7 @@ def calibration_table(config: CheckpointConfig) -> str:
             "validation sensitivity / specificity there",
             f"{decision.validation['sensitivity']:.3f} / {decision.validation['specificity']:.3f}",
         ),
+        ("mirror-image averaging", _flip_row(config)),
         (
             "region shown on films called positive",
             f"pixel probability >= {config.postprocess.threshold}, "
@@ -123,6 +124,19 @@ def calibration_table(config: CheckpointConfig) -> str:
         ),
     ]
     return _table(("", "value"), rows)
+
+
+def _flip_row(config: CheckpointConfig) -> str:
+    """Whether the film and its mirror image are averaged, and the validation figures that
+    chose it (AUC of the calibrated score, Dice on the positives at model size)."""
+    state = "on" if config.postprocess.flip_average else "off"
+    compared = (config.calibration.fitted_on if config.calibration else {}).get("flip_average")
+    if not compared:
+        return state
+    figures = "; ".join(
+        f"{name}: AUC {v['auc']:.3f}, Dice {v['dice']:.3f}" for name, v in sorted(compared.items())
+    )
+    return f"{state} (validation {figures})"
 
 
 def held_out_table(summary: dict[str, Any]) -> str:

@@ -80,6 +80,11 @@ class PostProcessing(_Strict):
     top_score_threshold: float | None = Field(
         default=None, description="SIIM winners' gate: no finding unless max probability >= this"
     )
+    flip_average: bool = Field(
+        default=False,
+        description="average the network's outputs on the film and on its mirror image "
+        "(test-time augmentation; twice the inference time); chosen on validation",
+    )
 
 
 class Calibration(_Strict):

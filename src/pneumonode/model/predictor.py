@@ -540,6 +540,8 @@ class Predictor:
 
     ``model`` is a torch module (run by the torch backend, as before) or a ready
     :class:`InferenceEngine`; ``device`` and ``precision`` apply to a torch module only.
+    ``tta``: average every output with the mirror image's, also where the checkpoint's
+    ``postprocess.flip_average`` (chosen by ``pneumonode calibrate``) does not ask for it.
     """
 
     def __init__(
@@ -552,7 +554,7 @@ class Predictor:
         tta: bool = False,
     ) -> None:
         self.config = config
-        self.tta = tta
+        self.tta = tta or config.postprocess.flip_average
         if isinstance(model, InferenceEngine):
             self.engine = model
         else:
