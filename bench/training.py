@@ -13,11 +13,11 @@ augmentation (``device_augment``); the network's step is the same for both.
 
     .venv/bin/python bench/training.py [--sizes 256 384] [--encoders timm-tf_efficientnet_lite2
         efficientnet-b4] [--precisions bf16 fp32] [--steps 4]
-        [--accelerations none freeze-depthwise fold-bn both]
+        [--accelerations none freeze-depthwise fold-bn both stages-2 all]
 
 ``--accelerations`` times train-bundle's CPU shortcuts (``pneumonode.model.acceleration``:
-depthwise kernels frozen, the encoder's BatchNorm folded into its convolutions) against the plain
-step in the same run ("vs none").
+depthwise kernels frozen, the encoder's BatchNorm folded into its convolutions, the stem and
+first two stages frozen) against the plain step in the same run ("vs none").
 
 Not a test: it prints ratios measured in the same run, it asserts nothing.
 """
@@ -34,11 +34,13 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from inference import conv_peak_gflops, cores  # noqa: E402
 
-ACCELERATIONS = {  # name: (freeze_depthwise, fold_batchnorm), as train-bundle's options
-    "none": (False, False),
-    "freeze-depthwise": (True, False),
-    "fold-bn": (False, True),
-    "both": (True, True),
+ACCELERATIONS = {  # name: (freeze_depthwise, fold_batchnorm, freeze_stages), as train-bundle's
+    "none": (False, False, 0),
+    "freeze-depthwise": (True, False, 0),
+    "fold-bn": (False, True, 0),
+    "both": (True, True, 0),
+    "stages-2": (False, False, 2),
+    "all": (True, True, 2),
 }
 
 
@@ -49,14 +51,16 @@ def step_speed(
     import torch.nn.functional as F  # noqa: N812
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pneumonode.model.acceleration import fold_batchnorm, freeze_depthwise
+    from pneumonode.model.acceleration import fold_batchnorm, freeze_depthwise, freeze_stages
     from pneumonode.model.network import build_unet
 
     torch.manual_seed(0)
     model = build_unet(encoder, classification_head=True)
-    depthwise, fold = ACCELERATIONS[acceleration]
+    depthwise, fold, stages = ACCELERATIONS[acceleration]
     if depthwise:
         freeze_depthwise(model)
+    if stages:
+        freeze_stages(model, stages)
     if fold:
         fold_batchnorm(model)
     model = model.to(memory_format=torch.channels_last)
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=list(ACCELERATIONS),
         default=["none"],
-        help="train-bundle's --freeze-depthwise / --fold-batchnorm (none, either, both)",
+        help="train-bundle's --freeze-depthwise / --fold-batchnorm (none, either, both) / "
+        "--freeze-stages 2 (stages-2; all three: all)",
     )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)

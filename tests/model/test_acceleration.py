@@ -1,11 +1,19 @@
-"""train-bundle's CPU shortcuts: frozen depthwise kernels, the encoder's BatchNorm folded."""
+"""train-bundle's CPU shortcuts: frozen depthwise kernels, the encoder's BatchNorm folded, the
+stem and first stages frozen."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from pneumonode.model.acceleration import fold_batchnorm, freeze_depthwise, unfold
+from pneumonode.model.acceleration import (
+    fold_batchnorm,
+    freeze_depthwise,
+    freeze_stages,
+    hold_frozen_norms,
+    unfold,
+)
 from pneumonode.model.network import build_unet
 
 ENCODER = "timm-tf_efficientnet_lite0"
@@ -80,3 +88,53 @@ def test_frozen_depthwise_kernels_stay_while_the_rest_learns() -> None:
     assert all(torch.equal(m.weight, k) for m, k in zip(depthwise, kernels, strict=True))
     # gradients still flow through the frozen layers to the stem before them
     assert not torch.equal(model.encoder.conv_stem.weight, stem)
+
+
+def _step(model: torch.nn.Module) -> None:
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    mask, image = model(torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(3)))
+    loss = F.binary_cross_entropy_with_logits(mask, torch.ones_like(mask)) + image.mean()
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+
+
+def test_frozen_stages_neither_learn_nor_get_gradients_nor_update_statistics() -> None:
+    model = _network()
+    frozen_stages = [model.encoder.conv_stem, model.encoder.bn1, *model.encoder.blocks[:2]]
+    learning = model.encoder.blocks[2]
+    assert freeze_stages(model, 2) == sum(1 for m in frozen_stages for _ in m.parameters())
+    before = [t.detach().clone() for m in frozen_stages for t in m.state_dict().values()]
+    later = [p.detach().clone() for p in learning.parameters()]
+
+    model.train()
+    hold_frozen_norms(model)  # as the training loop does after each model.train()
+    assert not model.encoder.bn1.training and model.encoder.blocks[2].training
+    _step(model)
+
+    after = [t for m in frozen_stages for t in m.state_dict().values()]
+    # weights and BatchNorm running statistics alike are unchanged ...
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    # ... no gradient was computed for them (backpropagation stopped above them) ...
+    assert all(p.grad is None for m in frozen_stages for p in m.parameters())
+    # ... and the stages after them, the decoder and the head learn
+    assert any(not torch.equal(p, q) for p, q in zip(learning.parameters(), later, strict=True))
+
+
+def test_frozen_stages_combine_with_folding_and_save_the_usual_layout() -> None:
+    model = _network()
+    freeze_stages(model, 1)
+    freeze_depthwise(model)
+    folds = fold_batchnorm(model)
+    stem_bias = model.encoder.conv_stem.bias
+    assert stem_bias is not None and not stem_bias.requires_grad  # a frozen stem keeps its shift
+    model.train()
+    _step(model)
+    restored = unfold(model, folds)
+    plain = build_unet(ENCODER, classification_head=True)
+    plain.load_state_dict(restored.state_dict())
+
+
+def test_freezing_more_stages_than_the_encoder_has_is_refused() -> None:
+    model = _network()
+    with pytest.raises(ValueError, match="stages"):
+        freeze_stages(model, len(model.encoder.blocks) + 1)

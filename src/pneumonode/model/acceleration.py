@@ -11,6 +11,13 @@ BatchNorm layers add a forward and a backward pass over every activation. Two op
     weights) stop learning; their input gradient, which is cheap, is still computed, so every
     layer before them keeps learning. A standard transfer-learning choice for MobileNet-style
     encoders.
+``freeze_stages``
+    The encoder's stem and its first N stages stop learning altogether. Nothing before them
+    needs a gradient, so backpropagation stops above them: no weight or input gradient is
+    computed in the layers that work at the highest resolutions, where a step spends most of
+    its memory traffic. Their BatchNorm layers stay at their running statistics
+    (:func:`hold_frozen_norms`). Generic ImageNet edge and texture filters; the U-Net's decoder
+    still learns from their outputs through the skip connections.
 ``fold_batchnorm``
     The encoder's BatchNorm layers are frozen at their running statistics (as detectron2's
     ``FrozenBatchNorm2d``: batches of 8 give noisy statistics anyway) and folded into the
@@ -31,7 +38,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Fold", "fold_batchnorm", "freeze_depthwise", "unfold"]
+__all__ = [
+    "Fold",
+    "fold_batchnorm",
+    "freeze_depthwise",
+    "freeze_stages",
+    "hold_frozen_norms",
+    "unfold",
+]
 
 # (convolution, normalisation) attribute pairs in timm's EfficientNet blocks and stem
 _PAIRS = (
@@ -67,6 +81,43 @@ def freeze_depthwise(model: nn.Module) -> int:
             module.weight.requires_grad_(False)
             frozen += 1
     return frozen
+
+
+def freeze_stages(model: nn.Module, stages: int) -> int:
+    """Stop the encoder's stem and its first ``stages`` stages (timm's ``blocks``) from
+    learning; returns how many parameter tensors were frozen.
+
+    Raises ValueError for an encoder without a stem and stages, or fewer stages than asked.
+    """
+    encoder = _encoder(model)
+    blocks = getattr(encoder, "blocks", None)
+    stem = [
+        m for n in ("conv_stem", "bn1") if isinstance(m := getattr(encoder, n, None), nn.Module)
+    ]
+    if not isinstance(blocks, nn.Sequential) or len(stem) != 2:
+        raise ValueError("freeze_stages needs an EfficientNet encoder (conv_stem, bn1, blocks)")
+    if not 0 <= stages <= len(blocks):
+        raise ValueError(f"the encoder has {len(blocks)} stages, not {stages}")
+    frozen = 0
+    for module in [*stem, *list(blocks)[:stages]]:
+        for parameter in module.parameters():
+            if parameter.requires_grad:
+                parameter.requires_grad_(False)
+                frozen += 1
+    hold_frozen_norms(model)
+    return frozen
+
+
+def hold_frozen_norms(model: nn.Module) -> None:
+    """Put the encoder's BatchNorm layers whose weights are frozen in eval mode (running
+    statistics used, not updated); call it after every ``model.train()``."""
+    for module in _encoder(model).modules():
+        if (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.weight is not None
+            and not module.weight.requires_grad
+        ):
+            module.eval()
 
 
 def _encoder(model: nn.Module) -> nn.Module:

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from pneumonode.model.acceleration import Fold, fold_batchnorm, freeze_depthwise, unfold
+from pneumonode.model.acceleration import (
+    Fold,
+    fold_batchnorm,
+    freeze_depthwise,
+    freeze_stages,
+    hold_frozen_norms,
+    unfold,
+)
 from pneumonode.model.bundle import Bundle, load_bundle, resize_bundle
 from pneumonode.model.checkpoint import (
     Architecture,
@@ -351,6 +358,9 @@ def fast_train(
     folds: list[Fold] = []
     if config.freeze_depthwise:
         say(f"{freeze_depthwise(model)} depthwise kernels frozen")
+    if config.freeze_stages:
+        frozen = freeze_stages(model, config.freeze_stages)
+        say(f"the encoder's stem and first {config.freeze_stages} stages frozen ({frozen} tensors)")
     if config.fold_batchnorm:
         folds = fold_batchnorm(model)
         say(f"{len(folds)} BatchNorm layers of the encoder frozen and folded")
@@ -380,6 +390,7 @@ def fast_train(
     step, seen, train_seconds = 0, 0, 0.0
     for epoch in range(1, config.epochs + 1):
         model.train()
+        hold_frozen_norms(model)
         epoch_started = time.monotonic()
         draws = weighted_draws(
             train_positive, steps_per_epoch * config.batch_size, config.positive_share, generator

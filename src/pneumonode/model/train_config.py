@@ -136,6 +136,12 @@ class FastTrainConfig(BaseModel):
         description="the encoder's depthwise kernels stop learning (their weight gradient is most "
         "of a CPU step; see pneumonode.model.acceleration)",
     )
+    freeze_stages: int = Field(
+        default=0,
+        ge=0,
+        description="the encoder's stem and its first N stages stop learning, and no gradient "
+        "is computed in them (the highest-resolution layers); for a pretrained encoder",
+    )
     fold_batchnorm: bool = Field(
         default=False,
         description="freeze the encoder's BatchNorm at its running statistics and fold it into "
