@@ -45,7 +45,7 @@ from pneumonode.model.data import DatasetLayoutError, Sample
 from pneumonode.model.metrics import auc, dice
 from pneumonode.model.plots import image_grid, xy_chart
 from pneumonode.model.postprocess import binary_mask
-from pneumonode.model.predictor import Predictor
+from pneumonode.model.predictor import Predictor, mirror_average
 from pneumonode.results.overlay import render_overlay
 
 __all__ = [
@@ -126,28 +126,29 @@ class _Fit:
 
 
 def _run_validation(
-    predictor: Predictor, samples: Sequence[Sample], progress: bool
-) -> tuple[_Outputs, _Outputs]:
-    """The outputs on the film as it is, and averaged with its mirror image (what
-    ``flip_average`` does at inference): one pass over the films for both."""
+    predictor: Predictor, samples: Sequence[Sample], progress: bool, mirror: bool
+) -> tuple[_Outputs, _Outputs | None]:
+    """The outputs on the film as it is and, with ``mirror``, averaged with its mirror image
+    (what ``flip_average`` does at inference): one pass over the films for both."""
     plain = _Outputs([], [], [], [], [])
-    mirrored = _Outputs([], [], [], [], [])
+    mirrored = _Outputs([], [], [], [], []) if mirror else None
     keep_tta, predictor.tta = predictor.tta, False
     try:
         for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
             film = _read(sample)
             prepared = prepare_8bit_image(film.image, predictor.size)
             x = prepared.tensor()[np.newaxis]
-            pixels, image = predictor.forward(x)
-            flip_pixels, flip_image = predictor.forward(np.ascontiguousarray(x[..., ::-1]))
-            both = (pixels + flip_pixels[..., ::-1]) / 2
-            both_image = None if image is None or flip_image is None else (image + flip_image) / 2
+            alone = predictor.forward(x)
+            runs = [(plain, alone)]
+            if mirrored is not None:
+                flipped = predictor.forward(np.ascontiguousarray(x[..., ::-1]))
+                runs.append((mirrored, mirror_average(alone, flipped)))
             truth = (
                 prepared.letterbox.mask_to_model(film.truth.astype(np.uint8)).astype(bool)
                 if sample.positive
                 else None
             )
-            for outputs, p, i in ((plain, pixels, image), (mirrored, both, both_image)):
+            for outputs, (p, i) in runs:
                 outputs.heads.append(None if i is None else float(i[0]))
                 outputs.tops.append(float(p[0].max()))
                 outputs.labels.append(sample.positive)
@@ -250,16 +251,12 @@ def calibrate(
     """
     if flip_average not in ("auto", "on", "off"):
         raise ValueError(f"flip_average must be auto, on or off, not {flip_average!r}")
-    plain, mirrored = _run_validation(predictor, samples, progress)
-    fits = {
-        False: _fit(plain, predictor.size, min_sensitivity, score, method, False)
-        if flip_average != "on"
-        else None,
-        True: _fit(mirrored, predictor.size, min_sensitivity, score, method, True)
-        if flip_average != "off"
-        else None,
-    }
-    candidates = {k: v for k, v in fits.items() if v is not None}
+    plain, mirrored = _run_validation(predictor, samples, progress, flip_average != "off")
+    candidates: dict[bool, _Fit] = {}
+    if flip_average != "on":
+        candidates[False] = _fit(plain, predictor.size, min_sensitivity, score, method, False)
+    if mirrored is not None:
+        candidates[True] = _fit(mirrored, predictor.size, min_sensitivity, score, method, True)
     chosen = max(candidates, key=lambda k: (candidates[k].auc + candidates[k].dice, not k))
     fit = candidates[chosen]
     compared = {

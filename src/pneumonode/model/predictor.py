@@ -512,6 +512,16 @@ def exported_onnx(weights: Path, *, cache_dir: Path | None = None) -> tuple[Path
 # ---------------------------------------------------------------------------- predictor
 
 
+def mirror_average(
+    outputs: tuple[np.ndarray, np.ndarray | None], mirrored: tuple[np.ndarray, np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mean of the outputs on a batch and on its mirror image (pixel maps flipped back);
+    the image probabilities are averaged where both have them."""
+    (pixels, image), (flip_pixels, flip_image) = outputs, mirrored
+    averaged = None if image is None or flip_image is None else (image + flip_image) / 2
+    return (pixels + flip_pixels[..., ::-1]) / 2, averaged
+
+
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     """Overflow-free logistic function, float32."""
     result: np.ndarray = (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32, copy=False)
@@ -662,9 +672,7 @@ class Predictor:
                 self.engine.forward(np.ascontiguousarray(batch[..., ::-1])) if self.tta else None
             )
         if flipped is not None:
-            probability = (probability + flipped[0][..., ::-1]) / 2
-            if image is not None and flipped[1] is not None:
-                image = (image + flipped[1]) / 2
+            probability, image = mirror_average((probability, image), flipped)
         return probability, image
 
     def image_probability(self, head: float | None, max_pixel: float) -> float:
