@@ -51,6 +51,7 @@ class AlgorithmInfo:
     manufacturer: str = MANUFACTURER
     software_version: str = SOFTWARE_VERSION
     operating_point: float | None = None  # on the calibrated image-level probability
+    grow_threshold: float | None = None  # hysteresis: regions grown down to this probability
 
     @classmethod
     def from_checkpoint(cls, config: DescribesAlgorithm) -> AlgorithmInfo:
@@ -60,6 +61,8 @@ class AlgorithmInfo:
     def parameters(self) -> list[str]:
         """Algorithm parameters as DICOM's AlgorithmParameters lists them (LT strings)."""
         values = [f"threshold={self.threshold:g}", f"min_area_pixels={self.min_area_pixels}"]
+        if self.grow_threshold is not None:
+            values.append(f"grow_threshold={self.grow_threshold:g}")
         if self.top_score_threshold is not None:
             values.append(f"top_score_threshold={self.top_score_threshold:g}")
         if self.operating_point is not None:

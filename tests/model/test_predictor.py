@@ -23,7 +23,12 @@ from pneumonode.model.checkpoint import (
     save_checkpoint,
 )
 from pneumonode.model.network import build_unet
-from pneumonode.model.postprocess import binary_mask, remove_small_components, summarise
+from pneumonode.model.postprocess import (
+    binary_mask,
+    grown_regions,
+    remove_small_components,
+    summarise,
+)
 from pneumonode.model.predictor import Predictor, cpu_supports_bf16
 from pneumonode.results import render_overlay
 
@@ -44,6 +49,28 @@ def test_top_score_gate() -> None:
     probability[2:5, 2:5] = 0.6
     assert binary_mask(probability, 0.5).sum() == 9
     assert binary_mask(probability, 0.5, top_score_threshold=0.7).sum() == 0
+
+
+def test_regions_grow_from_their_core_down_to_the_grow_threshold() -> None:
+    probability = np.full((40, 40), 0.05, np.float32)
+    probability[5:15, 5:15] = 0.3  # a faint region around
+    probability[8:12, 8:12] = 0.8  # a confident core: 16 pixels
+    probability[25:35, 25:35] = 0.3  # a faint region with no core
+    assert binary_mask(probability, 0.5).sum() == 16
+    grown = binary_mask(probability, 0.5, grow_threshold=0.25)
+    assert grown.sum() == 100 and grown[5, 5] and not grown[30, 30]
+    # the minimum area counts the grown region
+    assert binary_mask(probability, 0.5, 50, grow_threshold=0.25).sum() == 100
+    assert binary_mask(probability, 0.5, 101, grow_threshold=0.25).sum() == 0
+    # no growing at or above the threshold: the plain mask
+    assert binary_mask(probability, 0.5, grow_threshold=0.5).sum() == 16
+    # several minimum areas from one labelling, each as binary_mask gives it
+    for area, mask in zip(
+        (0, 50, 101), grown_regions(probability, 0.5, 0.25, (0, 50, 101)), strict=True
+    ):
+        assert np.array_equal(mask, binary_mask(probability, 0.5, area, grow_threshold=0.25))
+    with pytest.raises(ValueError, match="grow_threshold"):
+        PostProcessing(threshold=0.4, grow_threshold=0.6)
 
 
 @pytest.mark.parametrize(

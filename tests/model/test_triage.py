@@ -344,6 +344,40 @@ def test_the_gate_reports_a_mask_only_on_films_called_positive() -> None:
     # no operating point: the mask decides, as for the models before
     legacy = _predictor(_lesion(), -1.5, decision=False).predict_prepared(prepared)
     assert legacy.finding.present and legacy.finding.threshold is None
+    # a checkpoint that grows regions (hysteresis): the core's faint surroundings join it
+    haloed = _lesion()
+    haloed[5:35, 35:64] = np.maximum(haloed[5:35, 35:64], 0.3)
+    predictor = _predictor(haloed, 1.0, decision=True)
+    assert predictor.predict_prepared(prepared).mask.sum() == 400
+    predictor.config.postprocess.grow_threshold = 0.25
+    grown = predictor.predict_prepared(prepared)
+    assert grown.mask.sum() == 30 * 29
+    assert "grow_threshold=0.25" in predictor.config.algorithm_info().parameters()
+
+
+def test_calibration_grows_regions_only_where_that_raises_dice() -> None:
+    """Lesions the network sees as a confident core in a faint halo, beside faint blobs with
+    no core: only growing from the core (hysteresis) outlines the lesions without the blobs."""
+    from pneumonode.model.assess import _best_postprocessing, _Outputs
+
+    probabilities, truths = [], []
+    for shift in range(4):
+        p = np.full((64, 64), 0.02, np.float32)
+        truth = np.zeros((64, 64), bool)
+        truth[10 + shift : 30 + shift, 10:30] = True
+        p[truth] = 0.25
+        p[16 + shift : 24 + shift, 16:24] = 0.9
+        p[45:55, 40 + shift : 50 + shift] = 0.25  # faint, no core, larger than any minimum area
+        probabilities.append(p)
+        truths.append(truth)
+    outputs = _Outputs([], [], [], probabilities, truths)
+    post, best = _best_postprocessing(outputs, 64, flip_average=False)
+    assert best == pytest.approx(1.0)
+    assert post.grow_threshold is not None and post.grow_threshold <= 0.25 < post.threshold
+    # where the network's map already is the lesion, no growing is chosen
+    plain = _Outputs([], [], [], [t.astype(np.float32) * 0.9 for t in truths], truths)
+    post, best = _best_postprocessing(plain, 64, flip_average=False)
+    assert best == pytest.approx(1.0) and post.grow_threshold is None
 
 
 # ------------------------------------------------------------------------ mirror averaging

@@ -315,7 +315,9 @@ def _cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
         + ")"
     )
     print(
-        f"pixels: threshold {post['threshold']}, minimum area {post['min_area_pixels']} px; "
+        f"pixels: threshold {post['threshold']}"
+        + ("" if post["grow_threshold"] is None else f" grown to {post['grow_threshold']}")
+        + f", minimum area {post['min_area_pixels']} px; "
         f"validation Dice (positives, model size) {chosen['validation_mean_dice_positives']:.3f}"
     )
     print(f"written into {args.weights}")

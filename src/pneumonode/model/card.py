@@ -119,8 +119,13 @@ def calibration_table(config: CheckpointConfig) -> str:
         ("mirror-image averaging", _flip_row(config)),
         (
             "region shown on films called positive",
-            f"pixel probability >= {config.postprocess.threshold}, "
-            f"minimum area {config.postprocess.min_area_pixels} pixels",
+            f"pixel probability >= {config.postprocess.threshold}"
+            + (
+                ""
+                if config.postprocess.grow_threshold is None
+                else f", grown to its connected pixels >= {config.postprocess.grow_threshold}"
+            )
+            + f", minimum area {config.postprocess.min_area_pixels} pixels",
         ),
     ]
     return _table(("", "value"), rows)

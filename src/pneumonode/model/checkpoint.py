@@ -19,7 +19,7 @@ import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pneumonode.findings import AlgorithmInfo
 
@@ -73,9 +73,17 @@ class InputSpec(_Strict):
 
 
 class PostProcessing(_Strict):
-    """From probabilities to a finding: pixel threshold, then minimum component area."""
+    """From probabilities to a finding: pixel threshold (with hysteresis, grown down to
+    ``grow_threshold``), then minimum component area."""
 
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    grow_threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="hysteresis: a region reaching threshold takes in its connected pixels "
+        "down to this probability; chosen on validation; None: no growing",
+    )
     min_area_pixels: int = Field(default=0, ge=0, description="at model input size")
     top_score_threshold: float | None = Field(
         default=None, description="SIIM winners' gate: no finding unless max probability >= this"
@@ -85,6 +93,15 @@ class PostProcessing(_Strict):
         description="average the network's outputs on the film and on its mirror image "
         "(test-time augmentation; twice the inference time); chosen on validation",
     )
+
+    @model_validator(mode="after")
+    def _grows_downwards(self) -> PostProcessing:
+        if self.grow_threshold is not None and self.grow_threshold > self.threshold:
+            raise ValueError(
+                f"grow_threshold ({self.grow_threshold}) must not exceed threshold "
+                f"({self.threshold})"
+            )
+        return self
 
 
 class Calibration(_Strict):
@@ -138,6 +155,7 @@ class CheckpointConfig(_Strict):
             threshold=post.threshold,
             min_area_pixels=post.min_area_pixels,
             top_score_threshold=post.top_score_threshold,
+            grow_threshold=post.grow_threshold,
             intended_use=self.intended_use,
             operating_point=None if self.decision is None else self.decision.threshold,
         )

@@ -17,6 +17,7 @@ __all__ = [
     "Finding",  # defined in pneumonode.findings, which results import it from
     "binary_mask",
     "describe_finding",
+    "grown_regions",
     "pixel_spacing_mm",
     "remove_small_components",
     "summarise",
@@ -45,14 +46,42 @@ def binary_mask(
     threshold: float,
     min_area: int = 0,
     top_score_threshold: float | None = None,
+    grow_threshold: float | None = None,
 ) -> np.ndarray:
     """Threshold, then remove small components; empty when the top score is below its gate.
+
+    With ``grow_threshold`` (hysteresis, below ``threshold``): the 8-connected regions of pixels
+    at or above ``grow_threshold`` that hold at least one pixel at or above ``threshold``, so a
+    region is found by its confident core and drawn out to its fainter edge; a region with no
+    such core is dropped. The minimum area applies to the grown region.
 
     Shape: (H, W) float in [0, 1] -> (H, W) bool.
     """
     if top_score_threshold is not None and float(probability.max()) < top_score_threshold:
         return np.zeros(probability.shape, dtype=bool)
-    return remove_small_components(probability >= threshold, min_area)
+    if grow_threshold is None or grow_threshold >= threshold:
+        return remove_small_components(probability >= threshold, min_area)
+    return grown_regions(probability, threshold, grow_threshold, (min_area,))[0]
+
+
+def grown_regions(
+    probability: np.ndarray, threshold: float, grow_threshold: float, min_areas: Sequence[int]
+) -> list[np.ndarray]:
+    """Hysteresis masks (see ``binary_mask``), one per minimum area, from one labelling.
+
+    Shape: (H, W) float -> [(H, W) bool] * len(min_areas).
+    """
+    grown = probability >= grow_threshold
+    if not grown.any():
+        return [grown for _ in min_areas]
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        grown.astype(np.uint8), connectivity=8
+    )
+    cored = np.zeros(count, dtype=bool)
+    cored[np.unique(labels[probability >= threshold])] = True
+    cored[0] = False
+    areas = stats[:, cv2.CC_STAT_AREA]
+    return [(cored & (areas >= area))[labels] for area in min_areas]
 
 
 def pixel_spacing_mm(ds: Dataset | None) -> tuple[float, float] | None:

@@ -712,10 +712,16 @@ class Predictor:
         calibrated = self.image_probability(None if image is None else float(image[0]), top)
         if decision is None:
             model_mask = binary_mask(
-                probability, post.threshold, post.min_area_pixels, post.top_score_threshold
+                probability,
+                post.threshold,
+                post.min_area_pixels,
+                post.top_score_threshold,
+                post.grow_threshold,
             )
         elif calibrated >= decision.threshold:
-            model_mask = binary_mask(probability, post.threshold, post.min_area_pixels)
+            model_mask = binary_mask(
+                probability, post.threshold, post.min_area_pixels, None, post.grow_threshold
+            )
             if not model_mask.any():
                 model_mask = binary_mask(probability, top / 2)
         else:
