@@ -71,7 +71,8 @@ def add_commands(group: CommandGroup) -> None:
         description="Runs the model on the validation films of --split and writes into the "
         "checkpoint's config.json: the image score (head or top pixel, the better ranking), "
         "its Platt scaling, the operating point (sensitivity >= --min-sensitivity, then the "
-        "best specificity) and the pixel threshold and minimum area with the best Dice.",
+        "best specificity) and the pixel threshold, growing (hysteresis) and minimum area "
+        "with the best Dice.",
     )
     calibrate.add_argument("--weights", type=Path, required=True)
     calibrate.add_argument("--data", type=Path, action="append", required=True)
