@@ -24,6 +24,7 @@ from pneumonode.config import Settings
 from pneumonode.conversion.prepare import prepare_radiograph
 from pneumonode.db.models import AuditEvent, Delivery, DeliveryState, Job, JobState, Result
 from pneumonode.identity import OWN_OUTPUT_REASON
+from pneumonode.model.checkpoint import read_checkpoint_config
 from pneumonode.model.predictor import Predictor
 from pneumonode.worker.pipeline import PipelineContext, process_job
 from pneumonode.worker.tasks import celery_config
@@ -501,6 +502,9 @@ def test_the_model_states_its_limits_from_its_card(
         body = client.get("/api/model", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert body["summary"].startswith("AI result, not for clinical use.")
     assert 0 < body["operating_point"] < 1
+    shipped = read_checkpoint_config(node.settings.model).postprocess
+    assert body["threshold"] == shipped.threshold
+    assert body["grow_threshold"] == shipped.grow_threshold
     assert any(limit.startswith("One archive.") for limit in body["limits"])
     assert body["limits"][-1] == "Not for clinical use. Not a medical device."
     assert all("**" not in limit for limit in body["limits"])

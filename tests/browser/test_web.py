@@ -5,6 +5,7 @@ to a PACS that is down, once: they are dead-lettered."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import time
@@ -28,6 +29,7 @@ from pneumonode.results import result_kind
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 
 TOKEN = "browser-test-token-4c1d9a7e5b2f"
+GROWN = 0.25  # the model's grow_threshold in these tests
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,10 @@ def node(
     model = work / "model"  # the tiny model with the shipped card: the page shows its limits
     shutil.copytree(tiny_checkpoint(bias=20.0), model)
     shutil.copy(SHIPPED_MODEL / "MODEL_CARD.md", model / "MODEL_CARD.md")
+    config = json.loads((model / "config.json").read_text())
+    assert config["postprocess"]["threshold"] > GROWN
+    config["postprocess"]["grow_threshold"] = GROWN  # as the shipped model grows its regions
+    (model / "config.json").write_text(json.dumps(config))
     pacs = f"PACS@127.0.0.1:{free_port()}"  # nothing listens there
     settings = {
         "PNEUMONODE_MODEL_PATH": str(model),
@@ -150,6 +156,8 @@ def test_the_system_view(page: object, node: Node) -> None:
     page.locator('[data-component="workers"]').wait_for()  # type: ignore[attr-defined]
     assert "ok" in page.locator('[data-component="database"]').inner_text()  # type: ignore[attr-defined]
     page.get_by_text("Latency per stage").wait_for()  # type: ignore[attr-defined]
+    # the model's post-processing, growing included
+    page.get_by_text(f"(regions grown to {GROWN})").wait_for()  # type: ignore[attr-defined]
     _shot(page, "system")
 
 

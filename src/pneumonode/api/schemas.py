@@ -218,6 +218,11 @@ class ModelOut(_Out):
     intended_use: str
     input_size: int
     threshold: float
+    grow_threshold: float | None = Field(
+        default=None,
+        description="regions reaching threshold are grown to their connected pixels down to "
+        "this probability (hysteresis); null: no growing",
+    )
     min_area_pixels: int
     operating_point: float | None = Field(
         default=None, description="a film is called positive at this calibrated probability"

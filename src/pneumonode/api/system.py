@@ -79,6 +79,7 @@ def model(settings: SettingsDep) -> ModelOut:
         intended_use=config.intended_use,
         input_size=config.input.size,
         threshold=config.postprocess.threshold,
+        grow_threshold=config.postprocess.grow_threshold,
         min_area_pixels=config.postprocess.min_area_pixels,
         operating_point=None if config.decision is None else config.decision.threshold,
         metrics=config.metrics,

@@ -169,7 +169,7 @@ export default function System() {
             Model: {model.name} {model.version}
           </h3>
           <p className="mb-2 text-sm">
-            Input {model.input_size}×{model.input_size}, threshold {model.threshold}, minimum area {model.min_area_pixels} px. {model.intended_use}
+            Input {model.input_size}×{model.input_size}, threshold {model.threshold}{model.grow_threshold != null && ` (regions grown to ${model.grow_threshold})`}, minimum area {model.min_area_pixels} px. {model.intended_use}
           </p>
           {model.card && (
             <details className="rounded border border-slate-300 bg-white p-3">
