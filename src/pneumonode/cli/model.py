@@ -265,7 +265,7 @@ def _cohort_side(data: Sequence[Path], split: Path | None, subset: str) -> list[
 
 def _cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     from pneumonode.model.assess import calibrate
-    from pneumonode.model.checkpoint import CheckpointError
+    from pneumonode.model.checkpoint import CheckpointError, PostProcessing
     from pneumonode.model.predictor import Predictor
 
     if not 0 < args.min_sensitivity < 1:
@@ -316,9 +316,7 @@ def _cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
         + ")"
     )
     print(
-        f"pixels: threshold {post['threshold']}"
-        + ("" if post["grow_threshold"] is None else f" grown to {post['grow_threshold']}")
-        + f", minimum area {post['min_area_pixels']} px; "
+        f"region: {PostProcessing.model_validate(post).region_rule()}; "
         f"validation Dice (positives, model size) {chosen['validation_mean_dice_positives']:.3f}"
     )
     print(f"written into {args.weights}")

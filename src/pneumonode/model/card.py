@@ -117,16 +117,7 @@ def calibration_table(config: CheckpointConfig) -> str:
             f"{decision.validation['sensitivity']:.3f} / {decision.validation['specificity']:.3f}",
         ),
         ("mirror-image averaging", _flip_row(config)),
-        (
-            "region shown on films called positive",
-            f"pixel probability >= {config.postprocess.threshold}"
-            + (
-                ""
-                if config.postprocess.grow_threshold is None
-                else f", grown to its connected pixels >= {config.postprocess.grow_threshold}"
-            )
-            + f", minimum area {config.postprocess.min_area_pixels} pixels",
-        ),
+        ("region shown on films called positive", config.postprocess.region_rule()),
     ]
     return _table(("", "value"), rows)
 

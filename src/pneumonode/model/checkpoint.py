@@ -94,6 +94,18 @@ class PostProcessing(_Strict):
         "(test-time augmentation; twice the inference time); chosen on validation",
     )
 
+    def region_rule(self) -> str:
+        """The rule for the region shown, in words (the card, calibrate's output)."""
+        grown = (
+            ""
+            if self.grow_threshold is None
+            else f", grown to its connected pixels >= {self.grow_threshold}"
+        )
+        return (
+            f"pixel probability >= {self.threshold}{grown}, "
+            f"minimum area {self.min_area_pixels} pixels"
+        )
+
     @model_validator(mode="after")
     def _grows_downwards(self) -> PostProcessing:
         if self.grow_threshold is not None and self.grow_threshold > self.threshold:
