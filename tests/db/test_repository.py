@@ -13,7 +13,8 @@ from sqlalchemy import bindparam, inspect, select, text
 from pneumonode.cli import AUDIT_COLUMNS, main
 from pneumonode.db.audit import audit
 from pneumonode.db.direct import Direct, direct_insert
-from pneumonode.db.models import AuditEvent, Job, JobState, Study, utcnow
+from pneumonode.db.jobs import record_result
+from pneumonode.db.models import AuditEvent, Job, JobState, Result, Study, utcnow
 from pneumonode.db.repository import (
     ReceivedInstance,
     ReceiveOutcome,
@@ -22,6 +23,7 @@ from pneumonode.db.repository import (
     record_received_instance,
 )
 from pneumonode.db.session import Database
+from pneumonode.findings import AlgorithmInfo, Finding
 
 ITEM = received_instance()
 
@@ -175,3 +177,34 @@ def test_direct_statements_store_what_sqlalchemy_would(database: Database) -> No
         ]
         assert events[0].at == at
         assert session.scalar(select(Study).where(Study.study_uid == "6.5.4")) is None
+
+
+def test_a_result_keeps_the_post_processing_it_was_made_with(database: Database) -> None:
+    """threshold, growing (hysteresis) and minimum area are stored with the result, so the audit
+    trail says how each mask was cut; a model without growing stores none (null)."""
+    _, job_id, _ = receive(database, ITEM)
+    finding = Finding(True, 0.97, 4200, 310.5, "right", False, probability=0.91, threshold=0.44)
+    grown = AlgorithmInfo("m", "2.1.2", 0.6, 262, None, "Research only.", grow_threshold=0.3)
+    plain = replace(grown, version="2.0.0", grow_threshold=None)
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        for algorithm in (grown, plain):
+            record_result(
+                session,
+                job,
+                finding,
+                algorithm,
+                seg_sop_uid="1.2",
+                sr_sop_uid="1.3",
+                sc_sop_uid=None,
+            )
+    with database.session() as session:
+        rows = session.scalars(select(Result).order_by(Result.model_version)).all()
+        assert [
+            (r.model_version, r.threshold, r.grow_threshold, r.min_area_pixels) for r in rows
+        ] == [
+            ("2.0.0", 0.6, None, 262),
+            ("2.1.2", 0.6, 0.3, 262),
+        ]
+        assert rows[1].probability == 0.91 and rows[1].operating_point == 0.44

@@ -125,6 +125,11 @@ class ResultOut(_Out):
     side: str | None
     side_assumed: bool
     threshold: float
+    grow_threshold: float | None = Field(
+        default=None,
+        description="the pixel threshold's regions were grown down to this probability "
+        "(hysteresis); null: no growing",
+    )
     min_area_pixels: int
     seg_sop_uid: str | None
     sr_sop_uid: str | None

@@ -312,6 +312,7 @@ def record_result(
     result.side_assumed = finding.orientation_assumed
     result.threshold = algorithm.threshold
     result.min_area_pixels = algorithm.min_area_pixels
+    result.grow_threshold = algorithm.grow_threshold
     result.seg_sop_uid = seg_sop_uid
     result.sr_sop_uid = sr_sop_uid
     result.sc_sop_uid = sc_sop_uid

@@ -188,6 +188,9 @@ class Result(Base):
     side_assumed: Mapped[bool] = mapped_column(Boolean, default=False)
     threshold: Mapped[float] = mapped_column(Float)
     min_area_pixels: Mapped[int] = mapped_column(Integer)
+    # hysteresis: regions reaching threshold grown down to this probability (null: none, or a
+    # result recorded before it was kept)
+    grow_threshold: Mapped[float | None] = mapped_column(Float, default=None)
     seg_sop_uid: Mapped[str | None] = mapped_column(UID)
     sr_sop_uid: Mapped[str | None] = mapped_column(UID)
     sc_sop_uid: Mapped[str | None] = mapped_column(UID)
