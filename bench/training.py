@@ -13,11 +13,12 @@ augmentation (``device_augment``); the network's step is the same for both.
 
     .venv/bin/python bench/training.py [--sizes 256 384] [--encoders timm-tf_efficientnet_lite2
         efficientnet-b4] [--precisions bf16 fp32] [--steps 4]
-        [--accelerations none freeze-depthwise fold-bn both stages-2 all]
+        [--accelerations none freeze-depthwise fold-bn both stages-2 all all-3]
 
 ``--accelerations`` times train-bundle's CPU shortcuts (``pneumonode.model.acceleration``:
 depthwise kernels frozen, the encoder's BatchNorm folded into its convolutions, the stem and
-first two stages frozen) against the plain step in the same run ("vs none").
+first two stages frozen; ``all-3``: the first three) against the plain step in the same run
+("vs none").
 
 Not a test: it prints ratios measured in the same run, it asserts nothing.
 """
@@ -41,6 +42,7 @@ ACCELERATIONS = {  # name: (freeze_depthwise, fold_batchnorm, freeze_stages), as
     "both": (True, True, 0),
     "stages-2": (False, False, 2),
     "all": (True, True, 2),
+    "all-3": (True, True, 3),
 }
 
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(ACCELERATIONS),
         default=["none"],
         help="train-bundle's --freeze-depthwise / --fold-batchnorm (none, either, both) / "
-        "--freeze-stages 2 (stages-2; all three: all)",
+        "--freeze-stages 2 (stages-2; all three: all; with 3 stages: all-3)",
     )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)

@@ -45,7 +45,7 @@ def node(
     shutil.copy(SHIPPED_MODEL / "MODEL_CARD.md", model / "MODEL_CARD.md")
     config = json.loads((model / "config.json").read_text())
     assert config["postprocess"]["threshold"] > GROWN
-    config["postprocess"]["grow_threshold"] = GROWN  # as the shipped model grows its regions
+    config["postprocess"]["grow_threshold"] = GROWN  # a model that grows its regions (as 2.1.2 did)
     (model / "config.json").write_text(json.dumps(config))
     pacs = f"PACS@127.0.0.1:{free_port()}"  # nothing listens there
     settings = {
