@@ -3,11 +3,14 @@ stem and first stages frozen."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from pneumonode.model.acceleration import (
+    average_weights,
     fold_batchnorm,
     freeze_depthwise,
     freeze_stages,
@@ -138,3 +141,49 @@ def test_freezing_more_stages_than_the_encoder_has_is_refused() -> None:
     model = _network()
     with pytest.raises(ValueError, match="stages"):
         freeze_stages(model, len(model.encoder.blocks) + 1)
+
+
+def _relaid(model: torch.nn.Module) -> torch.nn.Module:
+    """The same function in the layout a folded training run saves (scale in the convolutions)."""
+    twin = copy.deepcopy(model)
+    return unfold(twin, fold_batchnorm(twin)).eval()
+
+
+def test_averaging_folds_first_so_two_layouts_of_one_network_average_to_it() -> None:
+    model = _network()
+    twin = _relaid(model)
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    mask, image = model(x)
+    assert any(  # the twin's tensors differ although its function does not
+        not torch.allclose(a, b)
+        for a, b in zip(model.state_dict().values(), twin.state_dict().values(), strict=True)
+    )
+    naive = copy.deepcopy(model)
+    naive.load_state_dict(
+        {
+            k: (v + twin.state_dict()[k]) / 2 if v.is_floating_point() else v
+            for k, v in model.state_dict().items()
+        }
+    )
+    assert (naive(x)[0] - mask).abs().max() > 1e-2  # averaging the raw tensors breaks it
+
+    averaged = average_weights([model, twin])
+    averaged_mask, averaged_image = averaged(x)
+    torch.testing.assert_close(averaged_mask, mask, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(averaged_image, image, rtol=1e-4, atol=1e-4)
+    assert averaged.state_dict().keys() == model.state_dict().keys()  # the usual layout
+    assert _batchnorms(model.encoder) > 0 and _batchnorms(twin.encoder) > 0  # inputs unchanged
+
+
+def test_averaging_two_networks_gives_their_midpoint_and_refuses_a_mismatch() -> None:
+    first = _network()
+    second = copy.deepcopy(first)
+    with torch.no_grad():
+        second.segmentation_head[0].bias.add_(1.0)  # outside the encoder: averaged as it is
+    averaged = average_weights([first, second])
+    bias = averaged.segmentation_head[0].bias
+    torch.testing.assert_close(bias, first.segmentation_head[0].bias + 0.5)
+    with pytest.raises(ValueError, match="differ in architecture"):
+        average_weights([first, build_unet("timm-tf_efficientnet_lite1", classification_head=True)])
+    with pytest.raises(ValueError, match="nothing to average"):
+        average_weights([])

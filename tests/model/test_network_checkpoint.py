@@ -158,3 +158,22 @@ def test_package_model_writes_fp16_weights_that_predict_the_same(
     full = Predictor.load(source, backend="torch", precision="fp32").probabilities(batch)
     half = Predictor.load(out, backend="torch", precision="fp32").probabilities(batch)
     assert np.abs(full - half).max() < 0.01
+
+
+def test_package_model_averages_with_another_checkpoint_and_asks_for_recalibration(
+    tiny_checkpoint: Callable[..., Path], tmp_path: Path
+) -> None:
+    from pneumonode.cli import EXIT_ERROR, EXIT_OK, main
+    from pneumonode.model.checkpoint import load_checkpoint
+
+    low, high = tiny_checkpoint(bias=-2.0, size=64), tiny_checkpoint(bias=4.0, size=64)
+    out = tmp_path / "soup"
+    args = ["package-model", "--weights", str(low), "--average-with", str(high), "--out", str(out)]
+    assert main([*args, "--dtype", "float32"]) == EXIT_OK
+    model, config = load_checkpoint(out)
+    assert model.segmentation_head[0].bias.item() == pytest.approx(1.0)  # (-2 + 4) / 2
+    record = config.training["weight_average"]
+    assert record["of"] == [str(low), str(high)] and len(record["sha256"]) == 2
+    assert config.calibration is None and config.decision is None and config.metrics == {}
+    missing = ["package-model", "--weights", str(low), "--average-with", str(tmp_path / "none")]
+    assert main([*missing, "--out", str(tmp_path / "x")]) == EXIT_ERROR

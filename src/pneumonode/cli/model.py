@@ -156,6 +156,16 @@ def add_commands(group: CommandGroup) -> None:
     package.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     package.add_argument("--version", default=None, help="default: the checkpoint's")
     package.add_argument("--name", default=None, help="default: the checkpoint's")
+    package.add_argument(
+        "--average-with",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="average the weights with this checkpoint's (same architecture; repeatable), e.g. "
+        "the weights a run started from; the encoder's BatchNorm is folded in each first, so "
+        "checkpoints of folded and plain runs average correctly. Recalibrate afterwards",
+    )
 
     card = group.add(
         "model-card",
@@ -437,9 +447,29 @@ def _cmd_package_model(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         model, config = load_checkpoint(args.weights)
+        others = [load_checkpoint(path) for path in args.average_with]
     except CheckpointError as exc:
         raise CliError(str(exc)) from None
-    update = {k: v for k, v in (("version", args.version), ("name", args.name)) if v is not None}
+    update: dict[str, Any] = {
+        k: v for k, v in (("version", args.version), ("name", args.name)) if v is not None
+    }
+    if others:
+        from pneumonode.model.acceleration import average_weights
+
+        if any(other.architecture != config.architecture for _, other in others):
+            raise CliError("--average-with: the checkpoints' architectures differ")
+        model = average_weights([model] + [other for other, _ in others])
+        # the run's own figures no longer describe these weights: kept beside the record
+        training = dict(config.training)
+        training["weight_average"] = {
+            "of": [str(args.weights)] + [str(path) for path in args.average_with],
+            "sha256": [config.weights_sha256] + [other.weights_sha256 for _, other in others],
+            "versions": [config.version] + [other.version for _, other in others],
+            "method": "each encoder's BatchNorm folded into its convolutions, the tensors "
+            "averaged with equal weights, the usual layout restored",
+            "metrics_before": config.metrics,
+        }
+        update |= {"training": training, "metrics": {}, "calibration": None, "decision": None}
     written = save_checkpoint(model, args.out, config.model_copy(update=update), dtype=args.dtype)
     size = (args.out / written.weights_file).stat().st_size / 1e6
     print(f"{args.out}: {written.name} {written.version}, {args.dtype}, {size:.1f} MB")

@@ -27,12 +27,14 @@ BatchNorm layers add a forward and a backward pass over every activation. Two op
 
 :func:`unfold` gives back a network with the original layout (BatchNorm with mean 0, variance
 ``1 - eps``, weight 1 and the folded bias), computing the same function, so checkpoints written
-from a folded run load into the node exactly like any other.
+from a folded run load into the node exactly like any other. The same weights can thus be
+written in two layouts; :func:`average_weights` folds both networks before it averages them.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +42,7 @@ from torch import nn
 
 __all__ = [
     "Fold",
+    "average_weights",
     "fold_batchnorm",
     "freeze_depthwise",
     "freeze_stages",
@@ -195,3 +198,30 @@ def unfold(model: nn.Module, folds: list[Fold]) -> nn.Module:
         conv.bias = None
         setattr(block, fold.norm, norm)
     return restored
+
+
+@torch.no_grad()
+def average_weights(models: Sequence[nn.Module]) -> nn.Module:
+    """The mean of several networks of one architecture, tensor by tensor (a "model soup": points
+    on one fine-tuning path, e.g. a run's best epoch and the weights it started from).
+
+    A checkpoint written from a folded run keeps its encoder's scale in the convolutions and one
+    written plainly keeps it in BatchNorm (:func:`unfold`): the same function in two layouts,
+    whose tensors must not be averaged as they stand. Each network's encoder is therefore folded
+    first, the folded tensors averaged, and the usual layout restored. Integer buffers (batch
+    counters) are the first network's. The inputs are left unchanged.
+    """
+    if not models:
+        raise ValueError("nothing to average")
+    folded = [copy.deepcopy(model).float().cpu().eval() for model in models]
+    folds = [fold_batchnorm(model) for model in folded]
+    states = [model.state_dict() for model in folded]
+    for state in states[1:]:
+        if state.keys() != states[0].keys() or any(
+            state[k].shape != v.shape for k, v in states[0].items()
+        ):
+            raise ValueError("the networks differ in architecture: their tensors do not match")
+    for name, tensor in states[0].items():
+        if tensor.is_floating_point():
+            tensor.copy_(torch.stack([state[name] for state in states]).mean(dim=0))
+    return unfold(folded[0], folds[0]).eval()
