@@ -161,7 +161,7 @@ def test_package_model_writes_fp16_weights_that_predict_the_same(
 
 
 def test_package_model_averages_with_another_checkpoint_and_asks_for_recalibration(
-    tiny_checkpoint: Callable[..., Path], tmp_path: Path
+    tiny_checkpoint: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pneumonode.cli import EXIT_ERROR, EXIT_OK, main
     from pneumonode.model.checkpoint import load_checkpoint
@@ -177,3 +177,13 @@ def test_package_model_averages_with_another_checkpoint_and_asks_for_recalibrati
     assert config.calibration is None and config.decision is None and config.metrics == {}
     missing = ["package-model", "--weights", str(low), "--average-with", str(tmp_path / "none")]
     assert main([*missing, "--out", str(tmp_path / "x")]) == EXIT_ERROR
+    other = tmp_path / "lite0"
+    save_checkpoint(
+        build_unet("timm-tf_efficientnet_lite0"),
+        other,
+        CheckpointConfig(architecture=Architecture(encoder="timm-tf_efficientnet_lite0")),
+    )
+    mixed = ["package-model", "--weights", str(low), "--average-with", str(other)]
+    assert main([*mixed, "--out", str(tmp_path / "y")]) == EXIT_ERROR
+    assert "architectures differ" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()  # nothing written
